@@ -1,0 +1,62 @@
+// swift-tools-version:6.0
+// Limitless: kernel-bypass drivers and system services for Linux, written in Swift.
+// Layers (arrows point down only): executables -> servers -> runtime -> platform -> C shim.
+import PackageDescription
+
+let package = Package(
+    name: "Limitless",
+    platforms: [.macOS(.v13)],
+    products: [
+        .library(name: "Platform", targets: ["Platform"]),
+        .executable(name: "serverctl", targets: ["serverctl"]),
+        .executable(name: "limitless-hil", targets: ["limitless-hil"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+    ],
+    targets: [
+        // C shim: volatile MMIO, ioctl request numbers, eventfd/memfd, static asserts.
+        .target(name: "CLimitless"),
+        // Debian's libpci-dev and libnuma-dev, as system libraries.
+        .systemLibrary(name: "CPCI", pkgConfig: "libpci", providers: [.apt(["libpci-dev"])]),
+        .systemLibrary(name: "CNUMA", providers: [.apt(["libnuma-dev"])]),
+
+        // Platform: PCI enumeration and config space, VFIO, UIO, DMA memory, interrupts.
+        .target(
+            name: "Platform",
+            dependencies: [
+                "CLimitless", "CPCI", "CNUMA",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+
+        // Drivers (server layer libraries), smoke-level for now.
+        .target(name: "NVMe", dependencies: ["Platform"]),
+        .target(name: "XHCI", dependencies: ["Platform"]),
+        .target(name: "E1000E", dependencies: ["Platform"]),
+
+        // Which server drives which device.
+        .target(name: "DeviceCatalog", dependencies: ["Platform"]),
+
+        // Hardware-in-the-loop suites (run in the rig or against a real device).
+        .target(name: "HILSuites", dependencies: ["Platform", "NVMe", "XHCI", "E1000E"]),
+
+        // Thin executables.
+        .executableTarget(
+            name: "serverctl",
+            dependencies: [
+                "Platform", "DeviceCatalog",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .executableTarget(
+            name: "limitless-hil",
+            dependencies: [
+                "HILSuites", "Platform",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+
+        .testTarget(name: "PlatformTests", dependencies: ["Platform", "CLimitless"]),
+        .testTarget(name: "DriverTests", dependencies: ["Platform", "NVMe", "XHCI", "E1000E"]),
+        .testTarget(name: "DeviceCatalogTests", dependencies: ["DeviceCatalog", "Platform"]),
+    ]
+)

@@ -1,0 +1,50 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One interrupt vector as the kernel delivers it to user space: an eventfd the kernel signals
+/// (VFIO: for MSI-X, MSI or INTx; UIO: the /dev/uioN node). A plain value over a descriptor, so
+/// waiting touches no reference count; the device that enabled the vector owns and closes it.
+public struct InterruptLine: Sendable {
+    public enum Kind: String, Sendable {
+        case msix = "MSI-X"
+        case msi = "MSI"
+        case intx = "INTx"
+    }
+
+    public let fd: Int32
+    public let kind: Kind
+    public let vector: Int
+    /// UIO counts with a 4-byte read; eventfd with an 8-byte one.
+    let readSize: Int
+
+    public init(fd: Int32, kind: Kind, vector: Int, readSize: Int = 8) {
+        self.fd = fd
+        self.kind = kind
+        self.vector = vector
+        self.readSize = readSize
+    }
+
+    /// Waits for the interrupt. Returns how many fired since the last wait (at least 1), or 0
+    /// if `timeoutNanoseconds` passed first. A negative timeout waits forever.
+    public func wait(timeoutNanoseconds: Int64) -> UInt64 {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let milliseconds: Int32 = timeoutNanoseconds < 0 ? -1
+            : Int32(clamping: (timeoutNanoseconds + 999_999) / 1_000_000)
+        while true {
+            let ready = poll(&entry, 1, milliseconds)
+            if ready < 0 && errno == EINTR { continue }
+            guard ready > 0 else { return 0 }
+            return consume()
+        }
+    }
+
+    /// Reads and clears the pending count without blocking; 0 if nothing is pending.
+    public func consume() -> UInt64 {
+        var count: UInt64 = 0
+        let got = withUnsafeMutableBytes(of: &count) { read(fd, $0.baseAddress, readSize) }
+        guard got == readSize else { return 0 }
+        // UIO's count is cumulative and 32-bit; any readable event means at least one interrupt.
+        return readSize == 4 ? 1 : count
+    }
+}
