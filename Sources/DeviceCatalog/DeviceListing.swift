@@ -1,12 +1,17 @@
-import DeviceCatalog
 import Platform
 
-/// One line of `serverctl devices`.
-struct DeviceRow {
-    var function: PCIFunctionInfo
-    var entry: DeviceCatalog.Entry?
+/// One line of `serverctl devices`: a function, the server that would drive it, and what to do
+/// next if it is not ready.
+public struct DeviceRow: Sendable {
+    public var function: PCIFunctionInfo
+    public var entry: DeviceCatalog.Entry?
 
-    var state: BindingState { BindingState(driver: function.driver) }
+    public init(function: PCIFunctionInfo, entry: DeviceCatalog.Entry?) {
+        self.function = function
+        self.entry = entry
+    }
+
+    public var state: BindingState { BindingState(driver: function.driver) }
 
     var serverColumn: String {
         guard let entry else { return "-" }
@@ -14,7 +19,7 @@ struct DeviceRow {
     }
 
     /// What the user should do next for a supported device.
-    var hint: String? {
+    public var hint: String? {
         guard let entry, entry.available else { return nil }
         switch state {
         case .vfio, .uio: return nil
@@ -26,7 +31,7 @@ struct DeviceRow {
         [function.vendorName, function.deviceName].compactMap { $0 }.joined(separator: " ")
     }
 
-    static func table(_ rows: [DeviceRow], iommuEnabled: Bool) -> String {
+    public static func table(_ rows: [DeviceRow], iommuEnabled: Bool) -> String {
         let header = ["ADDRESS", "ID", "CLASS", "DRIVER", "GROUP", "NUMA", "SERVER", "NAME"]
         let cells = rows.map { row -> [String] in
             [row.function.address.description, row.function.idPair, hex(row.function.classCode, width: 6),
@@ -49,7 +54,7 @@ struct DeviceRow {
         return lines.joined(separator: "\n")
     }
 
-    static func json(_ rows: [DeviceRow]) -> String {
+    public static func json(_ rows: [DeviceRow]) -> String {
         let objects = rows.map { row -> String in
             let fields: [(String, String)] = [
                 ("address", quote(row.function.address.description)),
@@ -70,7 +75,7 @@ struct DeviceRow {
     }
 
     /// A JSON string literal (RFC 8259 section 7).
-    static func quote(_ text: String) -> String {
+    public static func quote(_ text: String) -> String {
         var out = "\""
         for scalar in text.unicodeScalars {
             switch scalar {
