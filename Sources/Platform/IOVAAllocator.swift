@@ -54,5 +54,20 @@ public struct IOVAAllocator: Sendable {
         }
     }
 
+    /// Keeps only the parts of the free space that lie inside `usable` (the IOMMU's valid IOVA
+    /// ranges: on x86 the MSI window 0xfee00000-0xfeefffff is never usable, and the address
+    /// width bounds the top).
+    public mutating func restrict(to usable: [Range]) {
+        var kept: [Range] = []
+        for range in free {
+            for allowed in usable.sorted(by: { $0.start < $1.start }) {
+                let start = max(range.start, allowed.start)
+                let end = min(range.end, allowed.end)
+                if end > start { kept.append(Range(start: start, size: end - start)) }
+            }
+        }
+        free = kept
+    }
+
     public var freeBytes: UInt64 { free.reduce(0) { $0 + $1.size } }
 }

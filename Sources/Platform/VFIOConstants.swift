@@ -34,6 +34,9 @@ public enum VFIO {
     public static let irqSetActionUnmask: UInt32 = 1 << 4
     public static let irqSetActionTrigger: UInt32 = 1 << 5
 
+    public static let iommuInfoCaps: UInt32 = 1 << 1
+    public static let iommuCapIOVARange: UInt16 = 1
+
     public static let dmaMapRead: UInt32 = 1 << 0
     public static let dmaMapWrite: UInt32 = 1 << 1
 

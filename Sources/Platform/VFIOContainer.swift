@@ -75,10 +75,46 @@ public final class VFIOContainer: DMAMapper {
                     throw PlatformError.systemCall("VFIO_SET_IOMMU", error)
                 }
                 iommuModel = model
+                let ranges = usableIOVARanges()
+                if !ranges.isEmpty { iova.restrict(to: ranges) }
                 return
             }
         }
         throw PlatformError.vfioUnavailable("no type 1 IOMMU model")
+    }
+
+    /// The IOVA ranges the IOMMU accepts (VFIO_IOMMU_GET_INFO's IOVA-range capability, Linux
+    /// 5.4 and later); empty when the kernel does not say.
+    func usableIOVARanges() -> [IOVAAllocator.Range] {
+        let size = 4096
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
+        defer { buffer.deallocate() }
+        buffer.initializeMemory(as: UInt8.self, repeating: 0, count: size)
+        let info = buffer.bindMemory(to: vfio_iommu_type1_info.self, capacity: 1)
+        info.pointee.argsz = UInt32(size)
+        guard (try? kernel.ioctl(fd, VFIO.Request.iommuGetInfo, buffer)) != nil,
+              info.pointee.flags & VFIO.iommuInfoCaps != 0 else { return [] }
+        var offset = Int(info.pointee.cap_offset)
+        var hops = 0
+        // Capability chain: {u16 id, u16 version, u32 next}; offsets are from the start of info.
+        while offset >= MemoryLayout<vfio_iommu_type1_info>.size, offset + 16 <= size, hops < 32 {
+            let id = buffer.load(fromByteOffset: offset, as: UInt16.self)
+            let next = Int(buffer.load(fromByteOffset: offset + 4, as: UInt32.self))
+            if id == VFIO.iommuCapIOVARange {
+                let count = Int(buffer.load(fromByteOffset: offset + 8, as: UInt32.self))
+                var ranges: [IOVAAllocator.Range] = []
+                for index in 0..<count where offset + 16 + (index + 1) * 16 <= size {
+                    let start = buffer.load(fromByteOffset: offset + 16 + index * 16, as: UInt64.self)
+                    let end = buffer.load(fromByteOffset: offset + 24 + index * 16, as: UInt64.self)
+                    if end > start { ranges.append(IOVAAllocator.Range(start: start, size: end - start &+ 1)) }
+                }
+                return ranges
+            }
+            if next == 0 { break }
+            offset = next
+            hops += 1
+        }
+        return []
     }
 
     public func mapForDevice(_ address: UnsafeMutableRawPointer, size: Int) throws -> UInt64 {

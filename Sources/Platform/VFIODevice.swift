@@ -76,10 +76,12 @@ public final class VFIODevice: PCIDeviceAccess {
             _ = try kernel.ioctl(deviceFD, VFIO.Request.deviceGetInfo, &deviceInfo)
         } catch {
             kernel.close(deviceFD)
+            container.detachGroupIfUnused(group)
             throw PlatformError.systemCall("VFIO_DEVICE_GET_INFO", error)
         }
         info = DeviceInfo(flags: deviceInfo.flags, regionCount: Int(deviceInfo.num_regions), irqCount: Int(deviceInfo.num_irqs))
-        // Placeholder until the region is known; replaced just below.
+        // Placeholder until the region is known; from here on every stored property is set, so
+        // a throw runs deinit, which closes the device and detaches the group.
         config = InMemoryConfigSpace(size: 0)
         let configRegion = try regionInfo(Int(VFIO.configRegionIndex))
         config = FileConfigSpace(fd: deviceFD, baseOffset: Int64(configRegion.offset),

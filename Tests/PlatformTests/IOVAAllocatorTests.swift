@@ -39,3 +39,17 @@ final class IOVAAllocatorTests: XCTestCase {
         XCTAssertEqual(try allocator.allocate(size: 0x1000), a)
     }
 }
+
+final class IOVARestrictionTests: XCTestCase {
+    func testRestrictKeepsOnlyUsableRangesAroundTheMSIWindow() throws {
+        var allocator = IOVAAllocator(start: 0x10_0000, end: 1 << 39)
+        // What intel-iommu reports: everything below the MSI window, and above it up to 2^39.
+        allocator.restrict(to: [.init(start: 0, size: 0xFEE0_0000), .init(start: 0xFEF0_0000, size: (1 << 39) - 0xFEF0_0000)])
+        XCTAssertEqual(allocator.free.count, 2)
+        XCTAssertEqual(allocator.free[0].end, 0xFEE0_0000)
+        XCTAssertEqual(allocator.free[1].start, 0xFEF0_0000)
+        _ = try allocator.allocate(size: 0xFEC0_0000)
+        let next = try allocator.allocate(size: 0x40_0000)
+        XCTAssertGreaterThanOrEqual(next, 0xFEF0_0000, "no IOVA may land in the MSI window")
+    }
+}

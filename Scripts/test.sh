@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Runs every Limitless test and closes with one "N passed, N failed" line:
+#   1. unit tests (swift test: platform layer against fake sysfs, a scripted kernel and fake
+#      devices; drivers against fake BARs),
+#   2. the shell scripts' tests (bind/unbind/install against a fake sysfs),
+#   3. the hardware-in-the-loop suites in the rig (Scripts/rig.sh test): our release binaries
+#      drive emulated NVMe, xHCI and e1000e devices through real VFIO behind an emulated IOMMU.
+# Exits non-zero if any test failed or any stage could not run.
+set -uo pipefail
+
+usage() {
+	cat <<'USAGE'
+Usage: Scripts/test.sh [--no-rig] [--only unit|scripts|rig] [-h|--help]
+
+Runs the unit tests, the script tests and the rig's hardware-in-the-loop suites, then prints
+"N passed, N failed". Installs the Debian packages the build needs when they are missing
+(as root; otherwise it says which to install).
+
+  --no-rig        skip the emulated machine (unit and script tests only)
+  --only STAGE    run one stage: unit, scripts or rig
+USAGE
+}
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P) || exit 2
+cd "$repo" || exit 2
+stages="unit scripts rig"
+while (($#)); do
+	case $1 in
+	--no-rig) stages="unit scripts"; shift ;;
+	--only) stages=${2:?--only needs a stage}; shift 2 ;;
+	-h | --help) usage; exit 0 ;;
+	*) usage >&2; echo "test.sh: unknown argument $1" >&2; exit 2 ;;
+	esac
+done
+
+say() { echo "test.sh: $*" >&2; }
+logs="$repo/.build-test"
+mkdir -p "$logs"
+total_passed=0
+total_failed=0
+broken=()
+
+# Adds a stage's counts; a stage that printed no counts is itself a failure.
+tally() {
+	local stage=$1 passed=$2 failed=$3 status=$4
+	total_passed=$((total_passed + passed))
+	total_failed=$((total_failed + failed))
+	say "$stage: $passed passed, $failed failed (exit $status)"
+	if ((status != 0 && failed == 0)); then
+		broken+=("$stage (exit $status, see $logs/$stage.log)")
+	fi
+}
+
+# The build's own Debian packages (the rig installs QEMU and its kernel itself).
+ensure_packages() {
+	local missing=() package
+	for package in libpci-dev libnuma-dev pkg-config pci.ids; do
+		dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+	done
+	((${#missing[@]} == 0)) && return 0
+	if ((EUID != 0)); then
+		say "missing packages: ${missing[*]}; install them with: sudo apt-get install ${missing[*]}"
+		return 1
+	fi
+	say "installing ${missing[*]}"
+	apt-get update -qq >"$logs/apt.log" 2>&1 &&
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$logs/apt.log" 2>&1 ||
+		{ say "apt-get failed, see $logs/apt.log"; return 1; }
+}
+
+run_unit() {
+	say "unit tests (swift test)"
+	local log="$logs/unit.log" status executed failures
+	swift build --build-tests >"$log" 2>&1 || { tail -40 "$log" >&2; tally unit 0 0 1; return; }
+	swift test --skip-build 2>&1 | tee -a "$log" | grep -E "^(Test Case .*failed|.*error:|	 Executed .* tests)" >&2
+	status=${PIPESTATUS[0]}
+	# XCTest's last "Executed N tests, with M failures" line is the total over all suites.
+	read -r executed failures < <(grep -E "Executed [0-9]+ tests?, with [0-9]+ failures?" "$log" | tail -1 |
+		sed -E 's/.*Executed ([0-9]+) tests?, with ([0-9]+) failures?.*/\1 \2/')
+	executed=${executed:-0}
+	failures=${failures:-0}
+	((executed > 0)) || status=1
+	tally unit $((executed - failures)) "$failures" "$status"
+}
+
+# Reads the last "N passed, N failed" line of a log.
+counts_of() {
+	grep -E "^(\w+: )?[0-9]+ passed, [0-9]+ failed" "$1" | tail -1 | sed -E 's/^(\w+: )?([0-9]+) passed, ([0-9]+) failed.*/\2 \3/'
+}
+
+run_scripts() {
+	say "script tests (Tests/Scripts/run.sh)"
+	local log="$logs/scripts.log" status passed failed
+	bash Tests/Scripts/run.sh >"$log" 2>&1
+	status=$?
+	grep -E "^FAIL" "$log" >&2
+	read -r passed failed < <(counts_of "$log")
+	tally scripts "${passed:-0}" "${failed:-0}" "$status"
+	[[ -n ${passed:-} ]] || broken+=("scripts (no summary line)")
+}
+
+run_rig() {
+	say "release build for the rig"
+	local log="$logs/rig.log" status passed failed
+	if ! swift build -c release >"$logs/release-build.log" 2>&1; then
+		tail -40 "$logs/release-build.log" >&2
+		tally rig 0 0 1
+		return
+	fi
+	say "hardware-in-the-loop suites (Scripts/rig.sh test)"
+	Scripts/rig.sh test 2>&1 | tee "$log"
+	status=${PIPESTATUS[0]}
+	read -r passed failed < <(counts_of "$log")
+	tally rig "${passed:-0}" "${failed:-0}" "$status"
+	[[ -n ${passed:-} ]] || broken+=("rig (no summary line)")
+}
+
+ensure_packages || broken+=("packages")
+for stage in $stages; do
+	case $stage in
+	unit) run_unit ;;
+	scripts) run_scripts ;;
+	rig) run_rig ;;
+	*) say "unknown stage $stage"; exit 2 ;;
+	esac
+done
+
+for item in "${broken[@]}"; do say "stage failed without a test failure: $item"; done
+echo "$total_passed passed, $total_failed failed"
+((total_failed == 0 && ${#broken[@]} == 0))
