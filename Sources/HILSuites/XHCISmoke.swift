@@ -1,6 +1,54 @@
+import Platform
+import XHCI
+
+/// xHCI: reset and start the controller, a No Op command whose completion event arrives with an
+/// MSI-X interrupt, and the root hub's connected ports.
 struct XHCISmoke {
     var context: DeviceSmokeContext
+
     func run(report: SuiteReport) {
-        report.check("\(context.label): device checks") { throw CheckFailure("not written yet") }
+        let label = context.label
+        var controller: XHCIController<MMIORegion>?
+        var line: InterruptLine?
+
+        report.check("\(label): controller reset and start") {
+            try context.device.setBusMaster(true)
+            let interrupt = try context.interruptLine()
+            line = interrupt
+            var configuration = XHCIController<MMIORegion>.Configuration()
+            configuration.completionMode = .interrupt
+            configuration.commandTimeoutNanoseconds = context.options.timeoutNanoseconds
+            let xhci = try XHCIController(registers: context.registers, allocator: context.allocator,
+                                          interrupt: interrupt, configuration: configuration)
+            controller = xhci
+            try xhci.start()
+            return "\(xhci.capabilities)"
+        }
+        guard let xhci = controller, let interrupt = line else { return }
+
+        report.check("\(label): No Op command completes with an \(interrupt.kind.rawValue) interrupt") {
+            _ = interrupt.consume()  // anything left over from earlier commands
+            let before = xhci.interruptsReceived
+            let event = try xhci.noOp()
+            var fired = xhci.interruptsReceived - before
+            // The completion can be visible before the interrupt reaches us (QEMU posts it
+            // while handling the doorbell write); then the interrupt is still to come.
+            if fired == 0 { fired = interrupt.wait(timeoutNanoseconds: Int64(context.options.timeoutNanoseconds)) }
+            try expect(event.completionCode == .success, "completion code \(event.completionCode)")
+            try expect(fired > 0, "the command completed but no \(interrupt.kind.rawValue) interrupt arrived")
+            return "completion \(event.completionCode), \(fired) interrupt(s)"
+        }
+
+        report.check("\(label): root hub ports") {
+            let ports = xhci.ports()
+            try expect(!ports.isEmpty, "the controller reports no root hub ports")
+            let connected = ports.filter(\.connected)
+            return "\(ports.count) ports, connected: " + (connected.isEmpty ? "none" : connected.map(\.description).joined(separator: "; "))
+        }
+
+        report.check("\(label): halt") {
+            try xhci.halt()
+            return nil
+        }
     }
 }
