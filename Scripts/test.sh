@@ -69,18 +69,20 @@ ensure_packages() {
 }
 
 run_unit() {
-	say "unit tests (swift test)"
-	local log="$logs/unit.log" status executed failures
+	say "unit tests (swift test: XCTest and Swift Testing)"
+	local log="$logs/unit.log" status xc_run xc_failed st_run st_failed
 	swift build --build-tests >"$log" 2>&1 || { tail -40 "$log" >&2; tally unit 0 0 1; return; }
-	swift test --skip-build 2>&1 | tee -a "$log" | grep -E "^(Test Case .*failed|.*error:|	 Executed .* tests)" >&2
+	swift test --skip-build 2>&1 | tee -a "$log" | grep -E "^(Test Case .*failed|.*error:|✘ Test .*failed|	 Executed .* tests|✔ Test run|✘ Test run)" >&2
 	status=${PIPESTATUS[0]}
-	# XCTest's last "Executed N tests, with M failures" line is the total over all suites.
-	read -r executed failures < <(grep -E "Executed [0-9]+ tests?, with [0-9]+ failures?" "$log" | tail -1 |
+	# XCTest: the last "Executed N tests, with M failures" line is the total over all suites.
+	read -r xc_run xc_failed < <(grep -E "Executed [0-9]+ tests?, with [0-9]+ failures?" "$log" | tail -1 |
 		sed -E 's/.*Executed ([0-9]+) tests?, with ([0-9]+) failures?.*/\1 \2/')
-	executed=${executed:-0}
-	failures=${failures:-0}
-	((executed > 0)) || status=1
-	tally unit $((executed - failures)) "$failures" "$status"
+	# Swift Testing: "Test run with N tests ... passed/failed"; each failed test has a "✘ Test ... failed" line.
+	st_run=$(grep -E "Test run with [0-9]+ tests?" "$log" | tail -1 | sed -E 's/.*Test run with ([0-9]+) tests?.*/\1/')
+	st_failed=$(grep -E "^✘ Test .* failed after" "$log" | grep -vc "^✘ Test run")
+	xc_run=${xc_run:-0} xc_failed=${xc_failed:-0} st_run=${st_run:-0}
+	((xc_run + st_run > 0)) || status=1
+	tally unit $((xc_run - xc_failed + st_run - st_failed)) $((xc_failed + st_failed)) "$status"
 }
 
 # Reads the last "N passed, N failed" line of a log.
