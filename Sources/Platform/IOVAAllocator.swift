@@ -69,5 +69,10 @@ public struct IOVAAllocator: Sendable {
         free = kept
     }
 
+    /// Whether `address` lies in a range handed out (inside the window and not free).
+    public func isAllocated(_ address: UInt64) -> Bool {
+        address >= window.start && address < window.end && !free.contains { address >= $0.start && address < $0.end }
+    }
+
     public var freeBytes: UInt64 { free.reduce(0) { $0 + $1.size } }
 }
