@@ -52,6 +52,8 @@ public struct SmokeSuite {
             return "\(device.backendName)\(group)"
         }
         guard let device = opened else { return }
+        // Run where the device is: its DMA memory is placed on the same node below.
+        if let node = device.numaNode { NUMA.runCurrentThread(onNode: node) }
 
         report.check("\(label): config space") {
             let header = try device.config.header()

@@ -41,10 +41,21 @@ public struct InterruptLine: Sendable {
 
     /// Reads and clears the pending count without blocking; 0 if nothing is pending.
     public func consume() -> UInt64 {
-        var count: UInt64 = 0
-        let got = withUnsafeMutableBytes(of: &count) { read(fd, $0.baseAddress, readSize) }
-        guard got == readSize else { return 0 }
-        // UIO's count is cumulative and 32-bit; any readable event means at least one interrupt.
-        return readSize == 4 ? 1 : count
+        guard isUIO else {
+            var count: UInt64 = 0
+            let got = withUnsafeMutableBytes(of: &count) { read(fd, $0.baseAddress, 8) }
+            return got == 8 ? count : 0
+        }
+        // UIO: the count read is cumulative, and uio_pci_generic masks INTx when it fires, so
+        // any event counts as one and the line is re-armed by writing 1 (uio-howto, "uio_pci_generic").
+        var total: UInt32 = 0
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&entry, 1, 0) > 0,
+              withUnsafeMutableBytes(of: &total, { read(fd, $0.baseAddress, 4) }) == 4 else { return 0 }
+        var enable: UInt32 = 1
+        _ = withUnsafeBytes(of: &enable) { write(fd, $0.baseAddress, 4) }
+        return 1
     }
+
+    var isUIO: Bool { readSize == 4 }
 }

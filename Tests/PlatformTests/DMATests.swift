@@ -158,3 +158,19 @@ final class PagemapTests: XCTestCase {
         }
     }
 }
+
+final class NUMATests: XCTestCase {
+    func testRunningOnAnExistingNodeAndRefusingAMissingOne() {
+        XCTAssertGreaterThanOrEqual(NUMA.nodeCount, 1)
+        if NUMA.available { XCTAssertTrue(NUMA.runCurrentThread(onNode: 0)) }
+        XCTAssertFalse(NUMA.runCurrentThread(onNode: NUMA.nodeCount + 5))
+        XCTAssertFalse(NUMA.runCurrentThread(onNode: -1))
+    }
+
+    func testAllocatorPlacesMemoryOnNodeZero() throws {
+        let allocator = DMAAllocator(mapper: IdentityDMAMapper(), numaNode: 0, useHugePages: false)
+        let buffer = try allocator.allocate(size: 4096)
+        buffer.address.storeBytes(of: 7, as: UInt8.self)
+        XCTAssertEqual(buffer.address.load(as: UInt8.self), 7)
+    }
+}
