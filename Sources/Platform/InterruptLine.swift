@@ -15,14 +15,23 @@ public struct InterruptLine: Sendable {
     public let fd: Int32
     public let kind: Kind
     public let vector: Int
-    /// UIO counts with a 4-byte read; eventfd with an 8-byte one.
-    let readSize: Int
+    /// For a UIO line: the function's sysfs config file, through which INTx is unmasked.
+    /// -1 for eventfd lines.
+    let uioConfigFD: Int32
 
-    public init(fd: Int32, kind: Kind, vector: Int, readSize: Int = 8) {
+    public init(fd: Int32, kind: Kind, vector: Int) {
         self.fd = fd
         self.kind = kind
         self.vector = vector
-        self.readSize = readSize
+        self.uioConfigFD = -1
+    }
+
+    /// A /dev/uioN line of uio_pci_generic, re-armed through the config file `configFD`.
+    public init(uioFD: Int32, configFD: Int32) {
+        self.fd = uioFD
+        self.kind = .intx
+        self.vector = 0
+        self.uioConfigFD = configFD
     }
 
     /// Waits for the interrupt. Returns how many fired since the last wait (at least 1), or 0
@@ -47,15 +56,25 @@ public struct InterruptLine: Sendable {
             return got == 8 ? count : 0
         }
         // UIO: the count read is cumulative, and uio_pci_generic masks INTx when it fires, so
-        // any event counts as one and the line is re-armed by writing 1 (uio-howto, "uio_pci_generic").
+        // any event counts as one and the line is re-armed.
         var total: UInt32 = 0
         var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         guard poll(&entry, 1, 0) > 0,
               withUnsafeMutableBytes(of: &total, { read(fd, $0.baseAddress, 4) }) == 4 else { return 0 }
-        var enable: UInt32 = 1
-        _ = withUnsafeBytes(of: &enable) { write(fd, $0.baseAddress, 4) }
+        InterruptLine.unmaskINTx(configFD: uioConfigFD)
         return 1
     }
 
-    var isUIO: Bool { readSize == 4 }
+    var isUIO: Bool { uioConfigFD >= 0 }
+
+    /// uio_pci_generic has no irqcontrol: it masks INTx by setting Interrupt Disable (command
+    /// register bit 10) when the interrupt fires, and user space clears the bit to unmask
+    /// (Documentation/driver-api/uio-howto.rst, "Writing userspace driver using uio_pci_generic").
+    static func unmaskINTx(configFD: Int32) {
+        var command: UInt16 = 0
+        guard pread(configFD, &command, 2, off_t(PCIConfig.command)) == 2 else { return }
+        command = UInt16(littleEndian: command) & ~PCIConfig.Command.interruptDisable
+        var little = command.littleEndian
+        _ = pwrite(configFD, &little, 2, off_t(PCIConfig.command))
+    }
 }

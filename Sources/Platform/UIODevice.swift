@@ -104,23 +104,20 @@ public final class UIODevice: PCIDeviceAccess {
             throw PlatformError.interruptsUnavailable(kind: kind.rawValue + " (UIO offers INTx only)", requested: count, available: available)
         }
         try unmaskINTx()
-        return [InterruptLine(fd: uioFD, kind: .intx, vector: 0, readSize: 4)]
+        return [InterruptLine(uioFD: uioFD, configFD: configFD)]
     }
 
+    /// Masks INTx at the device (command register Interrupt Disable).
     public func disableInterrupts() throws {
-        var disable: UInt32 = 0
-        _ = try? withUnsafeBytes(of: &disable) { try kernel.write(uioFD, $0) }
+        let command = try config.read16(PCIConfig.command)
+        try config.write16(PCIConfig.command, command | PCIConfig.Command.interruptDisable)
     }
 
-    /// uio_pci_generic masks INTx (command register bit 10) when it fires; writing 1 to the
-    /// node unmasks it.
+    /// uio_pci_generic has no irqcontrol (a write to /dev/uioN fails with ENOSYS): it sets
+    /// Interrupt Disable when INTx fires, and user space clears it to unmask.
     public func unmaskINTx() throws {
-        var enable: UInt32 = 1
-        do {
-            _ = try withUnsafeBytes(of: &enable) { try kernel.write(uioFD, $0) }
-        } catch {
-            throw PlatformError.systemCall("write /dev/\(uioName) (unmask INTx)", error as? Errno ?? .ioError)
-        }
+        let command = try config.read16(PCIConfig.command)
+        try config.write16(PCIConfig.command, command & ~PCIConfig.Command.interruptDisable)
     }
 
     public func reset() throws {
