@@ -29,14 +29,9 @@ struct NVMeSmoke {
         report.check("\(label): Identify completes with an \(interrupt.kind.rawValue) interrupt") {
             // The driver waits on the line (re-checking the queue every 100 ms in case an
             // interrupt is lost): a completion reaped without an interrupt fails this check.
-            _ = interrupt.consume()  // anything left over from earlier commands
-            let before = nvme.interruptsReceived
-            let identity = try nvme.identifyController()
-            var fired = nvme.interruptsReceived - before
-            // The completion can be visible before the interrupt reaches us (QEMU posts it
-            // while handling the doorbell write); then the interrupt is still to come.
-            if fired == 0 { fired = interrupt.wait(timeoutNanoseconds: Int64(context.options.timeoutNanoseconds)) }
-            try expect(fired > 0, "Identify completed but no \(interrupt.kind.rawValue) interrupt arrived on vector 0")
+            let (identity, fired) = try context.expectInterrupt(on: interrupt, driverCount: { nvme.interruptsReceived }) {
+                try nvme.identifyController()
+            }
             if let expected = context.options.nvmeSerial {
                 try expect(identity.serialNumber == expected, "serial \"\(identity.serialNumber)\", expected \"\(expected)\"")
             }

@@ -125,6 +125,20 @@ struct DeviceSmokeContext {
         }
         throw CheckFailure("the device offers no interrupts through \(device.backendName)")
     }
+
+    /// Runs `command` and counts the interrupts it brought on `line`: those the driver took while
+    /// waiting (`driverCount` before and after), or, when the completion was already visible
+    /// before any interrupt reached us (QEMU posts it while handling the doorbell write), the
+    /// one still on its way. Throws when none arrives.
+    func expectInterrupt<T>(on line: InterruptLine, driverCount: () -> UInt64, during command: () throws -> T) throws -> (T, UInt64) {
+        _ = line.consume()  // anything left over from earlier commands
+        let before = driverCount()
+        let result = try command()
+        var fired = driverCount() - before
+        if fired == 0 { fired = line.wait(timeoutNanoseconds: Int64(options.timeoutNanoseconds)) }
+        try expect(fired > 0, "the command completed but no \(line.kind.rawValue) interrupt arrived on vector \(line.vector)")
+        return (result, fired)
+    }
 }
 
 enum DeviceKind {

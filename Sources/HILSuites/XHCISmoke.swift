@@ -27,15 +27,10 @@ struct XHCISmoke {
         guard let xhci = controller, let interrupt = line else { return }
 
         report.check("\(label): No Op command completes with an \(interrupt.kind.rawValue) interrupt") {
-            _ = interrupt.consume()  // anything left over from earlier commands
-            let before = xhci.interruptsReceived
-            let event = try xhci.noOp()
-            var fired = xhci.interruptsReceived - before
-            // The completion can be visible before the interrupt reaches us (QEMU posts it
-            // while handling the doorbell write); then the interrupt is still to come.
-            if fired == 0 { fired = interrupt.wait(timeoutNanoseconds: Int64(context.options.timeoutNanoseconds)) }
+            let (event, fired) = try context.expectInterrupt(on: interrupt, driverCount: { xhci.interruptsReceived }) {
+                try xhci.noOp()
+            }
             try expect(event.completionCode == .success, "completion code \(event.completionCode)")
-            try expect(fired > 0, "the command completed but no \(interrupt.kind.rawValue) interrupt arrived")
             return "completion \(event.completionCode), \(fired) interrupt(s)"
         }
 
