@@ -1,5 +1,8 @@
 import E1000E
 import Platform
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// e1000e: reset, the MAC address, and an MSI-X interrupt raised through Interrupt Cause Set.
 struct E1000ESmoke {
@@ -32,5 +35,9 @@ struct E1000ESmoke {
             return "MSI-X vector \(vector) of \(vectors), causes \(causes)"
         }
         nic.disableInterrupts()
+        // Let any interrupt-throttling timer in the device run out before MSI-X is turned off
+        // (EITR's longest interval is 65535 × 256 ns, about 17 ms).
+        var pause = timespec(tv_sec: 0, tv_nsec: 20_000_000)
+        nanosleep(&pause, nil)
     }
 }

@@ -71,8 +71,16 @@ struct NVMeSmoke {
                        "unexpected status \(completion.status)")
             var evidence = "completed with \(completion.status), our memory unchanged"
             if let log {
+                // The kernel logs the fault from the IOMMU's fault interrupt, which may come after
+                // the command's completion: look for it for a while.
                 let address = hex(unmapped, width: 1)
-                let faults = log.newMessages().filter { $0.contains("DMAR") || $0.contains("fault") }
+                let clock = MonotonicClock()
+                let deadline = clock.now() + context.options.timeoutNanoseconds
+                var faults: [String] = []
+                while !faults.contains(where: { $0.contains(address) }) && clock.now() < deadline {
+                    faults += log.newMessages().filter { $0.contains("DMAR") || $0.contains("fault") }
+                    clock.pause()
+                }
                 try expect(faults.contains { $0.contains(address) },
                            "no IOMMU fault for 0x\(address) in the kernel log (saw: \(faults.prefix(3)))")
                 evidence += "; kernel: \(faults.first { $0.contains(address) }!)"
