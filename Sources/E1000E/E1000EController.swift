@@ -92,11 +92,17 @@ public final class E1000EController<R: RegisterIO> {
         var ivar = registers.read32(E1000ERegister.ivar)
         ivar = (ivar & ~(0xF << UInt32(shift))) | E1000EIVAR.entry(vector: vector) << UInt32(shift)
         registers.write32(E1000ERegister.ivar, ivar)
-        // No throttling on this vector (EITR 0, 10.2.4.10): a throttled interrupt is re-sent from
-        // a timer, and QEMU 7.2's model asserts if that timer fires after MSI-X was turned off.
-        registers.write32(E1000ERegister.eitr(vector), 0)
         registers.setBits32(E1000ERegister.ctrlExt, E1000ECTRLEXT.pbaSupport)
         registers.write32(E1000ERegister.ims, cause.rawValue)
+    }
+
+    /// Turns interrupt moderation off: ITR (INTx and MSI, 10.2.4.4) and every EITR (MSI-X,
+    /// 10.2.4.10) to 0, so each cause interrupts at once. A throttled interrupt is re-sent
+    /// from a timer, and QEMU 7.2's model asserts if that timer fires after the interrupt mode
+    /// changed; the network server will set its own moderation.
+    public func disableInterruptThrottling() {
+        registers.write32(E1000ERegister.itr, 0)
+        for vector in 0..<E1000EIVAR.vectorCount { registers.write32(E1000ERegister.eitr(vector), 0) }
     }
 
     /// Makes the device raise MSI-X `vector` with no traffic: route `cause` to it, then set the

@@ -104,6 +104,18 @@ public struct SmokeSuite {
         case .e1000e: E1000ESmoke(context: context).run(report: report)
         case .other: report.check("\(label): device-specific checks") { throw SuiteReport.Skip("no smoke checks for \(function.idPair)") }
         }
+        report.check("\(label): function reset") {
+            guard let vfio = device as? VFIODevice else { throw SuiteReport.Skip("reset is checked through VFIO only") }
+            guard vfio.info.supportsReset else { throw SuiteReport.Skip("the device offers VFIO no reset method") }
+            try device.disableInterrupts()
+            try device.reset()
+            // VFIO saves and restores config space around the reset, so the function must come
+            // back with its identity and with BAR0 answering through the same mapping.
+            try expect(try device.config.read16(PCIConfig.vendorID) == function.vendorID, "config space unreadable after reset")
+            let first = registers.read32(0)
+            try expect(first != 0xFFFF_FFFF, "BAR0 reads all ones after reset")
+            return "BAR0 first register 0x\(hex(first, width: 8)) after VFIO_DEVICE_RESET"
+        }
         try? device.disableInterrupts()
         try? device.setBusMaster(false)
     }
