@@ -35,7 +35,8 @@ Options:
 Environment: any exported RIG_* variable overrides the profile's (RIG_ACCEL, RIG_TIMEOUT,
 RIG_SUITES, RIG_SUITE_<name>, RIG_EXTRA_MODULES, ...); RIG_PROFILE picks the profile.
 Files: .build-rig/console.log (guest console of the last run), .build-rig/dmesg.log,
-.build-rig/devices, .build-rig/qmp.sock. Exit codes: the job's (up, run), 1 a suite failed
+.build-rig/devices, .build-rig/qmp.sock, .build-rig/build.log (up and test build the release
+binaries first; RIG_BUILD=0 skips that). Exit codes: the job's (up, run), 1 a suite failed
 (test), 2 usage, 3 set-up failed, 4 the guest died without reporting, 124 timed out.
 EOF
 }
@@ -415,6 +416,20 @@ suite_program() {
 	p=${p//\"/} p=${p//\'/}
 	echo "$p"
 }
+
+# The binaries the guest runs are the host's release build: make sure it is there and current
+# (incremental, so a no-op when nothing changed). RIG_BUILD=0 skips it.
+build_release() {
+	[[ ${RIG_BUILD:-1} != 0 && -f $repo/Package.swift ]] || return 0
+	command -v swift >/dev/null || { say "swift not found: using whatever is in .build/release"; return 0; }
+	say "building release binaries (swift build -c release; log: $state/build.log)"
+	mkdir -p "$state"
+	if ! (cd "$repo" && swift build -c release) >"$state/build.log" 2>&1; then
+		tail -n 30 "$state/build.log" >&2
+		die 3 "swift build -c release failed (log: $state/build.log)"
+	fi
+}
+[[ $mode == up || $mode == test ]] && build_release
 
 suite_names=()
 declare -A suite_error=()

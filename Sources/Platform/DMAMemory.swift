@@ -108,6 +108,23 @@ public final class DMAAllocator {
         slabs[index].live -= 1
     }
 
+    /// Unmaps from the device and returns to the system every slab with no live buffer; returns
+    /// how many bytes were released. Call it once the device can no longer hold those addresses
+    /// (after a queue is deleted, say): from then on a stray DMA there faults in the IOMMU.
+    @discardableResult
+    public func releaseUnusedSlabs() throws -> Int {
+        var released = 0
+        var kept: [Slab] = []
+        for slab in slabs {
+            guard slab.live == 0 else { kept.append(slab); continue }
+            try mapper.unmapForDevice(deviceAddress: slab.deviceAddress, size: slab.size)
+            munmap(slab.base, slab.size)
+            released += slab.size
+        }
+        slabs = kept
+        return released
+    }
+
     private func carve(slabIndex: Int, size: Int, alignment: Int) -> DMABuffer? {
         var slab = slabs[slabIndex]
         for (position, range) in slab.free.enumerated() {

@@ -174,3 +174,18 @@ final class NUMATests: XCTestCase {
         XCTAssertEqual(buffer.address.load(as: UInt8.self), 7)
     }
 }
+
+final class DMAReleaseTests: XCTestCase {
+    func testUnusedSlabsAreUnmappedAndLiveOnesKept() throws {
+        let mapper = IdentityDMAMapper()
+        let allocator = DMAAllocator(mapper: mapper, useHugePages: false)
+        let kept = try allocator.allocate(size: 4096)
+        let big = try allocator.allocate(size: 3 << 20)
+        XCTAssertEqual(mapper.mapped.count, 2)
+        allocator.free(big)
+        XCTAssertEqual(try allocator.releaseUnusedSlabs(), 4 << 20)
+        XCTAssertEqual(mapper.mapped.count, 1)
+        XCTAssertTrue(mapper.isMapped(kept.deviceAddress, size: kept.size))
+        XCTAssertFalse(mapper.isMapped(big.deviceAddress, size: 4096))
+    }
+}
