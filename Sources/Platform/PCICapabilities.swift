@@ -94,12 +94,18 @@ public struct PCICapabilities: Sendable {
             }
         }
         for entry in standard {
-            switch entry.id {
-            case ID.msi: msi = try MSICapability(config: config, offset: entry.offset)
-            case ID.msix: msix = try MSIXCapability(config: config, offset: entry.offset)
-            case ID.pciExpress: express = try PCIExpressCapability(config: config, offset: entry.offset)
-            case ID.powerManagement: powerManagement = try PowerManagementCapability(config: config, offset: entry.offset)
-            default: break
+            // A capability whose registers run past the standard space is malformed: say so and
+            // leave it undecoded rather than fail the whole walk.
+            do {
+                switch entry.id {
+                case ID.msi: msi = try MSICapability(config: config, offset: entry.offset)
+                case ID.msix: msix = try MSIXCapability(config: config, offset: entry.offset)
+                case ID.pciExpress: express = try PCIExpressCapability(config: config, offset: entry.offset)
+                case ID.powerManagement: powerManagement = try PowerManagementCapability(config: config, offset: entry.offset)
+                default: break
+                }
+            } catch {
+                problems.append("\(Self.name(ofStandard: entry.id)) capability at 0x\(hex(entry.offset, width: 2)) is truncated: \(error)")
             }
         }
     }

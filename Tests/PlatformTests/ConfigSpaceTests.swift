@@ -72,6 +72,17 @@ final class ConfigSpaceTests: XCTestCase {
         XCTAssertEqual(capabilities.problems.count, 1)
     }
 
+    func testTruncatedCapabilityIsAProblemNotAFailure() throws {
+        let config = InMemoryConfigSpace(bytes: Array(Self.nvmeLikeConfig().bytes[0..<256]))
+        config.bytes[0xB1] = 0xF8               // MSI-X -> a second MSI-X at 0xF8 whose table field is past 0xFF
+        config.bytes[0xF8] = 0x11; config.bytes[0xF9] = 0x00
+        let capabilities = try PCICapabilities(reading: config)
+        XCTAssertEqual(capabilities.standard.map(\.offset), [0x40, 0x50, 0x70, 0xB0, 0xF8])
+        XCTAssertEqual(capabilities.problems.count, 1)
+        XCTAssertTrue(capabilities.problems[0].contains("truncated"), capabilities.problems[0])
+        XCTAssertEqual(capabilities.msix?.offset, 0xB0, "the well-formed MSI-X capability is still decoded")
+    }
+
     func testExtendedLoopStops() throws {
         let config = Self.nvmeLikeConfig()
         config.bytes[0x142] = 0x00; config.bytes[0x143] = 0x10  // DSN next -> 0x100
