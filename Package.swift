@@ -10,10 +10,13 @@ let package = Package(
         .library(name: "Platform", targets: ["Platform"]),
         .executable(name: "serverctl", targets: ["serverctl"]),
         .executable(name: "limitless-hil", targets: ["limitless-hil"]),
+        .executable(name: "limitless-bench", targets: ["limitless-bench"]),
+        .executable(name: "limitless-supervisor", targets: ["limitless-supervisor"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
     ],
     targets: [
         // C shim: volatile MMIO, ioctl request numbers, eventfd/memfd, static asserts.
@@ -30,6 +33,22 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
 
+        // Runtime: IPC (wire format, sockets, shared memory, rings) and supervision (config,
+        // restart policy, checkpoints, logs).
+        .target(
+            name: "IPC",
+            dependencies: [
+                "CLimitless",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]),
+        .target(
+            name: "Supervision",
+            dependencies: [
+                "Platform",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+
         // Drivers (server layer libraries), smoke-level for now.
         .target(name: "NVMe", dependencies: ["Platform"]),
         .target(name: "XHCI", dependencies: ["Platform"]),
@@ -40,6 +59,9 @@ let package = Package(
 
         // Hardware-in-the-loop suites (run in the rig or against a real device).
         .target(name: "HILSuites", dependencies: ["Platform", "NVMe", "XHCI", "E1000E"]),
+
+        // Benchmarks that print figures (never timed assertions).
+        .target(name: "Bench", dependencies: ["IPC", "CLimitless"]),
 
         // Thin executables.
         .executableTarget(
@@ -55,6 +77,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
+        .executableTarget(
+            name: "limitless-bench",
+            dependencies: ["Bench", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(
+            name: "limitless-supervisor",
+            dependencies: ["Supervision", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+
+        .testTarget(name: "IPCTests", dependencies: ["IPC", "CLimitless"]),
+        .testTarget(name: "SupervisionTests", dependencies: ["Supervision"]),
         .testTarget(name: "PlatformTests", dependencies: ["Platform", "CLimitless"]),
         .testTarget(name: "DriverTests", dependencies: ["Platform", "NVMe", "XHCI", "E1000E"]),
         .testTarget(name: "DeviceCatalogTests", dependencies: ["DeviceCatalog", "Platform"]),

@@ -1,0 +1,1 @@
+print("limitless-bench: no benchmarks yet")

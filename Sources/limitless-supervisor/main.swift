@@ -1,0 +1,1 @@
+print("limitless-supervisor: not built yet")
