@@ -45,7 +45,7 @@ let package = Package(
         .target(
             name: "Supervision",
             dependencies: [
-                "Platform",
+                "Platform", "CLimitless",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
 
