@@ -12,6 +12,9 @@ let package = Package(
         .executable(name: "limitless-hil", targets: ["limitless-hil"]),
         .executable(name: "limitless-bench", targets: ["limitless-bench"]),
         .executable(name: "limitless-supervisor", targets: ["limitless-supervisor"]),
+        .executable(name: "limitless-fuzz", targets: ["limitless-fuzz"]),
+        // The seed's C calls (ipc_send_receive, ipc_send, ipc_receive, create_shared_memory_cap).
+        .library(name: "limitless_ipc", targets: ["limitless_ipc"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -60,6 +63,9 @@ let package = Package(
         // Hardware-in-the-loop suites (run in the rig or against a real device).
         .target(name: "HILSuites", dependencies: ["Platform", "NVMe", "XHCI", "E1000E"]),
 
+        // The C client library: plain C speaking the same wire format, for C programs.
+        .target(name: "limitless_ipc"),
+
         // Benchmarks that print figures (never timed assertions).
         .target(name: "Bench", dependencies: ["IPC", "CLimitless"]),
 
@@ -80,6 +86,9 @@ let package = Package(
         .executableTarget(
             name: "limitless-bench",
             dependencies: ["Bench", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(
+            name: "limitless-fuzz",
+            dependencies: ["IPC", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "limitless-supervisor",
             dependencies: ["Supervision", .product(name: "ArgumentParser", package: "swift-argument-parser")]),

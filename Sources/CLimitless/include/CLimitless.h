@@ -111,3 +111,214 @@ static inline int CL_getrlimit_memlock(unsigned long long *soft, unsigned long l
     *hard = r.rlim_max == RLIM_INFINITY ? ~0ULL : (unsigned long long)r.rlim_max;
     return 0;
 }
+
+// MARK: - Ring
+// Shared-memory rings (Sources/IPC/SharedRing*.swift) and the IPC benchmark. Futexes are the
+// process-shared kind (no FUTEX_PRIVATE_FLAG): the word lives in a memfd two processes map.
+#include <linux/futex.h>
+#include <time.h>
+
+/// Sleeps while *word == expected, for at most timeout_ns (negative: no limit). Returns 0 when
+/// woken, or -errno: -EAGAIN (the word already differed), -ETIMEDOUT, -EINTR.
+static inline int CL_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns) {
+    struct timespec ts;
+    struct timespec *tp = NULL;
+    if (timeout_ns >= 0) {
+        ts.tv_sec = (time_t)(timeout_ns / 1000000000);
+        ts.tv_nsec = (long)(timeout_ns % 1000000000);
+        tp = &ts;
+    }
+    long r = syscall(SYS_futex, word, FUTEX_WAIT, expected, tp, NULL, 0);
+    return r == 0 ? 0 : -errno;
+}
+
+/// Wakes up to `count` sleepers on `word`; returns how many woke, or -errno.
+static inline int CL_futex_wake(uint32_t *word, int count) {
+    long r = syscall(SYS_futex, word, FUTEX_WAKE, count, NULL, NULL, 0);
+    return r >= 0 ? (int)r : -errno;
+}
+
+/// One spin-wait hint: on x86 `pause` lets the sibling hyperthread run and avoids the
+/// memory-order machine clear when the awaited line finally changes.
+static inline void CL_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    __asm__ __volatile__("" ::: "memory");
+#endif
+}
+
+/// The time-stamp counter (x86), the virtual counter (arm64), else CLOCK_MONOTONIC nanoseconds.
+/// `CL_cycles_ordered` waits for earlier instructions first (rdtscp), for the end of a timed span.
+static inline uint64_t CL_cycles(void) {
+#if defined(__x86_64__)
+    return __builtin_ia32_rdtsc();
+#elif defined(__aarch64__)
+    uint64_t v; __asm__ __volatile__("mrs %0, cntvct_el0" : "=r"(v)); return v;
+#else
+    struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+#endif
+}
+static inline uint64_t CL_cycles_ordered(void) {
+#if defined(__x86_64__)
+    unsigned int aux; return __builtin_ia32_rdtscp(&aux);
+#else
+    return CL_cycles();
+#endif
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (vDSO: no system call on the usual clock sources).
+static inline uint64_t CL_monotonic_ns(void) {
+    struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/// CPU affinity through the raw system calls: the glibc wrappers and CPU_SET need _GNU_SOURCE.
+/// Covers CPUs 0..1023. Pins the calling thread (and what it later forks/spawns) to `cpu`.
+static inline int CL_pin_to_cpu(int cpu) {
+    unsigned long mask[1024 / (8 * sizeof(unsigned long))] = {0};
+    if (cpu < 0 || cpu >= 1024) return -EINVAL;
+    mask[cpu / (8 * sizeof(unsigned long))] = 1ul << (cpu % (8 * sizeof(unsigned long)));
+    long r = syscall(SYS_sched_setaffinity, 0, sizeof(mask), mask);
+    return r == 0 ? 0 : -errno;
+}
+/// Writes up to `capacity` CPU numbers this thread may run on into `cpus`; returns how many
+/// there are (may exceed capacity), or -errno.
+static inline int CL_allowed_cpus(int *cpus, int capacity) {
+    unsigned long mask[1024 / (8 * sizeof(unsigned long))] = {0};
+    long r = syscall(SYS_sched_getaffinity, 0, sizeof(mask), mask);
+    if (r < 0) return -errno;
+    int n = 0;
+    for (int cpu = 0; cpu < 1024; cpu++) {
+        if (mask[cpu / (8 * sizeof(unsigned long))] & (1ul << (cpu % (8 * sizeof(unsigned long))))) {
+            if (n < capacity) cpus[n] = cpu;
+            n++;
+        }
+    }
+    return n;
+}
+
+// MARK: - IPC
+// Unix-socket helpers for the IPC module (Sources/IPC). The CMSG_* accessors are macros Swift cannot
+// call; SO_PEERCRED's `struct ucred`, sendmmsg, memfd sealing and MSG_CMSG_CLOEXEC sit behind
+// _GNU_SOURCE, which this header must not define (see memfd_create above), so the values come from
+// <linux/fcntl.h>, <linux/memfd.h> and <bits/socket.h> as numbers, and the calls go through
+// syscall() or plain POSIX ones.
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/epoll.h>  // not in the Glibc module map; the server loop needs it
+#include <fcntl.h>
+
+/// Most descriptors one message may carry (the kernel's SCM_MAX_FD, include/net/scm.h).
+static const int CL_IPC_SCM_MAX_FD = 253;
+static const int CL_MSG_CMSG_CLOEXEC = 0x40000000;   // bits/socket.h
+static const int CL_MSG_TRUNC = MSG_TRUNC;
+static const int CL_MSG_CTRUNC = MSG_CTRUNC;
+static const int CL_MSG_DONTWAIT = MSG_DONTWAIT;
+static const int CL_MSG_NOSIGNAL = MSG_NOSIGNAL;
+static const int CL_SOCK_SEQPACKET = SOCK_SEQPACKET;
+static const int CL_SOCK_CLOEXEC = SOCK_CLOEXEC;
+static const int CL_SOCK_NONBLOCK = SOCK_NONBLOCK;
+static const unsigned int CL_MFD_CLOEXEC = 0x0001U;        // linux/memfd.h
+static const unsigned int CL_MFD_ALLOW_SEALING = 0x0002U;  // linux/memfd.h
+static const int CL_F_ADD_SEALS = 1033;                    // linux/fcntl.h: F_LINUX_SPECIFIC_BASE + 9
+static const int CL_F_GET_SEALS = 1034;                    // F_LINUX_SPECIFIC_BASE + 10
+static const int CL_F_SEAL_SEAL = 0x0001;
+static const int CL_F_SEAL_SHRINK = 0x0002;
+static const int CL_F_SEAL_GROW = 0x0004;
+static const int CL_F_SEAL_WRITE = 0x0008;
+
+/// fcntl(2) is variadic; this is its integer-argument form (F_ADD_SEALS, F_GET_SEALS, F_GETFD).
+static inline int CL_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
+
+/// The peer's pid, uid and gid as the kernel recorded them at connect() (SO_PEERCRED, socket(7)).
+/// Declared locally because `struct ucred` needs _GNU_SOURCE; the layout is the kernel's.
+static inline int CL_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid) {
+    struct { int32_t pid; uint32_t uid; uint32_t gid; } cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
+    if (len != sizeof(cred)) { errno = EPROTO; return -1; }
+    *pid = cred.pid; *uid = cred.uid; *gid = cred.gid;
+    return 0;
+}
+
+/// Sends one datagram made of two parts (header, payload) and, if nfds > 0, the descriptors in
+/// one SCM_RIGHTS message. Returns sendmsg's result.
+static inline long CL_ipc_send(int sock, const void *head, size_t headLen, const void *body, size_t bodyLen,
+                               const int *fds, int nfds, int flags) {
+    struct iovec iov[2] = { { (void *)head, headLen }, { (void *)body, bodyLen } };
+    union { char buf[CMSG_SPACE(sizeof(int) * 253)]; struct cmsghdr align; } control;
+    struct msghdr msg = {0};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = bodyLen > 0 ? 2 : 1;
+    if (nfds > 0) {
+        if (nfds > 253) { errno = EINVAL; return -1; }
+        msg.msg_control = control.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        __builtin_memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+    }
+    return (long)sendmsg(sock, &msg, flags);
+}
+
+/// Receives one datagram into `buf`; descriptors that came with it are stored in `fds` (up to
+/// `maxfds`, at most 8) and counted in `*nfds`; any beyond `maxfds` are closed here so none leak.
+/// The control buffer holds 8; the kernel closes what does not fit and sets MSG_CTRUNC.
+/// `*msgFlags` receives msg_flags (MSG_TRUNC: the datagram was longer than `len`).
+/// Descriptors are received close-on-exec.
+static inline long CL_ipc_recv(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds,
+                               int *msgFlags, int flags) {
+    struct iovec iov = { buf, len };
+    union { char buf[CMSG_SPACE(sizeof(int) * 8)]; struct cmsghdr align; } control;
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof(control.buf);
+    *nfds = 0;
+    *msgFlags = 0;
+    long n = (long)recvmsg(sock, &msg, flags | 0x40000000 /* MSG_CMSG_CLOEXEC */);
+    if (n < 0) return n;
+    *msgFlags = msg.msg_flags;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        const unsigned char *data = CMSG_DATA(c);
+        for (size_t i = 0; i < count; i++) {
+            int fd;
+            __builtin_memcpy(&fd, data + i * sizeof(int), sizeof(int));
+            if (*nfds < maxfds) fds[(*nfds)++] = fd; else close(fd);
+        }
+    }
+    return n;
+}
+
+/// sendmmsg(2) through syscall(): `count` datagrams of one header each plus an optional payload
+/// (`bodies[i]` may be NULL when `bodyLens[i]` is 0), one system call and one wakeup of the
+/// receiver per call. At most 64 per call; returns how many were sent, or -1.
+static inline int CL_ipc_sendmmsg(int sock, const void *const *heads, const size_t *headLens,
+                                  const void *const *bodies, const size_t *bodyLens, unsigned int count, int flags) {
+    struct { struct msghdr hdr; unsigned int len; } msgs[64];
+    struct iovec iov[64][2];
+    if (count > 64) count = 64;
+    for (unsigned int i = 0; i < count; i++) {
+        iov[i][0].iov_base = (void *)heads[i]; iov[i][0].iov_len = headLens[i];
+        iov[i][1].iov_base = (void *)bodies[i]; iov[i][1].iov_len = bodyLens[i];
+        __builtin_memset(&msgs[i], 0, sizeof(msgs[i]));
+        msgs[i].hdr.msg_iov = iov[i];
+        msgs[i].hdr.msg_iovlen = bodyLens[i] > 0 ? 2 : 1;
+    }
+    return (int)syscall(SYS_sendmmsg, sock, msgs, count, flags);
+}
+
+/// accept4(2) (a GNU declaration) through syscall(): the new socket is non-blocking and
+/// close-on-exec from the start, so a concurrent fork+exec never inherits it.
+static inline int CL_accept_nonblocking(int sock) {
+    return (int)syscall(SYS_accept4, sock, (void *)0, (void *)0, SOCK_CLOEXEC | SOCK_NONBLOCK);
+}

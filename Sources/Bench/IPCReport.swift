@@ -1,0 +1,105 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The printed result of `limitless-bench ipc`: one table, then the ratios beside their targets.
+/// Targets are shown, never asserted.
+struct IPCReport {
+    let options: IPCBenchmark.Options
+    let placement: CPUPlacement
+    let clock: CycleClock
+    var floor: RoundTripResult?
+    var ringRoundTrip: RoundTripResult?
+    var ringOneWay: OneWayResult?
+    var socketRoundTrip: RoundTripResult?
+    var socketOneWay: OneWayResult?
+
+    init(options: IPCBenchmark.Options, placement: CPUPlacement, clock: CycleClock) {
+        self.options = options
+        self.placement = placement
+        self.clock = clock
+    }
+
+    func printHeader() {
+        let cpus = placement.allowed.map(String.init).joined(separator: ",")
+        print("limitless-bench ipc: \(placement.allowed.count) CPU(s) allowed [\(cpus)]; "
+            + "measuring process on CPU \(placement.parent.map(String.init) ?? "?"), peer on CPU \(placement.peer.map(String.init) ?? "?")")
+        if placement.allowed.count < 2 {
+            print("WARNING: only one CPU: both processes share it, every hand-off is a context switch; "
+                + "spinning figures are meaningless here. Run on a machine with two or more CPUs.")
+        }
+        print("TSC \(fixed(clock.gigahertz, 3)) GHz, measured against CLOCK_MONOTONIC over \(clock.measuredOverNanoseconds / 1_000_000) ms "
+            + "(cycles below are TSC cycles at that rate)")
+        print("ring: \(options.slotSize)-byte slots (\(options.slotSize - 8)-byte payload), \(options.capacity) per ring, "
+            + "spin \(options.spinNanoseconds / 1000) µs then futex; one-way batches of \(options.batch)")
+        print("")
+    }
+
+    func printTable() {
+        let header = ["path", "RTT p50 ns", "p50 cyc", "RTT p99 ns", "p99 cyc", "samples", "1-way cyc/msg", "msgs/s"]
+        var rows: [[String]] = []
+        func row(_ name: String, _ rt: RoundTripResult?, _ ow: OneWayResult?) {
+            rows.append([
+                name,
+                rt.map { fixed(clock.nanoseconds($0.p50), 0) } ?? "-",
+                rt.map { fixed($0.p50, 0) } ?? "-",
+                rt.map { fixed(clock.nanoseconds($0.p99), 0) } ?? "-",
+                rt.map { fixed($0.p99, 0) } ?? "-",
+                rt.map { String($0.count) } ?? "-",
+                ow.map { fixed($0.cyclesPerMessage, 1) } ?? "-",
+                ow.map { millions($0.messagesPerSecond) } ?? "-",
+            ])
+        }
+        row("floor (1 cache line)", floor, nil)
+        row("ring (shared memory)", ringRoundTrip, ringOneWay)
+        row("seqpacket (raw)", socketRoundTrip, socketOneWay)
+        let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { index, cell in
+                index == 0 ? cell + String(repeating: " ", count: widths[index] - cell.count)
+                    : String(repeating: " ", count: widths[index] - cell.count) + cell
+            }.joined(separator: "  ")
+        }
+        print(line(header))
+        print(String(repeating: "-", count: widths.reduce(0, +) + 2 * (widths.count - 1)))
+        rows.forEach { print(line($0)) }
+        print("")
+
+        if let ring = ringRoundTrip, let floor {
+            let ratio = ring.p50 / floor.p50
+            print("ring round trip / floor (p50):    \(fixed(ratio, 2))x   target <= 1.25x  \(mark(ratio <= 1.25))")
+        }
+        if let ring = ringOneWay {
+            print("ring one-way cost:                \(fixed(ring.cyclesPerMessage, 1)) cycles/msg   target <= 200  \(mark(ring.cyclesPerMessage <= 200))")
+            print("ring one-way rate:                \(millions(ring.messagesPerSecond)) msgs/s   target >= 10 M  \(mark(ring.messagesPerSecond >= 10e6))")
+        }
+        if let socket = socketRoundTrip, let ring = ringRoundTrip {
+            let ratio = socket.p50 / ring.p50
+            print("seqpacket / ring round trip (p50): \(fixed(ratio, 1))x   target > 20x  \(mark(ratio > 20))")
+        }
+        if let socket = socketOneWay, let ring = ringOneWay {
+            print("seqpacket / ring one-way cost:     \(fixed(socket.cyclesPerMessage / ring.cyclesPerMessage, 1))x")
+        }
+        var notes: [String] = []
+        if let ring = ringRoundTrip { notes.append("ring round trips: \(ring.sleeps) futex sleeps, \(ring.wakeups) wakes on the client side") }
+        if let ring = ringOneWay { notes.append("ring one-way: \(ring.wakeups) wakes; \(ring.errors) sequence errors") }
+        if let socket = socketOneWay { notes.append("seqpacket one-way: \(socket.errors) sequence errors") }
+        notes.forEach { print("  " + $0) }
+    }
+
+    private func mark(_ met: Bool) -> String { met ? "(met)" : "(NOT met)" }
+}
+
+func fixed(_ value: Double, _ decimals: Int) -> String {
+    guard value.isFinite else { return "-" }
+    var scale = 1.0
+    for _ in 0..<decimals { scale *= 10 }
+    let rounded = (value * scale).rounded() / scale
+    if decimals == 0 { return String(Int(rounded)) }
+    var text = String(rounded)
+    let fraction = text.split(separator: ".").last.map(\.count) ?? 0
+    if fraction < decimals { text += String(repeating: "0", count: decimals - fraction) }
+    return text
+}
+
+func millions(_ rate: Double) -> String { fixed(rate / 1e6, 2) + " M" }

@@ -1,0 +1,175 @@
+/// The one registry of message types, numbered in ranges of 0x100 per subsystem so a type's
+/// owner is visible in its number (0x1xx VFS, 0x2xx block, ...). The seed's VFS types keep their
+/// order. A type not listed here is refused by the decoder (`MessageError.unknownType`), so
+/// adding a message means adding it here, with its name.
+public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public var rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    // 0x0000: the IPC layer itself, answered by the server loop, never by a handler.
+    /// Carries one memfd (SCM_RIGHTS); the reply's param1 is the handle that names it afterwards.
+    public static let ipcShare = MessageType(rawValue: 0x0001)
+    /// param1 = a handle to forget; its descriptor and mapping are closed.
+    public static let ipcRelease = MessageType(rawValue: 0x0002)
+    /// Answered with status ok; for liveness checks and latency measurements.
+    public static let ipcPing = MessageType(rawValue: 0x0003)
+    /// The type of an error reply to a datagram too damaged to have a type of its own.
+    public static let ipcError = MessageType(rawValue: 0x0004)
+
+    // 0x0100: VFS (the seed's MSG_VFS_*, same order).
+    public static let vfsOpen = MessageType(rawValue: 0x0100)
+    public static let vfsRead = MessageType(rawValue: 0x0101)
+    public static let vfsWrite = MessageType(rawValue: 0x0102)
+    public static let vfsClose = MessageType(rawValue: 0x0103)
+    public static let vfsStat = MessageType(rawValue: 0x0104)
+    public static let vfsMkdir = MessageType(rawValue: 0x0105)
+    public static let vfsRmdir = MessageType(rawValue: 0x0106)
+    public static let vfsUnlink = MessageType(rawValue: 0x0107)
+
+    // 0x0200: block storage (storage_server).
+    public static let blockOpenNamespace = MessageType(rawValue: 0x0200)
+    public static let blockGeometry = MessageType(rawValue: 0x0201)
+    public static let blockRead = MessageType(rawValue: 0x0202)
+    public static let blockWrite = MessageType(rawValue: 0x0203)
+    public static let blockFlush = MessageType(rawValue: 0x0204)
+    public static let blockTrim = MessageType(rawValue: 0x0205)
+
+    // 0x0300: USB (usb_server).
+    public static let usbListDevices = MessageType(rawValue: 0x0300)
+    public static let usbDeviceDescriptor = MessageType(rawValue: 0x0301)
+    public static let usbControlTransfer = MessageType(rawValue: 0x0302)
+    public static let usbBulkTransfer = MessageType(rawValue: 0x0303)
+    public static let usbInterruptTransfer = MessageType(rawValue: 0x0304)
+    public static let usbResetPort = MessageType(rawValue: 0x0305)
+
+    // 0x0400: power (power_mgmt_daemon).
+    public static let powerGetState = MessageType(rawValue: 0x0400)
+    public static let powerSetState = MessageType(rawValue: 0x0401)
+    public static let powerGetCPUFrequency = MessageType(rawValue: 0x0402)
+    public static let powerSetCPUFrequency = MessageType(rawValue: 0x0403)
+    public static let powerACPIRead = MessageType(rawValue: 0x0404)
+
+    // 0x0500: supervisor.
+    public static let supervisorRegister = MessageType(rawValue: 0x0500)
+    public static let supervisorHeartbeat = MessageType(rawValue: 0x0501)
+    public static let supervisorLog = MessageType(rawValue: 0x0502)
+    public static let supervisorCheckpointSave = MessageType(rawValue: 0x0503)
+    public static let supervisorCheckpointRestore = MessageType(rawValue: 0x0504)
+    public static let supervisorCapabilityGrant = MessageType(rawValue: 0x0505)
+
+    /// The seed-style name (`MSG_VFS_OPEN`), or nil for a number not in the registry.
+    public var name: String? {
+        switch rawValue {
+        case 0x0001: "MSG_IPC_SHARE"
+        case 0x0002: "MSG_IPC_RELEASE"
+        case 0x0003: "MSG_IPC_PING"
+        case 0x0004: "MSG_IPC_ERROR"
+        case 0x0100: "MSG_VFS_OPEN"
+        case 0x0101: "MSG_VFS_READ"
+        case 0x0102: "MSG_VFS_WRITE"
+        case 0x0103: "MSG_VFS_CLOSE"
+        case 0x0104: "MSG_VFS_STAT"
+        case 0x0105: "MSG_VFS_MKDIR"
+        case 0x0106: "MSG_VFS_RMDIR"
+        case 0x0107: "MSG_VFS_UNLINK"
+        case 0x0200: "MSG_BLOCK_OPEN_NAMESPACE"
+        case 0x0201: "MSG_BLOCK_GEOMETRY"
+        case 0x0202: "MSG_BLOCK_READ"
+        case 0x0203: "MSG_BLOCK_WRITE"
+        case 0x0204: "MSG_BLOCK_FLUSH"
+        case 0x0205: "MSG_BLOCK_TRIM"
+        case 0x0300: "MSG_USB_LIST_DEVICES"
+        case 0x0301: "MSG_USB_DEVICE_DESCRIPTOR"
+        case 0x0302: "MSG_USB_CONTROL_TRANSFER"
+        case 0x0303: "MSG_USB_BULK_TRANSFER"
+        case 0x0304: "MSG_USB_INTERRUPT_TRANSFER"
+        case 0x0305: "MSG_USB_RESET_PORT"
+        case 0x0400: "MSG_POWER_GET_STATE"
+        case 0x0401: "MSG_POWER_SET_STATE"
+        case 0x0402: "MSG_POWER_GET_CPU_FREQUENCY"
+        case 0x0403: "MSG_POWER_SET_CPU_FREQUENCY"
+        case 0x0404: "MSG_POWER_ACPI_READ"
+        case 0x0500: "MSG_SUPERVISOR_REGISTER"
+        case 0x0501: "MSG_SUPERVISOR_HEARTBEAT"
+        case 0x0502: "MSG_SUPERVISOR_LOG"
+        case 0x0503: "MSG_SUPERVISOR_CHECKPOINT_SAVE"
+        case 0x0504: "MSG_SUPERVISOR_CHECKPOINT_RESTORE"
+        case 0x0505: "MSG_SUPERVISOR_CAPABILITY_GRANT"
+        default: nil
+        }
+    }
+
+    public var isKnown: Bool { name != nil }
+    /// Types the server loop answers itself (0x00xx).
+    public var isIPCControl: Bool { rawValue < 0x0100 }
+
+    public var description: String {
+        name ?? "unknown message type 0x" + String(rawValue, radix: 16)
+    }
+}
+
+/// A reply's status: an errno value (0 is success), so C callers and Swift callers read the same
+/// numbers and a server can pass a kernel error through unchanged. Values are Linux's.
+public struct IPCStatus: RawRepresentable, Hashable, Sendable, Error, CustomStringConvertible {
+    public var rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+
+    public static let ok = IPCStatus(rawValue: 0)
+    public static let ENOENT = IPCStatus(rawValue: 2)
+    public static let EIO = IPCStatus(rawValue: 5)
+    /// Unknown or forged shared-memory handle.
+    public static let EBADF = IPCStatus(rawValue: 9)
+    public static let EAGAIN = IPCStatus(rawValue: 11)
+    public static let ENOMEM = IPCStatus(rawValue: 12)
+    public static let EACCES = IPCStatus(rawValue: 13)
+    /// The client's queue at the server is full: retry later; the request was not run.
+    public static let EBUSY = IPCStatus(rawValue: 16)
+    public static let EEXIST = IPCStatus(rawValue: 17)
+    public static let ENOTDIR = IPCStatus(rawValue: 20)
+    public static let EISDIR = IPCStatus(rawValue: 21)
+    public static let EINVAL = IPCStatus(rawValue: 22)
+    /// The connection's handle table is full.
+    public static let EMFILE = IPCStatus(rawValue: 24)
+    public static let ENOSPC = IPCStatus(rawValue: 28)
+    public static let EROFS = IPCStatus(rawValue: 30)
+    /// The message type is known but this server does not handle it, or it is not in the registry.
+    public static let ENOSYS = IPCStatus(rawValue: 38)
+    public static let ENOTEMPTY = IPCStatus(rawValue: 39)
+    public static let EPROTO = IPCStatus(rawValue: 71)
+    /// The datagram failed validation (truncated, garbage, bad flags, data outside the payload).
+    public static let EBADMSG = IPCStatus(rawValue: 74)
+    /// The datagram exceeds the inline limit; send the data through shared memory.
+    public static let EMSGSIZE = IPCStatus(rawValue: 90)
+    public static let ETIMEDOUT = IPCStatus(rawValue: 110)
+
+    public var isOK: Bool { rawValue == 0 }
+
+    public var name: String? {
+        switch rawValue {
+        case 0: "OK"
+        case 2: "ENOENT"
+        case 5: "EIO"
+        case 9: "EBADF"
+        case 11: "EAGAIN"
+        case 12: "ENOMEM"
+        case 13: "EACCES"
+        case 16: "EBUSY"
+        case 17: "EEXIST"
+        case 20: "ENOTDIR"
+        case 21: "EISDIR"
+        case 22: "EINVAL"
+        case 24: "EMFILE"
+        case 28: "ENOSPC"
+        case 30: "EROFS"
+        case 38: "ENOSYS"
+        case 39: "ENOTEMPTY"
+        case 71: "EPROTO"
+        case 74: "EBADMSG"
+        case 90: "EMSGSIZE"
+        case 110: "ETIMEDOUT"
+        default: nil
+        }
+    }
+
+    public var description: String { name ?? "errno \(rawValue)" }
+}

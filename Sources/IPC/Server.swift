@@ -1,0 +1,497 @@
+import Atomics
+import CLimitless
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A server endpoint: one thread serves every client through epoll.
+///
+/// Per wakeup, each readable client's datagrams are read into that client's bounded queue
+/// (buffers from one preallocated pool, so a message costs no allocation); datagrams beyond the
+/// queue's depth are answered at once with status EBUSY and param1 `IPCRefusal.busy`, never
+/// dropped silently. Queues are then served round-robin, one message per client per turn, so a
+/// busy client cannot starve the others. A client whose socket cannot take a reply is not read
+/// until it can (back-pressure), rather than the server blocking.
+///
+/// Bad input never stops the server: a datagram that fails validation gets an error reply
+/// (EBADMSG, EMSGSIZE, ENOSYS, EBADF... with a code in param1); after
+/// `Configuration.maxProtocolErrors` of them the client is disconnected. A client that goes away
+/// has its socket, queued messages, received descriptors and mappings freed at once.
+///
+/// Thread rule: `run`/`serveOnce` on one thread at a time; `stop()`, `connectionCount` and
+/// `sharedRegionCount` from any thread.
+public final class IPCServer: @unchecked Sendable {
+    public typealias Handler = @Sendable (_ request: Message, _ payload: IPCPayload, _ connection: IPCConnection) -> IPCReply
+
+    public struct Configuration: Sendable {
+        /// Clients served at once; one more is sent EBUSY and closed.
+        public var maxClients = 128
+        /// Messages queued per client before EBUSY replies.
+        public var queueDepth = 16
+        /// Datagram buffers shared by all queues (each `Message.maxDatagramSize` bytes of
+        /// address space, touched only when used).
+        public var bufferPoolSize = 256
+        /// Shared-memory handles per client; more shares are refused with EMFILE and their
+        /// descriptors closed.
+        public var maxHandlesPerClient = 64
+        /// Malformed messages tolerated from one client before it is disconnected.
+        public var maxProtocolErrors = 64
+        public init() {}
+    }
+
+    public let endpoint: IPCEndpoint
+    public let configuration: Configuration
+    private let handler: Handler
+
+    private let listenFD: Int32
+    private let epollFD: Int32
+    private let stopFD: Int32
+    private var clients: [ClientState?]
+    private var generations: [UInt32]
+    private var nextConnectionID: UInt64 = 1
+    private let pool: UnsafeMutableRawPointer
+    private var poolLengths: [Int]
+    private var poolFDs: [Int32]
+    private var freeBuffers: [Int32]
+    private let scratch: UnsafeMutableRawBufferPointer
+    private let replyBuffer: UnsafeMutableRawBufferPointer
+    private var events: UnsafeMutablePointer<epoll_event>
+    private static let maxEvents: Int32 = 64
+    private var thread: pthread_t?
+    private var closed = false
+
+    private let connections = ManagedAtomic<Int>(0)
+    private let regions = ManagedAtomic<Int>(0)
+
+    /// Clients connected now.
+    public var connectionCount: Int { connections.load(ordering: .relaxed) }
+    /// Shared-memory regions held for all clients now.
+    public var sharedRegionCount: Int { regions.load(ordering: .relaxed) }
+
+    private static let listenToken: UInt64 = 0
+    private static let stopToken: UInt64 = 1
+
+    private struct ClientState {
+        var fd: Int32
+        var connection: IPCConnection
+        var handles: [SharedRegion?]
+        var handleCount = 0
+        var queue: [Int32]
+        var queueHead = 0
+        var queueCount = 0
+        var protocolErrors = 0
+        /// A reply the socket could not take yet; while set, the client is neither read nor served.
+        var pendingReply: [UInt8]? = nil
+    }
+
+    /// Listens at `DIR/NAME.sock` (creating DIR, replacing a stale socket) and writes
+    /// `DIR/NAME.pid`. Serve with `start()` (own thread) or `run()` / `serveOnce` (caller's thread).
+    public init(name: String, directory: String = IPCRuntime.defaultDirectory,
+                configuration: Configuration = Configuration(), handler: @escaping Handler) throws(IPCError) {
+        precondition(configuration.maxClients > 0 && configuration.queueDepth > 0 && configuration.bufferPoolSize > 0)
+        let endpoint = try IPCEndpoint(name: name, directory: directory)
+        self.endpoint = endpoint
+        self.configuration = configuration
+        self.handler = handler
+        let listenFD = try endpoint.listen()
+        var epollFD: Int32 = -1, stopFD: Int32 = -1
+        do throws(IPCError) {
+            epollFD = try sys("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
+            stopFD = try sys("eventfd") { CL_eventfd(0, CL_EFD_CLOEXEC | CL_EFD_NONBLOCK) }
+            try Self.watch(epollFD, listenFD, token: Self.listenToken, events: UInt32(EPOLLIN.rawValue))
+            try Self.watch(epollFD, stopFD, token: Self.stopToken, events: UInt32(EPOLLIN.rawValue))
+        } catch {
+            closeDescriptor(stopFD)
+            closeDescriptor(epollFD)
+            closeDescriptor(listenFD)
+            endpoint.removeFiles()
+            throw error
+        }
+        self.listenFD = listenFD
+        self.epollFD = epollFD
+        self.stopFD = stopFD
+        clients = Array(repeating: nil, count: configuration.maxClients)
+        generations = Array(repeating: 0, count: configuration.maxClients)
+        let poolBytes = configuration.bufferPoolSize * Message.maxDatagramSize
+        let poolBase = mmap(nil, poolBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        precondition(poolBase != nil && CL_is_map_failed(poolBase) == 0, "could not reserve the IPC buffer pool")
+        pool = poolBase!
+        poolLengths = Array(repeating: 0, count: configuration.bufferPoolSize)
+        poolFDs = Array(repeating: -1, count: configuration.bufferPoolSize)
+        freeBuffers = (0..<Int32(configuration.bufferPoolSize)).reversed()
+        scratch = .allocate(byteCount: Message.maxDatagramSize, alignment: 16)
+        replyBuffer = .allocate(byteCount: Message.maxDatagramSize, alignment: 16)
+        events = .allocate(capacity: Int(Self.maxEvents))
+    }
+
+    deinit {
+        stop()
+        munmap(pool, configuration.bufferPoolSize * Message.maxDatagramSize)
+        scratch.deallocate()
+        replyBuffer.deallocate()
+        events.deallocate()
+    }
+
+    // MARK: Running
+
+    /// Serves on a new thread until `stop()`.
+    public func start() {
+        precondition(thread == nil, "IPCServer.start called twice")
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var handle = pthread_t()
+        let result = pthread_create(&handle, nil, { context in
+            let server = Unmanaged<IPCServer>.fromOpaque(context!).takeRetainedValue()
+            server.run()
+            return nil
+        }, context)
+        precondition(result == 0, "pthread_create failed: \(result)")
+        thread = handle
+    }
+
+    /// Serves on the calling thread until `stop()`.
+    public func run() {
+        while serveOnce(timeout: nil) {}
+    }
+
+    /// Waits up to `timeout` (nil: forever) for activity, handles it, and returns false once the
+    /// server was asked to stop. Lets a test step the server deterministically.
+    @discardableResult
+    public func serveOnce(timeout: Duration? = .zero) -> Bool {
+        let milliseconds = timeout.map { Int32(clamping: ($0.nanoseconds + 999_999) / 1_000_000) } ?? -1
+        let count = epoll_wait(epollFD, events, Self.maxEvents, milliseconds)
+        if count < 0 { return CL_errno() == EINTR }
+        var stopping = false
+        for index in 0..<Int(count) {
+            let event = events[index]
+            let token = event.data.u64
+            switch token {
+            case Self.listenToken: acceptClients()
+            case Self.stopToken: stopping = true
+            default:
+                let slot = Int(token & 0xFFFF_FFFF) - 2
+                guard slot >= 0, slot < clients.count, clients[slot] != nil,
+                      generations[slot] == UInt32(token >> 32) else { continue }
+                handleEvents(event.events, slot: slot)
+            }
+        }
+        serveQueues()
+        return !stopping
+    }
+
+    /// Stops serving (from any thread), waits for the serving thread, disconnects every client
+    /// and removes the socket and pid files. Idempotent.
+    public func stop() {
+        var one: UInt64 = 1
+        _ = write(stopFD, &one, 8)
+        if let thread {
+            pthread_join(thread, nil)
+            self.thread = nil
+        }
+        guard !closed else { return }
+        closed = true
+        for slot in clients.indices where clients[slot] != nil { disconnect(slot) }
+        closeDescriptor(listenFD)
+        closeDescriptor(stopFD)
+        closeDescriptor(epollFD)
+        endpoint.removeFiles()
+    }
+
+    // MARK: Clients coming and going
+
+    private static func watch(_ epollFD: Int32, _ fd: Int32, token: UInt64, events: UInt32, modify: Bool = false) throws(IPCError) {
+        var event = epoll_event()
+        event.events = events
+        event.data.u64 = token
+        _ = try sys("epoll_ctl") { epoll_ctl(epollFD, modify ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &event) }
+    }
+
+    private func token(slot: Int) -> UInt64 { UInt64(generations[slot]) << 32 | UInt64(slot + 2) }
+
+    private static let readEvents = UInt32(EPOLLIN.rawValue | EPOLLRDHUP.rawValue)
+    private static let writeEvents = UInt32(EPOLLOUT.rawValue | EPOLLRDHUP.rawValue)
+
+    private func acceptClients() {
+        while true {
+            let fd = CL_accept_nonblocking(listenFD)
+            if fd < 0 {
+                let code = CL_errno()
+                if code == EINTR || code == ECONNABORTED { continue }
+                return  // EAGAIN: none left; EMFILE and the like: try again on the next wakeup
+            }
+            guard let credentials = try? PeerCredentials.of(socket: fd) else {
+                closeDescriptor(fd)
+                continue
+            }
+            guard let slot = clients.firstIndex(where: { $0 == nil }) else {
+                refuse(fd, type: .ipcError, sequence: 0, status: .EBUSY, code: IPCRefusal.serverFull)
+                closeDescriptor(fd)
+                continue
+            }
+            generations[slot] &+= 1
+            let connection = IPCConnection(id: nextConnectionID, credentials: credentials)
+            nextConnectionID += 1
+            if (try? Self.watch(epollFD, fd, token: token(slot: slot), events: Self.readEvents)) == nil {
+                closeDescriptor(fd)
+                continue
+            }
+            clients[slot] = ClientState(
+                fd: fd, connection: connection,
+                handles: Array(repeating: nil, count: configuration.maxHandlesPerClient),
+                queue: Array(repeating: -1, count: configuration.queueDepth))
+            connections.wrappingIncrement(ordering: .relaxed)
+        }
+    }
+
+    /// Frees everything a client held: queued buffers (and descriptors in them), shared regions,
+    /// the socket.
+    private func disconnect(_ slot: Int) {
+        guard let client = clients[slot] else { return }
+        clients[slot] = nil
+        var position = client.queueHead
+        for _ in 0..<client.queueCount {
+            releaseBuffer(client.queue[position])
+            position = (position + 1) % client.queue.count
+        }
+        for region in client.handles {
+            if let region {
+                region.release()
+                regions.wrappingDecrement(ordering: .relaxed)
+            }
+        }
+        _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, client.fd, nil)
+        closeDescriptor(client.fd)
+        connections.wrappingDecrement(ordering: .relaxed)
+    }
+
+    private func releaseBuffer(_ buffer: Int32) {
+        closeDescriptor(poolFDs[Int(buffer)])
+        poolFDs[Int(buffer)] = -1
+        freeBuffers.append(buffer)
+    }
+
+    // MARK: Reading
+
+    private func handleEvents(_ bits: UInt32, slot: Int) {
+        if bits & UInt32(EPOLLOUT.rawValue) != 0 { flushPending(slot) }
+        guard clients[slot] != nil else { return }
+        if bits & UInt32(EPOLLERR.rawValue) != 0 { return disconnect(slot) }
+        if bits & UInt32(EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue) != 0 {
+            let hangUp = bits & UInt32(EPOLLRDHUP.rawValue | EPOLLHUP.rawValue) != 0
+            readDatagrams(slot, hangUp: hangUp)
+        }
+    }
+
+    private func readDatagrams(_ slot: Int, hangUp: Bool) {
+        let budget = configuration.queueDepth * 4
+        var fds: (Int32, Int32) = (-1, -1)
+        for _ in 0..<budget {
+            guard let client = clients[slot], client.pendingReply == nil else { return }
+            let queued = client.queueCount < configuration.queueDepth && !freeBuffers.isEmpty
+            let buffer: Int32 = queued ? freeBuffers.removeLast() : -1
+            let target = queued ? pool + Int(buffer) * Message.maxDatagramSize : scratch.baseAddress!
+            var fdCount: Int32 = 0, flags: Int32 = 0
+            let count = withUnsafeMutableBytes(of: &fds) { raw in
+                CL_ipc_recv(client.fd, target, Message.maxDatagramSize, raw.baseAddress!.assumingMemoryBound(to: Int32.self),
+                            2, &fdCount, &flags, CL_MSG_DONTWAIT)
+            }
+            if count < 0 {
+                if queued { freeBuffers.append(buffer) }
+                let code = CL_errno()
+                if code == EAGAIN || code == EINTR { return }
+                return disconnect(slot)
+            }
+            if count == 0 && fdCount == 0 && hangUp {
+                if queued { freeBuffers.append(buffer) }
+                return disconnect(slot)  // end of stream: the client is gone
+            }
+            // At most one descriptor is ever wanted (MSG_IPC_SHARE); a second one marks the message.
+            if fdCount > 1 { closeDescriptor(fds.0); closeDescriptor(fds.1); fds.0 = -2 }
+            let oversized = flags & CL_MSG_TRUNC != 0
+            if !queued || oversized {
+                if fds.0 >= 0 { closeDescriptor(fds.0) }
+                let view = UnsafeRawBufferPointer(start: target, count: min(count, Message.maxDatagramSize))
+                if queued { freeBuffers.append(buffer) }
+                if oversized {
+                    protocolError(slot, sequence: Message.salvageSequence(view), status: .EMSGSIZE, code: IPCRefusal.oversized)
+                } else {
+                    let type = view.count >= 4 ? MessageType(rawValue: UInt32(littleEndian: view.loadUnaligned(as: UInt32.self))) : .ipcError
+                    sendReply(slot, type: type.isKnown ? type : .ipcError, sequence: Message.salvageSequence(view),
+                              reply: IPCReply(status: .EBUSY, param1: IPCRefusal.busy))
+                }
+                fds = (-1, -1)
+                continue
+            }
+            poolLengths[Int(buffer)] = count
+            poolFDs[Int(buffer)] = fdCount == 1 ? fds.0 : (fdCount > 1 ? -2 : -1)
+            fds = (-1, -1)
+            clients[slot]!.queue[(client.queueHead + client.queueCount) % configuration.queueDepth] = buffer
+            clients[slot]!.queueCount += 1
+        }
+    }
+
+    // MARK: Serving
+
+    private func serveQueues() {
+        var progress = true
+        while progress {
+            progress = false
+            for slot in clients.indices {
+                guard let client = clients[slot], client.queueCount > 0, client.pendingReply == nil else { continue }
+                let buffer = client.queue[client.queueHead]
+                clients[slot]!.queueHead = (client.queueHead + 1) % configuration.queueDepth
+                clients[slot]!.queueCount -= 1
+                serve(slot, buffer: buffer)
+                if poolFDs[Int(buffer)] == -2 { poolFDs[Int(buffer)] = -1 }
+                releaseBuffer(buffer)
+                progress = true
+            }
+        }
+    }
+
+    private func serve(_ slot: Int, buffer: Int32) {
+        let datagram = UnsafeRawBufferPointer(start: pool + Int(buffer) * Message.maxDatagramSize, count: poolLengths[Int(buffer)])
+        var message: Message
+        do {
+            message = try Message.decode(datagram)
+        } catch {
+            let type = datagram.count >= 4 ? MessageType(rawValue: UInt32(littleEndian: datagram.loadUnaligned(as: UInt32.self))) : .ipcError
+            return protocolError(slot, type: type.isKnown ? type : .ipcError, sequence: Message.salvageSequence(datagram),
+                                 status: error.status, code: error.code)
+        }
+        guard !message.flags.contains(.reply) else {
+            return protocolError(slot, type: message.type, sequence: message.sequence, status: .EBADMSG, code: IPCRefusal.replySentToServer)
+        }
+        let client = clients[slot]!
+        // Whatever the client wrote in these fields, the kernel's word replaces it.
+        message.senderPID = client.connection.credentials.pid
+        message.senderUID = client.connection.credentials.uid
+        message.senderGID = client.connection.credentials.gid
+
+        let descriptor = poolFDs[Int(buffer)]
+        if descriptor == -2 || (descriptor >= 0 && message.type != .ipcShare) {
+            return protocolError(slot, type: message.type, sequence: message.sequence, status: .EBADMSG,
+                                 code: IPCRefusal.unexpectedDescriptors)
+        }
+        switch message.type {
+        case .ipcShare:
+            guard descriptor >= 0 else {
+                return protocolError(slot, type: message.type, sequence: message.sequence, status: .EBADMSG,
+                                     code: IPCRefusal.missingDescriptor)
+            }
+            return share(slot, descriptor: descriptor, buffer: buffer, sequence: message.sequence)
+        case .ipcRelease:
+            let index = Int(message.param1) - 1
+            guard message.param1 > 0, index < client.handles.count, let region = client.handles[index] else {
+                return sendReply(slot, type: message.type, sequence: message.sequence, reply: .error(.EBADF))
+            }
+            region.release()
+            regions.wrappingDecrement(ordering: .relaxed)
+            clients[slot]!.handles[index] = nil
+            clients[slot]!.handleCount -= 1
+            return sendReply(slot, type: message.type, sequence: message.sequence, reply: .ok)
+        case .ipcPing:
+            return sendReply(slot, type: message.type, sequence: message.sequence, reply: .ok)
+        case .ipcError:
+            return protocolError(slot, type: message.type, sequence: message.sequence, status: .EBADMSG, code: 0)
+        default:
+            break
+        }
+
+        let inline = UnsafeRawBufferPointer(rebasing: datagram[Message.headerSize...])
+        var data = UnsafeRawBufferPointer(start: nil, count: 0)
+        var writable: UnsafeMutableRawBufferPointer? = nil
+        switch message.data {
+        case .none: break
+        case .inline(let offset, let count):
+            data = UnsafeRawBufferPointer(rebasing: inline[offset..<offset + count])
+        case .shared(let handle, let offset, let count):
+            let index = Int(handle) - 1
+            guard index < client.handles.count, let region = client.handles[index] else {
+                return sendReply(slot, type: message.type, sequence: message.sequence, reply: .error(.EBADF))
+            }
+            guard offset <= region.size, count <= region.size - offset else {
+                return sendReply(slot, type: message.type, sequence: message.sequence, reply: .error(.EINVAL))
+            }
+            let view = UnsafeMutableRawBufferPointer(start: region.base + offset, count: count)
+            data = UnsafeRawBufferPointer(view)
+            writable = region.writable ? view : nil
+        }
+        let payload = IPCPayload(inline: inline, data: data, writableData: writable,
+                                 reply: UnsafeMutableRawBufferPointer(rebasing: replyBuffer[Message.headerSize...]))
+        var reply = handler(message, payload, client.connection)
+        if reply.payloadCount < 0 || reply.payloadCount > Message.maxInlinePayload { reply = .error(.EIO) }
+        sendReply(slot, type: message.type, sequence: message.sequence, reply: reply)
+    }
+
+    private func share(_ slot: Int, descriptor: Int32, buffer: Int32, sequence: UInt32) {
+        // The descriptor now belongs to this function: adopted into the table or closed.
+        poolFDs[Int(buffer)] = -1
+        guard let index = clients[slot]!.handles.firstIndex(where: { $0 == nil }) else {
+            closeDescriptor(descriptor)
+            return sendReply(slot, type: .ipcShare, sequence: sequence, reply: .error(.EMFILE))
+        }
+        switch SharedRegion.adopt(fd: descriptor) {
+        case .failure(let status):
+            closeDescriptor(descriptor)
+            sendReply(slot, type: .ipcShare, sequence: sequence, reply: .error(status))
+        case .success(let region):
+            clients[slot]!.handles[index] = region
+            clients[slot]!.handleCount += 1
+            regions.wrappingIncrement(ordering: .relaxed)
+            sendReply(slot, type: .ipcShare, sequence: sequence,
+                      reply: IPCReply(param1: UInt64(index + 1), param2: UInt64(region.size), param3: region.writable ? 1 : 0))
+        }
+    }
+
+    // MARK: Replying
+
+    private func protocolError(_ slot: Int, type: MessageType = .ipcError, sequence: UInt32, status: IPCStatus, code: UInt64) {
+        sendReply(slot, type: type, sequence: sequence, reply: IPCReply(status: status, param1: code))
+        guard clients[slot] != nil else { return }
+        clients[slot]!.protocolErrors += 1
+        if clients[slot]!.protocolErrors >= configuration.maxProtocolErrors { disconnect(slot) }
+    }
+
+    /// Sends a reply whose payload (if any) the handler already wrote after the header in
+    /// `replyBuffer`. If the client's socket is full the reply is parked and the client paused.
+    private func sendReply(_ slot: Int, type: MessageType, sequence: UInt32, reply: IPCReply) {
+        guard let client = clients[slot] else { return }
+        let header = Message(type: type, flags: .reply, param1: reply.param1, param2: reply.param2, param3: reply.param3,
+                             dataPointer: 0, dataSize: UInt32(reply.payloadCount), sequence: sequence, status: reply.status)
+        header.encode(into: replyBuffer)
+        let length = Message.headerSize + reply.payloadCount
+        let sent = CL_ipc_send(client.fd, replyBuffer.baseAddress, length, nil, 0, nil, 0, CL_MSG_DONTWAIT | CL_MSG_NOSIGNAL)
+        if sent >= 0 { return }
+        let code = CL_errno()
+        if code == EAGAIN {
+            clients[slot]!.pendingReply = Array(UnsafeRawBufferPointer(rebasing: replyBuffer[..<length]))
+            if (try? Self.watch(epollFD, client.fd, token: token(slot: slot), events: Self.writeEvents, modify: true)) == nil {
+                disconnect(slot)
+            }
+        } else {
+            disconnect(slot)  // EPIPE, ECONNRESET: the client is gone
+        }
+    }
+
+    private func flushPending(_ slot: Int) {
+        guard let client = clients[slot], let pending = client.pendingReply else { return }
+        let sent = pending.withUnsafeBytes {
+            CL_ipc_send(client.fd, $0.baseAddress, $0.count, nil, 0, nil, 0, CL_MSG_DONTWAIT | CL_MSG_NOSIGNAL)
+        }
+        if sent < 0 {
+            if CL_errno() != EAGAIN { disconnect(slot) }
+            return
+        }
+        clients[slot]!.pendingReply = nil
+        if (try? Self.watch(epollFD, client.fd, token: token(slot: slot), events: Self.readEvents, modify: true)) == nil {
+            disconnect(slot)
+        }
+    }
+
+    /// Sends a single error reply on a socket that is not (or no longer) a client.
+    private func refuse(_ fd: Int32, type: MessageType, sequence: UInt32, status: IPCStatus, code: UInt64) {
+        Message(type: type, flags: .reply, param1: code, sequence: sequence, status: status).encode(into: replyBuffer)
+        _ = CL_ipc_send(fd, replyBuffer.baseAddress, Message.headerSize, nil, 0, nil, 0, CL_MSG_DONTWAIT | CL_MSG_NOSIGNAL)
+    }
+}

@@ -1,0 +1,1 @@
+print("limitless-fuzz: not written yet")

@@ -1,1 +1,0 @@
-print("limitless-supervisor: not built yet")

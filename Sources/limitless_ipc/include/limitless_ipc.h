@@ -1,0 +1,2 @@
+/* Placeholder: the C client library is being written. */
+#pragma once

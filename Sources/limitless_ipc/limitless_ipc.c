@@ -1,0 +1,1 @@
+#include "limitless_ipc.h"
