@@ -1,7 +1,8 @@
 import CLimitless
 
 /// `limitless-bench ipc`: the shared-memory ring against its floor (two processes bouncing one
-/// cache line) and against a plain SOCK_SEQPACKET socket, all measured in one run. Figures are
+/// cache line), against a plain SOCK_SEQPACKET socket and against the project's own socket layer
+/// (`IPCServer`/`IPCClient`), all measured in one run. Figures are
 /// printed, never asserted: this machine is shared and noisy.
 public struct IPCBenchmark {
     public struct Options: Sendable {
@@ -15,12 +16,13 @@ public struct IPCBenchmark {
         public var capacity = 1024
         /// Spin before sleeping, both ring endpoints.
         public var spinNanoseconds: UInt64 = 20_000
-        /// Upper bound on the whole run's timed loops, in seconds; each of the five loops gets a fifth.
+        /// Upper bound on the whole run's timed loops, in seconds; each of the seven loops gets a seventh.
         public var durationSeconds = 4.0
 
         public init() {}
 
-        var loopBudgetNanoseconds: UInt64 { UInt64(durationSeconds / 5 * 1e9) }
+        static let timedLoops = 7.0
+        var loopBudgetNanoseconds: UInt64 { UInt64(durationSeconds / Self.timedLoops * 1e9) }
     }
 
     public let options: Options
@@ -39,6 +41,7 @@ public struct IPCBenchmark {
         report.ringOneWay = try RingBench.oneWay(options: options, peerCPU: placement.peer)
         report.socketRoundTrip = try SeqpacketBench.roundTrips(options: options, peerCPU: placement.peer)
         report.socketOneWay = try SeqpacketBench.oneWay(options: options, peerCPU: placement.peer)
+        report.ipcSocket = try IPCSocketBench.measure(options: options, peerCPU: placement.peer)
         report.printTable()
     }
 
@@ -51,6 +54,7 @@ public struct IPCBenchmark {
         case RingBench.sinkRole: try RingBench.sink(descriptor: descriptor, options: options)
         case SeqpacketBench.echoRole: try SeqpacketBench.echo(descriptor: descriptor)
         case SeqpacketBench.sinkRole: try SeqpacketBench.sink(descriptor: descriptor)
+        case IPCSocketBench.echoRole: try IPCSocketBench.echoServer(descriptor: descriptor)
         default: throw BenchError.unknownRole(role)
         }
     }

@@ -13,6 +13,7 @@ struct IPCReport {
     var ringOneWay: OneWayResult?
     var socketRoundTrip: RoundTripResult?
     var socketOneWay: OneWayResult?
+    var ipcSocket: IPCSocketBench.Result?
 
     init(options: IPCBenchmark.Options, placement: CPUPlacement, clock: CycleClock) {
         self.options = options
@@ -53,6 +54,7 @@ struct IPCReport {
         row("floor (1 cache line)", floor, nil)
         row("ring (shared memory)", ringRoundTrip, ringOneWay)
         row("seqpacket (raw)", socketRoundTrip, socketOneWay)
+        row("ipc socket (IPCServer/IPCClient)", ipcSocket?.roundTrip, ipcSocket?.oneWay)
         let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
         func line(_ cells: [String]) -> String {
             cells.enumerated().map { index, cell in
@@ -80,10 +82,26 @@ struct IPCReport {
         if let socket = socketOneWay, let ring = ringOneWay {
             print("seqpacket / ring one-way cost:     \(fixed(socket.cyclesPerMessage / ring.cyclesPerMessage, 1))x")
         }
+        if let ipc = ipcSocket?.roundTrip, let ring = ringRoundTrip {
+            let ratio = ipc.p50 / ring.p50
+            print("ipc socket / ring round trip (p50): \(fixed(ratio, 1))x   target ring > 20x faster  \(mark(ratio > 20))")
+        }
+        if let ipc = ipcSocket?.oneWay, let ring = ringOneWay {
+            print("ipc socket / ring one-way cost:     \(fixed(ipc.cyclesPerMessage / ring.cyclesPerMessage, 1))x")
+        }
+        if let ipc = ipcSocket?.roundTrip, let socket = socketRoundTrip {
+            print("ipc socket / seqpacket round trip (p50): \(fixed(ipc.p50 / socket.p50, 2))x   (the layer's own overhead)")
+        }
         var notes: [String] = []
         if let ring = ringRoundTrip { notes.append("ring round trips: \(ring.sleeps) futex sleeps, \(ring.wakeups) wakes on the client side") }
         if let ring = ringOneWay { notes.append("ring one-way: \(ring.wakeups) wakes; \(ring.errors) sequence errors") }
         if let socket = socketOneWay { notes.append("seqpacket one-way: \(socket.errors) sequence errors") }
+        if let ipc = ipcSocket {
+            notes.append("ipc socket: round trips are sendReceive of a header-only \(IPCSocketBench.requestType) to an echo handler; "
+                + "one-way is sendBatch of \(ipc.batch) then its \(ipc.batch) replies drained with receive(into:)")
+            notes.append("ipc socket: batch \(ipc.batch) = min(--batch \(options.batch), server Configuration.queueDepth \(ipc.queueDepth)) "
+                + "(past the queue depth the server answers EBUSY); \(ipc.busy) EBUSY, \(ipc.oneWay.errors) errors/out of order")
+        }
         notes.forEach { print("  " + $0) }
     }
 
