@@ -13,6 +13,7 @@ let package = Package(
         .executable(name: "limitless-bench", targets: ["limitless-bench"]),
         .executable(name: "limitless-supervisor", targets: ["limitless-supervisor"]),
         .executable(name: "limitless-fuzz", targets: ["limitless-fuzz"]),
+        .executable(name: "limitless-testserver", targets: ["limitless-testserver"]),
         // The seed's C calls (ipc_send_receive, ipc_send, ipc_receive, create_shared_memory_cap).
         .library(name: "limitless_ipc", targets: ["limitless_ipc"]),
     ],
@@ -48,9 +49,12 @@ let package = Package(
         .target(
             name: "Supervision",
             dependencies: [
-                "Platform", "CLimitless",
+                "Platform", "CLimitless", "IPC",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
+
+        // What every server links: capabilities, logging, watchdog, checkpoints, orderly stop.
+        .target(name: "ServerKit", dependencies: ["IPC", "Supervision", "CLimitless"]),
 
         // Drivers (server layer libraries), smoke-level for now.
         .target(name: "NVMe", dependencies: ["Platform"]),
@@ -87,6 +91,9 @@ let package = Package(
             name: "limitless-bench",
             dependencies: ["Bench", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
+            name: "limitless-testserver",
+            dependencies: ["ServerKit", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(
             name: "limitless-fuzz",
             dependencies: ["IPC", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
@@ -94,7 +101,8 @@ let package = Package(
             dependencies: ["Supervision", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         .testTarget(name: "IPCTests", dependencies: ["IPC", "CLimitless"]),
-        .testTarget(name: "SupervisionTests", dependencies: ["Supervision"]),
+        .testTarget(name: "SupervisionTests", dependencies: ["Supervision", "IPC"]),
+        .testTarget(name: "ServerKitTests", dependencies: ["ServerKit", "IPC", "Supervision"]),
         .testTarget(name: "PlatformTests", dependencies: ["Platform", "CLimitless"]),
         .testTarget(name: "DriverTests", dependencies: ["Platform", "NVMe", "XHCI", "E1000E"]),
         .testTarget(name: "DeviceCatalogTests", dependencies: ["DeviceCatalog", "Platform"]),

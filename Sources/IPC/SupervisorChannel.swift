@@ -1,0 +1,59 @@
+/// How the supervisor starts a server and how the two talk: the contract between
+/// `Supervision` (the supervisor's side) and `ServerKit` (every server's side).
+///
+/// At exec the server inherits, besides stdin (/dev/null), stdout and stderr (pipes the
+/// supervisor reads into its log store):
+/// - `supervisorFD` (3): one end of a SOCK_SEQPACKET socket pair; the other end stays with the
+///   supervisor. Messages on it are ordinary IPC messages (`Message`, 64-byte header plus inline
+///   payload) of the `MSG_SUPERVISOR_*` types below.
+/// - `checkpointFD` (4): the server's checkpoint memfd (a `CheckpointStore`), the same one every
+///   instance of this server gets, so a restarted instance finds what its predecessor saved.
+/// - one descriptor per granted capability, from 5 up, named in the environment.
+///
+/// Environment:
+/// - `LIMITLESS_SERVER_NAME`: the server's name from servers.conf.
+/// - `LIMITLESS_CAPABILITIES`: `CAP_NAME=FD,CAP_NAME=FD,...` (a capability granted without a
+///   descriptor, such as CAP_BLOCK_READ enforced by the peer, appears as `CAP_NAME=-1`).
+/// - `LIMITLESS_RUNTIME_DIR`: where servers' sockets live (default /run/limitless).
+/// - `LIMITLESS_INSTANCE`: 1 for the first start, then counting restarts.
+/// - `LIMITLESS_WATCHDOG_MS`: the heartbeat deadline in milliseconds (absent: no watchdog).
+///
+/// Messages, server to supervisor (the supervisor replies to REGISTER only):
+/// - `supervisorRegister`: the server is initialised and serving; param1 = instance.
+/// - `supervisorHeartbeat`: alive; must arrive at least once per watchdog interval.
+/// - `supervisorLog`: a structured record; param1 = level (0 trace ... 6 critical), inline text.
+/// - `supervisorCheckpointSave`: a new checkpoint generation was written into `checkpointFD`;
+///   param1 = its sequence number.
+/// Supervisor to server:
+/// - `supervisorCapabilityGrant`: param1 = 1 grant / 0 revoke, inline capability name; a grant
+///   carries the descriptor with SCM_RIGHTS.
+/// Stopping is SIGTERM, then SIGKILL after the grace period.
+public enum SupervisorChannel {
+    public static let supervisorFD: Int32 = 3
+    public static let checkpointFD: Int32 = 4
+    public static let firstCapabilityFD: Int32 = 5
+
+    public static let serverNameVariable = "LIMITLESS_SERVER_NAME"
+    public static let capabilitiesVariable = "LIMITLESS_CAPABILITIES"
+    public static let runtimeDirectoryVariable = "LIMITLESS_RUNTIME_DIR"
+    public static let instanceVariable = "LIMITLESS_INSTANCE"
+    public static let watchdogVariable = "LIMITLESS_WATCHDOG_MS"
+
+    /// Parses `CAP_A=5,CAP_B=-1` into name and descriptor pairs; nil if malformed.
+    public static func parseCapabilities(_ text: String) -> [(name: String, fd: Int32)]? {
+        if text.isEmpty { return [] }
+        var result: [(name: String, fd: Int32)] = []
+        for item in text.split(separator: ",", omittingEmptySubsequences: false) {
+            let parts = item.split(separator: "=", omittingEmptySubsequences: false)
+            guard parts.count == 2, parts[0].hasPrefix("CAP_"), parts[0].count <= 64,
+                  parts[0].allSatisfy({ $0.isUppercase || $0.isNumber || $0 == "_" }),
+                  let fd = Int32(parts[1]), fd >= -1 else { return nil }
+            result.append((String(parts[0]), fd))
+        }
+        return result
+    }
+
+    public static func formatCapabilities(_ capabilities: [(name: String, fd: Int32)]) -> String {
+        capabilities.map { "\($0.name)=\($0.fd)" }.joined(separator: ",")
+    }
+}

@@ -1,0 +1,1 @@
+print("limitless-testserver: not written yet")
