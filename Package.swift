@@ -77,7 +77,7 @@ let package = Package(
         .executableTarget(
             name: "serverctl",
             dependencies: [
-                "Platform", "DeviceCatalog",
+                "Platform", "DeviceCatalog", "Supervision",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(

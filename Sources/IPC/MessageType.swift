@@ -56,6 +56,8 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let supervisorCheckpointSave = MessageType(rawValue: 0x0503)
     public static let supervisorCheckpointRestore = MessageType(rawValue: 0x0504)
     public static let supervisorCapabilityGrant = MessageType(rawValue: 0x0505)
+    /// serverctl to the supervisor's control socket: list, status, start, stop, restart, logs, caps.
+    public static let supervisorControl = MessageType(rawValue: 0x0506)
 
     /// The seed-style name (`MSG_VFS_OPEN`), or nil for a number not in the registry.
     public var name: String? {
@@ -95,6 +97,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         case 0x0503: "MSG_SUPERVISOR_CHECKPOINT_SAVE"
         case 0x0504: "MSG_SUPERVISOR_CHECKPOINT_RESTORE"
         case 0x0505: "MSG_SUPERVISOR_CAPABILITY_GRANT"
+        case 0x0506: "MSG_SUPERVISOR_CONTROL"
         default: nil
         }
     }

@@ -2,6 +2,9 @@ import ArgumentParser
 import Glibc
 import Supervision
 
+/// The supervisor's wake descriptor, for the SIGTERM/SIGINT handler (which may only write to it).
+nonisolated(unsafe) var shutdownDescriptor: Int32 = -1
+
 @main
 struct LimitlessSupervisor: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -19,10 +22,12 @@ struct LimitlessSupervisor: ParsableCommand {
             Quote arguments with spaces ("..." or '...'); # starts a comment.
             The example servers.conf in the repository documents every setting.
 
-            Only --check works today: it validates the file, prints the start
-            order and each server's grants and exits 0, or prints every error as
-            FILE:LINE:COLUMN: message and exits 1. Starting servers is not
-            implemented yet (exit status 2).
+            Runs in the foreground: starts the servers in dependency order, restarts
+            them by their policy, serves serverctl at RUNTIME_DIR/supervisor.sock,
+            and on SIGTERM or SIGINT stops them in reverse order and exits 0.
+            --check only validates the file, prints the start order and each
+            server's grants and exits 0, or prints every error as
+            FILE:LINE:COLUMN: message and exits 1.
             """)
 
     @Option(name: .long, help: "The configuration file.")
@@ -30,6 +35,21 @@ struct LimitlessSupervisor: ParsableCommand {
 
     @Flag(name: .long, help: "Validate the configuration and print the start order and grants; start nothing.")
     var check = false
+
+    @Option(name: .long, help: "Where the control socket and servers' sockets live.")
+    var runtimeDir: String = "/run/limitless"
+
+    @Option(name: .long, help: "Where servers' logs are written (NAME.log); omit to keep them in memory only.")
+    var logDir: String?
+
+    @Option(name: .long, help: "Members of this group may start, stop and restart servers (root always may).")
+    var adminGroup: String = ControlAuthorization.defaultAdminGroup
+
+    @Option(name: .long, help: "Seconds between SIGTERM and SIGKILL when stopping a server.")
+    var stopTimeout: Int = 5
+
+    @Option(name: .long, help: "Seconds a server has to register with the supervisor after it starts.")
+    var startTimeout: Int = 10
 
     func run() throws {
         let configuration: SupervisorConfiguration
@@ -40,12 +60,55 @@ struct LimitlessSupervisor: ParsableCommand {
             printError("\(error.diagnostics.count) error\(error.diagnostics.count == 1 ? "" : "s") in \(config)")
             throw ExitCode(1)
         }
-        guard check else {
-            printError("limitless-supervisor: \(config) is valid, but starting servers is not implemented yet "
-                + "(issue 4, process control); only --check works today.")
-            throw ExitCode(2)
+        if check {
+            print(ConfigurationSummary(configuration).text, terminator: "")
+            return
         }
-        print(ConfigurationSummary(configuration).text, terminator: "")
+        try supervise(configuration)
+    }
+
+    func supervise(_ configuration: SupervisorConfiguration) throws {
+        let logs: LogStore
+        do { logs = try LogStore(LogStore.Configuration(directory: logDir)) } catch {
+            printError("limitless-supervisor: \(error)")
+            throw ExitCode(1)
+        }
+        var options = Supervisor.Options()
+        options.runtimeDirectory = runtimeDir
+        options.stopGracePeriod = .seconds(max(0, stopTimeout))
+        options.startTimeout = .seconds(max(1, startTimeout))
+        // Signals are blocked while threads start, so only the handler below ever sees them.
+        var blocked = sigset_t()
+        sigemptyset(&blocked)
+        sigaddset(&blocked, SIGTERM)
+        sigaddset(&blocked, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &blocked, nil)
+        signal(SIGPIPE, SIG_IGN)
+        let supervisor: Supervisor
+        let control: ControlServer
+        do {
+            supervisor = try Supervisor(configuration: configuration, options: options, logs: logs)
+            control = try ControlServer(supervisor: supervisor, directory: runtimeDir,
+                                        authorization: ControlAuthorization(adminGroup: adminGroup))
+        } catch {
+            printError("limitless-supervisor: \(error)")
+            throw ExitCode(1)
+        }
+        control.start()
+        shutdownDescriptor = supervisor.wakeDescriptor
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in
+            var two: UInt64 = 2
+            _ = write(shutdownDescriptor, &two, 8)
+        }
+        sigaction(SIGTERM, &action, nil)
+        sigaction(SIGINT, &action, nil)
+        pthread_sigmask(SIG_UNBLOCK, &blocked, nil)
+        printError("limitless-supervisor: supervising \(configuration.servers.count) servers (\(configuration.startOrder.joined(separator: ", "))); "
+            + "control socket \(runtimeDir)/supervisor.sock")
+        supervisor.run()
+        control.stop()
+        printError("limitless-supervisor: all servers stopped")
     }
 }
 

@@ -1,14 +1,21 @@
 import ArgumentParser
 import DeviceCatalog
+import Glibc
 import Platform
+import Supervision
 
 @main
 struct Serverctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serverctl",
         abstract: "Inspect and control Limitless servers and the devices they drive.",
-        discussion: "Server control (list, status, start, stop, restart, logs) arrives with the supervisor.",
-        subcommands: [Devices.self])
+        discussion: """
+            Server commands talk to limitless-supervisor through RUNTIME_DIR/supervisor.sock
+            (--runtime-dir, else $LIMITLESS_RUNTIME_DIR, else /run/limitless). Anyone may list,
+            read status, capabilities and logs; start, stop and restart need root or the
+            limitless-admin group.
+            """,
+        subcommands: [List.self, Status.self, Start.self, Stop.self, Restart.self, Logs.self, Caps.self, Devices.self])
 }
 
 struct Devices: ParsableCommand {
@@ -31,5 +38,137 @@ struct Devices: ParsableCommand {
         if supported { functions = functions.filter { catalog.entry(for: $0) != nil } }
         let rows = functions.map { DeviceRow(function: $0, entry: catalog.entry(for: $0)) }
         print(json ? DeviceRow.json(rows) : DeviceRow.table(rows, iommuEnabled: sysfs.iommuEnabled))
+    }
+}
+
+// MARK: Server control
+
+struct ControlOptions: ParsableArguments {
+    @Option(name: .long, help: "The supervisor's runtime directory (default: $LIMITLESS_RUNTIME_DIR or /run/limitless).")
+    var runtimeDir: String?
+
+    @Flag(name: .long, help: "Print JSON for scripts.")
+    var json = false
+
+    var directory: String {
+        if let runtimeDir { return runtimeDir }
+        if let value = getenv("LIMITLESS_RUNTIME_DIR"), value.pointee != 0 { return String(cString: value) }
+        return "/run/limitless"
+    }
+
+    func client() throws -> ControlClient {
+        do { return try ControlClient(directory: directory) } catch { throw fail(error) }
+    }
+}
+
+/// Prints the error and exits with status 1 (ArgumentParser would add "Error: ").
+func fail(_ error: any Error) -> ExitCode {
+    var standardError = StandardError()
+    print("serverctl: \(error)", to: &standardError)
+    return ExitCode(1)
+}
+
+struct StandardError: TextOutputStream {
+    mutating func write(_ string: String) { _ = string.withCString { Glibc.write(2, $0, strlen($0)) } }
+}
+
+func now() -> Int64 { CheckpointStore.now() }
+
+struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List every configured server and its state.")
+    @OptionGroup var options: ControlOptions
+
+    func run() throws {
+        let statuses: [ServerStatus]
+        do { statuses = try options.client().statuses(.list) } catch let error as ExitCode { throw error } catch { throw fail(error) }
+        print(options.json ? ControlFormatting.json(statuses) : ControlFormatting.list(statuses, now: now()), terminator: options.json ? "\n" : "")
+    }
+}
+
+/// status, start, stop, restart and caps: a command on one server answered with its status.
+protocol ServerCommand: ParsableCommand {
+    static var command: ControlCommand { get }
+    var options: ControlOptions { get }
+    var name: String { get }
+    func render(_ status: ServerStatus) -> String
+}
+
+extension ServerCommand {
+    func run() throws {
+        let statuses: [ServerStatus]
+        do { statuses = try options.client().statuses(Self.command, name: name) } catch let error as ExitCode { throw error } catch { throw fail(error) }
+        guard let status = statuses.first else { throw fail(ControlError.transport("an empty reply")) }
+        print(options.json ? ControlFormatting.json(status) : render(status), terminator: options.json ? "\n" : "")
+    }
+    func render(_ status: ServerStatus) -> String { ControlFormatting.status(status, now: now()) }
+}
+
+struct Status: ServerCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show a server's state, pid, uptime, restarts, last exit, device, capabilities and checkpoint age.")
+    static let command = ControlCommand.status
+    @OptionGroup var options: ControlOptions
+    @Argument(help: "The server's name in servers.conf.") var name: String
+}
+
+struct Start: ServerCommand {
+    static let configuration = CommandConfiguration(abstract: "Start a server (and what it depends on); clears a failed state.")
+    static let command = ControlCommand.start
+    @OptionGroup var options: ControlOptions
+    @Argument(help: "The server's name in servers.conf.") var name: String
+}
+
+struct Stop: ServerCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Stop a server and the servers depending on it (SIGTERM, then SIGKILL after the grace period).")
+    static let command = ControlCommand.stop
+    @OptionGroup var options: ControlOptions
+    @Argument(help: "The server's name in servers.conf.") var name: String
+}
+
+struct Restart: ServerCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop a server and start it again; its checkpoint is kept.")
+    static let command = ControlCommand.restart
+    @OptionGroup var options: ControlOptions
+    @Argument(help: "The server's name in servers.conf.") var name: String
+}
+
+struct Caps: ServerCommand {
+    static let configuration = CommandConfiguration(abstract: "Show the capabilities a server is granted and their descriptors.")
+    static let command = ControlCommand.caps
+    @OptionGroup var options: ControlOptions
+    @Argument(help: "The server's name in servers.conf.") var name: String
+    func render(_ status: ServerStatus) -> String { ControlFormatting.capabilities(status) }
+}
+
+struct Logs: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show a server's log lines kept by the supervisor, oldest first.")
+    @OptionGroup var options: ControlOptions
+    @Argument(help: "The server's name in servers.conf.") var name: String
+    @Option(name: .short, help: "Only the newest N lines.") var n: Int?
+    @Option(name: .long, help: "Only lines since T: a duration ago (10m, 30s) or a time (2026-11-27T14:40:51.000000000Z).")
+    var since: String?
+
+    func run() throws {
+        var sinceTime: Int64?
+        if let since {
+            guard let parsed = Logs.parseSince(since, now: now()) else {
+                throw ValidationError("--since \(since): give a duration ago (10m, 30s, 2h) or a time like 2026-11-27T14:40:51.000000000Z")
+            }
+            sinceTime = parsed
+        }
+        let result: (records: [LogRecord], omitted: UInt64)
+        do { result = try options.client().logs(name: name, last: n, since: sinceTime) } catch let error as ExitCode { throw error } catch { throw fail(error) }
+        print(options.json ? ControlFormatting.json(result.records) : ControlFormatting.logs(result.records, omitted: result.omitted),
+              terminator: options.json ? "\n" : "")
+    }
+
+    static func parseSince(_ text: String, now: Int64) -> Int64? {
+        if let time = LogTimestamp.parse(Substring(text)) { return time }
+        let units: [(String, Int64)] = [("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000), ("d", 86_400_000_000_000)]
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            if let value = Int64(text.dropLast(suffix.count)), value >= 0 { return now - value * scale }
+        }
+        return nil
     }
 }
