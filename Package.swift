@@ -102,7 +102,7 @@ let package = Package(
 
         .testTarget(name: "IPCTests", dependencies: ["IPC", "CLimitless"]),
         .testTarget(name: "SupervisionTests", dependencies: ["Supervision", "IPC"]),
-        .testTarget(name: "ServerKitTests", dependencies: ["ServerKit", "IPC", "Supervision"]),
+        .testTarget(name: "ServerKitTests", dependencies: ["ServerKit", "IPC", "Supervision", "CLimitless"]),
         .testTarget(name: "PlatformTests", dependencies: ["Platform", "CLimitless"]),
         .testTarget(name: "DriverTests", dependencies: ["Platform", "NVMe", "XHCI", "E1000E"]),
         .testTarget(name: "DeviceCatalogTests", dependencies: ["DeviceCatalog", "Platform"]),

@@ -381,10 +381,12 @@ public final class IPCServer: @unchecked Sendable {
             }
             return share(slot, descriptor: descriptor, buffer: buffer, sequence: message.sequence)
         case .ipcRelease:
-            let index = Int(message.param1) - 1
-            guard message.param1 > 0, index < client.handles.count, let region = client.handles[index] else {
+            // param1 is the client's word: bound it before converting (a value >= 2^63 must not trap).
+            guard message.param1 > 0, message.param1 <= UInt64(client.handles.count),
+                  let region = client.handles[Int(message.param1) - 1] else {
                 return sendReply(slot, type: message.type, sequence: message.sequence, reply: .error(.EBADF))
             }
+            let index = Int(message.param1) - 1
             region.release()
             regions.wrappingDecrement(ordering: .relaxed)
             clients[slot]!.handles[index] = nil

@@ -1,1 +1,4 @@
-print("limitless-testserver: not written yet")
+// limitless-testserver: a server that misbehaves on request, for the supervisor's tests.
+import ArgumentParser
+
+LimitlessTestServer.main()

@@ -322,3 +322,89 @@ static inline int CL_ipc_sendmmsg(int sock, const void *const *heads, const size
 static inline int CL_accept_nonblocking(int sock) {
     return (int)syscall(SYS_accept4, sock, (void *)0, (void *)0, SOCK_CLOEXEC | SOCK_NONBLOCK);
 }
+
+// MARK: - ServerKit
+// Privilege drop for servers (Sources/ServerKit/PrivilegeDrop.swift): no_new_privs and a seccomp
+// filter. prctl(2) is variadic, and the syscall numbers are per-architecture macros, so both stay
+// here; the BPF program itself is built in Swift.
+#include <sys/prctl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+
+/// prctl(PR_SET_NO_NEW_PRIVS, 1): execve can never again grant privileges (setuid bits, file
+/// capabilities). Required before an unprivileged process may install a seccomp filter.
+static inline int CL_sk_set_no_new_privs(void) { return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); }
+/// 1 if no_new_privs is set, 0 if not, -1 on error.
+static inline int CL_sk_get_no_new_privs(void) { return prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0); }
+
+/// Installs a seccomp-bpf filter on the calling thread (SECCOMP_SET_MODE_FILTER, with TSYNC so
+/// every thread of the process gets it). Returns 0, or -1 with errno set.
+static inline int CL_sk_seccomp_install(const struct sock_filter *filter, unsigned short count) {
+    struct sock_fprog program = { count, (struct sock_filter *)filter };
+    return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &program);
+}
+
+/// The AUDIT_ARCH_* value of the architecture this is compiled for (seccomp_data.arch), or 0.
+static inline uint32_t CL_sk_audit_arch(void) {
+#if defined(__x86_64__)
+    return AUDIT_ARCH_X86_64;
+#elif defined(__aarch64__)
+    return AUDIT_ARCH_AARCH64;
+#else
+    return 0;
+#endif
+}
+
+static const uint32_t CL_SK_SECCOMP_RET_ALLOW = SECCOMP_RET_ALLOW;
+static const uint32_t CL_SK_SECCOMP_RET_ERRNO = SECCOMP_RET_ERRNO;
+static const uint32_t CL_SK_SECCOMP_RET_KILL_PROCESS = SECCOMP_RET_KILL_PROCESS;
+
+/// The system call number of `name` on this architecture ("read", "openat", ...), or -1 for a
+/// call this architecture does not have (aarch64 has no open, mkdir or poll).
+static inline long CL_sk_syscall_number(const char *name) {
+#define CL_SK_NR(n) if (__builtin_strcmp(name, #n) == 0) return __NR_##n;
+    CL_SK_NR(read) CL_SK_NR(write) CL_SK_NR(readv) CL_SK_NR(writev) CL_SK_NR(pread64) CL_SK_NR(pwrite64)
+    CL_SK_NR(close) CL_SK_NR(fstat) CL_SK_NR(newfstatat) CL_SK_NR(statx) CL_SK_NR(lseek)
+    CL_SK_NR(mmap) CL_SK_NR(munmap) CL_SK_NR(mprotect) CL_SK_NR(mremap) CL_SK_NR(madvise) CL_SK_NR(brk)
+    CL_SK_NR(futex) CL_SK_NR(clock_gettime) CL_SK_NR(clock_getres) CL_SK_NR(clock_nanosleep) CL_SK_NR(nanosleep)
+    CL_SK_NR(gettimeofday) CL_SK_NR(getpid) CL_SK_NR(gettid) CL_SK_NR(getppid) CL_SK_NR(getuid) CL_SK_NR(geteuid)
+    CL_SK_NR(getgid) CL_SK_NR(getegid) CL_SK_NR(rt_sigaction) CL_SK_NR(rt_sigprocmask) CL_SK_NR(rt_sigreturn)
+    CL_SK_NR(sigaltstack) CL_SK_NR(tgkill) CL_SK_NR(exit) CL_SK_NR(exit_group) CL_SK_NR(sched_yield)
+    CL_SK_NR(sched_getaffinity) CL_SK_NR(getrandom) CL_SK_NR(ppoll) CL_SK_NR(epoll_create1) CL_SK_NR(epoll_ctl)
+    CL_SK_NR(epoll_pwait) CL_SK_NR(eventfd2) CL_SK_NR(fcntl) CL_SK_NR(dup) CL_SK_NR(dup3) CL_SK_NR(pipe2)
+    CL_SK_NR(sendmsg) CL_SK_NR(recvmsg) CL_SK_NR(sendmmsg) CL_SK_NR(recvmmsg) CL_SK_NR(sendto) CL_SK_NR(recvfrom)
+    CL_SK_NR(accept4) CL_SK_NR(connect) CL_SK_NR(getsockopt) CL_SK_NR(setsockopt) CL_SK_NR(shutdown)
+    CL_SK_NR(getsockname) CL_SK_NR(getpeername) CL_SK_NR(socket) CL_SK_NR(set_robust_list) CL_SK_NR(rseq)
+    CL_SK_NR(clone) CL_SK_NR(clone3) CL_SK_NR(prlimit64) CL_SK_NR(membarrier) CL_SK_NR(restart_syscall)
+    CL_SK_NR(memfd_create) CL_SK_NR(ftruncate) CL_SK_NR(timerfd_create) CL_SK_NR(timerfd_settime)
+    CL_SK_NR(timerfd_gettime) CL_SK_NR(signalfd4) CL_SK_NR(ioctl) CL_SK_NR(openat) CL_SK_NR(unlinkat)
+    CL_SK_NR(mkdirat) CL_SK_NR(execve) CL_SK_NR(uname) CL_SK_NR(getcwd) CL_SK_NR(readlinkat) CL_SK_NR(bind)
+    CL_SK_NR(listen) CL_SK_NR(socketpair) CL_SK_NR(kill) CL_SK_NR(mlock) CL_SK_NR(munlock)
+#ifdef __NR_poll
+    CL_SK_NR(poll)
+#endif
+#ifdef __NR_epoll_wait
+    CL_SK_NR(epoll_wait)
+#endif
+#ifdef __NR_open
+    CL_SK_NR(open)
+#endif
+#ifdef __NR_mkdir
+    CL_SK_NR(mkdir)
+#endif
+#ifdef __NR_unlink
+    CL_SK_NR(unlink)
+#endif
+#ifdef __NR_readlink
+    CL_SK_NR(readlink)
+#endif
+#ifdef __NR_pipe
+    CL_SK_NR(pipe)
+#endif
+#ifdef __NR_access
+    CL_SK_NR(access)
+#endif
+#undef CL_SK_NR
+    return -1;
+}

@@ -86,6 +86,7 @@ extern "C" {
 #define MSG_SUPERVISOR_CHECKPOINT_SAVE    0x0503u
 #define MSG_SUPERVISOR_CHECKPOINT_RESTORE 0x0504u
 #define MSG_SUPERVISOR_CAPABILITY_GRANT   0x0505u
+#define MSG_SUPERVISOR_CONTROL            0x0506u
 
 /*
  * The seed's message, field for field and in its order, plus `status`. This is the C caller's

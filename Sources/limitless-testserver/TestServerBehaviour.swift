@@ -1,0 +1,119 @@
+import IPC
+import ServerKit
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What limitless-testserver does, step by step, each step printing one line to stdout.
+struct TestServerBehaviour {
+    struct Plan {
+        var crashAfterMs: Int?
+        var crashSignal: Int32
+        var exitCode: Int32?
+        var exitAfterMs: Int?
+        var hangAfterMs: Int?
+        var floodLog: Int?
+        var corruptCheckpoint: Bool
+        var saveCheckpoint: String?
+        var printCheckpointOnly: Bool
+        var seccomp: Bool
+        var serve: Bool
+    }
+
+    let runtime: ServerRuntime
+    let plan: Plan
+
+    /// Runs until told to stop or to misbehave; returns the exit code.
+    func run() throws -> Int32 {
+        switch runtime.loadCheckpoint() {
+        case .none: say("checkpoint: none")
+        case .restored(let bytes, _, _): say("checkpoint: " + String(decoding: bytes, as: UTF8.self))
+        case .corrupt(let reason): say("checkpoint corrupt: starting fresh (\(reason))")
+        }
+        if plan.printCheckpointOnly { return 0 }
+
+        if let text = plan.saveCheckpoint {
+            let sequence = try runtime.saveCheckpoint(Array(text.utf8), stateVersion: 1)
+            say("checkpoint saved: sequence \(sequence)")
+        }
+        if plan.corruptCheckpoint {
+            let store = runtime.checkpointStore
+            let garbage = [UInt8](repeating: 0xA5, count: 64)
+            for slot in 0..<2 {
+                _ = garbage.withUnsafeBytes { pwrite(store.fileDescriptor.rawValue, $0.baseAddress, 64, off_t(store.slotOffset(slot))) }
+            }
+            say("checkpoint corrupted")
+        }
+
+        var endpoint: IPCServer?
+        if plan.serve {
+            do {
+                let server = try IPCServer(name: runtime.name, directory: runtime.environment.runtimeDirectory) { _, _, _ in .error(.ENOSYS) }
+                server.start()
+                endpoint = server
+                say("serving: \(server.endpoint.socketPath)")
+            } catch {
+                runtime.log(.warning, "not serving an endpoint: \(error)")
+                say("serving: no (\(error))")
+            }
+        }
+
+        if plan.seccomp {
+            try runtime.dropPrivileges()
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            let code = errno
+            say(fd < 0 ? "seccomp: socket(AF_INET) refused: errno \(code)" : "seccomp: socket(AF_INET) allowed")
+            if fd >= 0 { close(fd) }
+        }
+
+        try runtime.register()
+        say("registered: \(runtime.name) instance \(runtime.instance)")
+        runtime.log(.info, "limitless-testserver instance \(runtime.instance) serving")
+
+        if let lines = plan.floodLog {
+            for index in 0..<lines { runtime.log(.debug, "flood line \(index)") }
+            say("flood: \(lines) lines, \(runtime.droppedLogRecords) dropped")
+        }
+
+        let start = monotonicMilliseconds()
+        let reason = runtime.runUntilStopped(tick: .milliseconds(10)) {
+            let elapsed = monotonicMilliseconds() - start
+            if let after = plan.crashAfterMs, elapsed >= after { crash() }
+            if let code = plan.exitCode, elapsed >= (plan.exitAfterMs ?? 0) {
+                say("exiting: code \(code)")
+                exit(code)
+            }
+            if let after = plan.hangAfterMs, elapsed >= after { hang() }
+        }
+        say("stopping: \(reason)")
+        runtime.shutdown()
+        endpoint?.stop()
+        return 0
+    }
+
+    private func crash() -> Never {
+        say("crashing: signal \(plan.crashSignal)")
+        var none = rlimit(rlim_cur: 0, rlim_max: 0)
+        setrlimit(Int32(RLIMIT_CORE.rawValue), &none)  // no core file per deliberate crash
+        signal(plan.crashSignal, SIG_DFL)  // not the Swift runtime's backtracer
+        raise(plan.crashSignal)
+        _exit(128 + plan.crashSignal)
+    }
+
+    private func hang() -> Never {
+        runtime.pauseHeartbeats()
+        say("hanging")
+        while true { sleep(3600) }
+    }
+
+    private func say(_ line: String) {
+        print(line)
+        fflush(nil)
+    }
+
+    private func monotonicMilliseconds() -> Int {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Int(now.tv_sec) * 1000 + Int(now.tv_nsec) / 1_000_000
+    }
+}
