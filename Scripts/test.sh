@@ -10,23 +10,25 @@ set -uo pipefail
 
 usage() {
 	cat <<'USAGE'
-Usage: Scripts/test.sh [--no-rig] [--only unit|scripts|rig] [-h|--help]
+Usage: Scripts/test.sh [--no-rig] [--only unit|scripts|fuzz|rig] [-h|--help]
 
-Runs the unit tests, the script tests and the rig's hardware-in-the-loop suites, then prints
+Runs the unit tests, the script tests, a bounded fuzz run of the IPC decoder and server (a
+million generated inputs; Scripts/fuzz.sh is the long run) and the rig's hardware-in-the-loop
+suites, then prints
 "N passed, N failed". Installs the Debian packages the build needs when they are missing
 (as root; otherwise it says which to install).
 
   --no-rig        skip the emulated machine (unit and script tests only)
-  --only STAGE    run one stage: unit, scripts or rig
+  --only STAGE    run one stage: unit, scripts, fuzz or rig
 USAGE
 }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P) || exit 2
 cd "$repo" || exit 2
-stages="unit scripts rig"
+stages="unit scripts fuzz rig"
 while (($#)); do
 	case $1 in
-	--no-rig) stages="unit scripts"; shift ;;
+	--no-rig) stages="unit scripts fuzz"; shift ;;
 	--only) stages=${2:?--only needs a stage}; shift 2 ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage >&2; echo "test.sh: unknown argument $1" >&2; exit 2 ;;
@@ -63,9 +65,11 @@ ensure_packages() {
 		return 1
 	fi
 	say "installing ${missing[*]}"
-	apt-get update -qq >"$logs/apt.log" 2>&1 &&
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$logs/apt.log" 2>&1 ||
-		{ say "apt-get failed, see $logs/apt.log"; return 1; }
+	if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+		>"$logs/apt.log" 2>&1; then
+		say "apt-get failed, see $logs/apt.log"
+		return 1
+	fi
 }
 
 run_unit() {
@@ -101,14 +105,34 @@ run_scripts() {
 	[[ -n ${passed:-} ]] || broken+=("scripts (no summary line)")
 }
 
+# The release build the fuzzer and the rig run (incremental).
+build_release() {
+	say "release build"
+	swift build -c release >"$logs/release-build.log" 2>&1 && return 0
+	tail -40 "$logs/release-build.log" >&2
+	return 1
+}
+
+run_fuzz() {
+	build_release || { tally fuzz 0 0 1; return; }
+	say "fuzz: limitless-fuzz decoder (1,000,000 inputs) and server (200,000 datagrams)"
+	local passed=0 failed=0 mode
+	for mode in "decoder --iterations 1000000" "server --count 200000"; do
+		# shellcheck disable=SC2086 # the mode is two words on purpose
+		if .build/release/limitless-fuzz $mode >"$logs/fuzz.log" 2>&1 && grep -q "violations: 0" "$logs/fuzz.log"; then
+			passed=$((passed + 1))
+			grep -E "^(inputs|datagrams|after):" "$logs/fuzz.log" | sed "s/^/  ${mode%% *}: /" >&2
+		else
+			failed=$((failed + 1))
+			tail -20 "$logs/fuzz.log" >&2
+		fi
+	done
+	tally fuzz "$passed" "$failed" 0
+}
+
 run_rig() {
-	say "release build for the rig"
+	build_release || { tally rig 0 0 1; return; }
 	local log="$logs/rig.log" status passed failed
-	if ! swift build -c release >"$logs/release-build.log" 2>&1; then
-		tail -40 "$logs/release-build.log" >&2
-		tally rig 0 0 1
-		return
-	fi
 	say "hardware-in-the-loop suites (Scripts/rig.sh test)"
 	Scripts/rig.sh test 2>&1 | tee "$log"
 	status=${PIPESTATUS[0]}
@@ -122,6 +146,7 @@ for stage in $stages; do
 	case $stage in
 	unit) run_unit ;;
 	scripts) run_scripts ;;
+	fuzz) run_fuzz ;;
 	rig) run_rig ;;
 	*) say "unknown stage $stage"; exit 2 ;;
 	esac
