@@ -92,6 +92,8 @@ public enum NVMeIOOpcode {
     public static let flush: UInt8 = 0x00
     public static let write: UInt8 = 0x01
     public static let read: UInt8 = 0x02
+    public static let writeZeroes: UInt8 = 0x08
+    public static let datasetManagement: UInt8 = 0x09
 }
 
 /// Identify CNS values (NVMe 2.0 section 5.17.1, figure 273).
@@ -196,5 +198,21 @@ extension NVMeCommand {
 
     public static func flush(namespaceID: UInt32) -> NVMeCommand {
         NVMeCommand(opcode: NVMeIOOpcode.flush, namespaceID: namespaceID)
+    }
+
+    /// Write Zeroes (NVM Command Set Specification section 3.2.8): CDW10-11 SLBA, CDW12 NLB
+    /// 15:0 (0's based), DEAC bit 25 (deallocate if the namespace can). No data transfer.
+    public static func writeZeroes(namespaceID: UInt32, lba: UInt64, blocks: Int, deallocate: Bool = false) -> NVMeCommand {
+        NVMeCommand(opcode: NVMeIOOpcode.writeZeroes, namespaceID: namespaceID,
+                    cdw10: UInt32(truncatingIfNeeded: lba), cdw11: UInt32(truncatingIfNeeded: lba >> 32),
+                    cdw12: UInt32(blocks - 1) & 0xFFFF | (deallocate ? 1 << 25 : 0))
+    }
+
+    /// Dataset Management (NVM Command Set Specification section 3.2.3): CDW10 NR 7:0 (number of
+    /// ranges, 0's based), CDW11 AD bit 2 (deallocate). PRP1 points at `ranges` 16-byte range
+    /// descriptors (context attributes, length in blocks, starting LBA; figure 40).
+    public static func datasetManagement(namespaceID: UInt32, ranges: Int, deallocate: Bool, prp1: UInt64, prp2: UInt64 = 0) -> NVMeCommand {
+        NVMeCommand(opcode: NVMeIOOpcode.datasetManagement, namespaceID: namespaceID, prp1: prp1, prp2: prp2,
+                    cdw10: UInt32(ranges - 1) & 0xFF, cdw11: deallocate ? 1 << 2 : 0)
     }
 }

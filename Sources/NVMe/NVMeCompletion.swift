@@ -52,6 +52,15 @@ public struct NVMeStatus: Equatable, Hashable, Sendable, CustomStringConvertible
     public static let dataTransferError = NVMeStatus(type: .generic, code: 0x04)
     public static let internalError = NVMeStatus(type: .generic, code: 0x06)
     public static let invalidNamespace = NVMeStatus(type: .generic, code: 0x0B, doNotRetry: true)
+    public static let prpOffsetInvalid = NVMeStatus(type: .generic, code: 0x13, doNotRetry: true)
+    public static let lbaOutOfRange = NVMeStatus(type: .generic, code: 0x80, doNotRetry: true)
+    public static let unrecoveredReadError = NVMeStatus(type: .mediaAndDataIntegrity, code: 0x81)
+    public static let commandAbortedSQDeletion = NVMeStatus(type: .generic, code: 0x08)
+
+    /// The device reported LBA Out of Range (NVM command set, figure 94 code 80h).
+    public var isLBAOutOfRange: Bool { matches(.lbaOutOfRange) }
+    /// A Media and Data Integrity Error (section 4.2.3.3): the data itself is bad or unreachable.
+    public var isMediaError: Bool { codeType == .mediaAndDataIntegrity }
 
     public var code: UInt8 { UInt8(truncatingIfNeeded: raw) }
     public var codeType: NVMeStatusCodeType { NVMeStatusCodeType(rawValue: UInt8((raw >> 8) & 0x7)) ?? .vendorSpecific }

@@ -283,6 +283,94 @@ public final class NVMeController<R: RegisterIO> {
         return queue
     }
 
+    // MARK: - I/O queues and namespaces
+
+    /// The largest data transfer of one command: MDTS (units of CAP.MPSMIN) or, when the
+    /// controller sets no limit, `fallback`.
+    public func maximumTransferBytes(fallback: Int = 2 << 20) -> Int {
+        guard let caps = capabilities, let identity,
+              let mdts = identity.maximumDataTransferSize(minimumPageSize: caps.minimumPageSize) else { return fallback }
+        return min(mdts, 32 << 20)
+    }
+
+    /// An active namespace, from Identify Namespace. Throws for an inactive one or one with
+    /// metadata (which this driver does not lay out).
+    public func namespace(_ namespaceID: UInt32) throws(NVMeError) -> NVMeNamespace {
+        let identity = try identifyNamespace(namespaceID)
+        guard let namespace = NVMeNamespace(identity: identity) else {
+            throw .unsupportedController("namespace \(namespaceID) is inactive or uses metadata (block size \(identity.blockSize), metadata \(identity.format.metadataSize) B)")
+        }
+        return namespace
+    }
+
+    /// Creates I/O queue pair `id` (completion queue first, then submission queue: section
+    /// 3.3.1.2) with per-command PRP list memory. `interrupt` nil creates the completion queue
+    /// with interrupts off and the queue polls; otherwise `vector` is its MSI-X vector (the
+    /// vector `interrupt` waits on). Ask `setNumberOfQueues` first.
+    public func createIOQueue(id: UInt16, depth: Int, interrupt: InterruptLine? = nil, vector: UInt16? = nil) throws(NVMeError) -> NVMeIOQueue<R> {
+        let interruptVector = interrupt == nil ? nil : (vector ?? UInt16(interrupt!.vector))
+        let pair = try createIOQueuePair(id: id, depth: depth, interruptVector: interruptVector)
+        do {
+            return try NVMeIOQueue(pair: pair, registers: registers, allocator: allocator,
+                                   maximumTransferBytes: maximumTransferBytes(), interrupt: interrupt, interruptVector: interruptVector)
+        } catch {
+            try? deleteQueuesOnDevice(id: id)
+            allocator.free(pair.submissionQueue)
+            allocator.free(pair.completionQueue)
+            throw error
+        }
+    }
+
+    private func deleteQueuesOnDevice(id: UInt16) throws(NVMeError) {
+        try adminCommand(.deleteIOSubmissionQueue(id: id))
+        try adminCommand(.deleteIOCompletionQueue(id: id))
+    }
+
+    /// Deletes the queue on the device (submission queue first, section 3.3.1.3) and frees its
+    /// memory. Commands still in flight are aborted by the controller and forgotten here.
+    public func deleteIOQueue(_ queue: NVMeIOQueue<R>) throws(NVMeError) {
+        try deleteQueuesOnDevice(id: queue.id)
+        queue.abandonOutstanding()
+        allocator.free(queue.pair.submissionQueue)
+        allocator.free(queue.pair.completionQueue)
+        allocator.free(queue.listRegion)
+    }
+
+    /// CSTS.CFS (or a device that stopped answering): the controller needs `reset`.
+    public var hasFatalStatus: Bool {
+        let csts = registers.read32(NVMeRegister.csts)
+        return csts == NVMeCSTS.deviceGone || csts & NVMeCSTS.fatal != 0
+    }
+
+    /// Controller reset and recovery (section 3.7.2 "Controller Reset"): CC.EN = 0 (which
+    /// deletes every I/O queue), the whole bring-up again, the queue count again, then each of
+    /// `ioQueues` is created anew in its old memory and, if `reissue`, the commands that were
+    /// in flight are written to it again (same slots, same PRPs, same data buffers); otherwise
+    /// they are forgotten. Returns how many commands were re-issued.
+    @discardableResult
+    public func reset(ioQueues: [NVMeIOQueue<R>], reissue: Bool = true) throws(NVMeError) -> Int {
+        try bringUp()
+        if !ioQueues.isEmpty {
+            let count = ioQueues.count
+            _ = try setNumberOfQueues(submission: count, completion: count)
+        }
+        var reissued = 0
+        for queue in ioQueues {
+            queue.pair.resetForRecreation()
+            try adminCommand(.createIOCompletionQueue(id: queue.id, entries: queue.depth, prp1: queue.pair.completionQueue.deviceAddress,
+                                                      interruptVector: queue.interruptVector ?? 0,
+                                                      interruptsEnabled: queue.interruptVector != nil))
+            try adminCommand(.createIOSubmissionQueue(id: queue.id, entries: queue.depth, prp1: queue.pair.submissionQueue.deviceAddress,
+                                                      completionQueueID: queue.id))
+            if reissue {
+                reissued += try queue.reissueOutstanding()
+            } else {
+                queue.abandonOutstanding()
+            }
+        }
+        return reissued
+    }
+
     // MARK: - Shutdown (section 3.6.1)
 
     /// Normal shutdown: CC.SHN = 01b, then wait for CSTS.SHST = 10b. The timeout is the larger

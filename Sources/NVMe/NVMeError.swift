@@ -20,6 +20,13 @@ public enum NVMeError: Error, Equatable, CustomStringConvertible {
     case dmaAllocationFailed(what: String, reason: String)
     /// An operation was asked for in a state that does not allow it.
     case invalidState(NVMeControllerState, operation: String)
+    /// An I/O aimed past the end of the namespace, caught before anything was submitted.
+    case lbaOutOfRange(namespaceID: UInt32, lba: UInt64, blocks: Int, namespaceBlocks: UInt64)
+    /// An I/O command the device completed with an error status; `status.isLBAOutOfRange` and
+    /// `status.isMediaError` say which kind.
+    case ioFailed(opcode: UInt8, namespaceID: UInt32, lba: UInt64, blocks: Int, status: NVMeStatus)
+    /// A request the driver cannot turn into commands (buffer too small, zero blocks, ...).
+    case invalidRequest(String)
 
     public var description: String {
         switch self {
@@ -43,6 +50,13 @@ public enum NVMeError: Error, Equatable, CustomStringConvertible {
             "could not allocate DMA memory for \(what): \(reason)"
         case .invalidState(let state, let operation):
             "cannot \(operation) while the NVMe controller is \(state)"
+        case .lbaOutOfRange(let nsid, let lba, let blocks, let total):
+            "LBA range \(lba)..<\(lba &+ UInt64(blocks)) is outside namespace \(nsid) (\(total) blocks); not submitted"
+        case .ioFailed(let opcode, let nsid, let lba, let blocks, let status):
+            (status.isMediaError ? "NVMe media error: " : status.isLBAOutOfRange ? "NVMe device reported LBA out of range: " : "NVMe I/O failed: ")
+                + "opcode 0x\(String(opcode, radix: 16)) nsid \(nsid) LBA \(lba) +\(blocks): \(status)"
+        case .invalidRequest(let reason):
+            "invalid NVMe request: \(reason)"
         }
     }
 }

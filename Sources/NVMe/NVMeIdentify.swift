@@ -22,6 +22,12 @@ public struct NVMeControllerIdentity: Equatable, Sendable {
     /// Submission / Completion Queue Entry Size, bytes 512 / 513: required (3:0) and maximum (7:4), log2.
     public var submissionEntrySizes: UInt8
     public var completionEntrySizes: UInt8
+    /// Optional NVM Command Support (ONCS), bytes 521:520: bit 2 Dataset Management, bit 3
+    /// Write Zeroes.
+    public var optionalCommands: UInt16
+
+    public var supportsDatasetManagement: Bool { optionalCommands & (1 << 2) != 0 }
+    public var supportsWriteZeroes: Bool { optionalCommands & (1 << 3) != 0 }
 
     public init(page: UnsafeRawPointer) {
         func u8(_ offset: Int) -> UInt8 { page.load(fromByteOffset: offset, as: UInt8.self) }
@@ -38,6 +44,7 @@ public struct NVMeControllerIdentity: Equatable, Sendable {
         submissionEntrySizes = u8(512)
         completionEntrySizes = u8(513)
         numberOfNamespaces = u32(516)
+        optionalCommands = u16(520)
     }
 
     /// The largest transfer in bytes one command may move, or nil for no limit.
@@ -70,6 +77,10 @@ public struct NVMeNamespaceIdentity: Equatable, Sendable {
     public var formatIndex: Int
     /// The LBA format in use (LBAF table at byte 128, 4 bytes each).
     public var format: LBAFormat
+    /// Deallocate Logical Block Features (DLFEAT), byte 33: bits 2:0 what a read of a
+    /// deallocated block returns (000b not reported, 001b zeroes, 010b ones), bit 3 Write
+    /// Zeroes may deallocate.
+    public var deallocateFeatures: UInt8
 
     public struct LBAFormat: Equatable, Sendable {
         /// Metadata Size, bits 15:0.
@@ -104,5 +115,6 @@ public struct NVMeNamespaceIdentity: Equatable, Sendable {
         formatIndex = Int(flbas & 0xF) | Int((flbas >> 5) & 0x3) << 4
         let raw = UInt32(littleEndian: page.loadUnaligned(fromByteOffset: 128 + 4 * formatIndex, as: UInt32.self))
         format = LBAFormat(raw: raw)
+        deallocateFeatures = page.load(fromByteOffset: 33, as: UInt8.self)
     }
 }

@@ -63,6 +63,28 @@ public struct NVMeQueuePair<R: RegisterIO> {
         return entry.commandID
     }
 
+    /// Like `submit(_:)` but with the caller's command identifier (an I/O queue uses its slot
+    /// index, so a completion leads straight back to the slot).
+    public mutating func submit(_ command: NVMeCommand, commandID: UInt16) throws(NVMeError) {
+        guard !isFull else { throw .submissionQueueFull(queue: id, depth: depth) }
+        var entry = command
+        entry.commandID = commandID
+        entry.write(to: submissionQueue.address + submissionTail * NVMeCommand.size)
+        submissionTail = (submissionTail + 1) % depth
+        CL_memory_barrier()
+        registers.write32(submissionDoorbell, UInt32(submissionTail))
+    }
+
+    /// Back to the state of a freshly created queue (after a controller reset deleted it):
+    /// indices 0, phase 1, completion memory zeroed so no stale phase tag looks new.
+    public mutating func resetForRecreation() {
+        completionQueue.zero()
+        submissionTail = 0
+        submissionHead = 0
+        completionHead = 0
+        expectedPhase = true
+    }
+
     /// The completion at the head if the controller has posted one (its phase tag equals the
     /// expected phase), consumed: the head advances, the phase flips on wrap, the SQ head is
     /// updated from SQHD. The CQ head doorbell is not rung; call `acknowledgeCompletions()`

@@ -11,7 +11,7 @@ struct LimitlessHIL: ParsableCommand {
             In the rig: Scripts/rig.sh test smoke. On a real machine, after `sudo ./Scripts/bind.sh BDF`:
             limitless-hil smoke --device BDF. Each suite ends with one `N passed, N failed` line.
             """,
-        subcommands: [Smoke.self])
+        subcommands: [Smoke.self, NVMeIO.self])
 }
 
 extension PCIAddress: ExpressibleByArgument {
@@ -54,6 +54,55 @@ struct Smoke: ParsableCommand {
         options.timeoutNanoseconds = timeoutMs * 1_000_000
         let report = SuiteReport()
         SmokeSuite(options: options).run(report: report)
+        print(report.summary)
+        if report.failed > 0 { throw ExitCode(1) }
+    }
+}
+
+struct NVMeIO: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nvme-io",
+        abstract: "NVMe block I/O: I/O queue pair on MSI-X, patterns over each namespace, PRP edge cases, flush, write zeroes, deallocate, range errors, queue depth, latency.")
+
+    @Option(help: "The NVMe function (default: the first NVMe controller bound to vfio-pci or uio_pci_generic).")
+    var device: PCIAddress?
+
+    @Option(help: "Commands in flight for the queue-depth check.")
+    var queueDepth: Int = 32
+
+    @Flag(help: "Everything: each namespace written whole twice (two seeds), longer latency runs.")
+    var full = false
+
+    @Flag(help: "Sample namespaces with blocks under 4 KiB (first and last 8 MiB) instead of writing them whole.")
+    var sample = false
+
+    @Option(help: "Pattern seed.")
+    var seed: UInt64 = 0x4C49_4D49_544C_4553
+
+    @Option(help: "Kernel interface: vfio, uio, or auto.")
+    var backend: PCIBackend = .auto
+
+    @Option(help: "Milliseconds before a command counts as stalled.")
+    var timeoutMs: UInt64 = 10000
+
+    func validate() throws {
+        guard queueDepth >= 1 && queueDepth <= 4095 else { throw ValidationError("--queue-depth takes 1 to 4095") }
+    }
+
+    func run() throws {
+        var options = NVMeIOSuite.Options()
+        options.device = device
+        options.queueDepth = queueDepth
+        options.full = full
+        options.sampleSmallBlocks = sample && !full
+        options.seed = seed
+        options.backend = backend
+        options.timeoutNanoseconds = timeoutMs * 1_000_000
+        let report = SuiteReport()
+        let clock = MonotonicClock()
+        let start = clock.now()
+        NVMeIOSuite(options: options).run(report: report)
+        report.note("suite time \((clock.now() - start) / 1_000_000) ms")
         print(report.summary)
         if report.failed > 0 { throw ExitCode(1) }
     }
