@@ -71,7 +71,7 @@ let package = Package(
         .target(name: "limitless_ipc"),
 
         // Benchmarks that print figures (never timed assertions).
-        .target(name: "Bench", dependencies: ["IPC", "CLimitless"]),
+        .target(name: "Bench", dependencies: ["IPC", "CLimitless", "Supervision"]),
 
         // Thin executables.
         .executableTarget(

@@ -6,7 +6,7 @@ struct LimitlessBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "limitless-bench",
         abstract: "Benchmarks that print figures (never timed assertions).",
-        subcommands: [IPC.self])
+        subcommands: [IPC.self, SupervisorCommand.self])
 }
 
 struct IPC: ParsableCommand {
@@ -64,5 +64,35 @@ struct IPC: ParsableCommand {
         } else {
             try IPCBenchmark(options: options).run()
         }
+    }
+}
+
+struct SupervisorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "supervisor",
+        abstract: "Crash (SIGKILL) to the new instance's REGISTER under the real supervisor, beside a plain spawn of the same binary.",
+        discussion: """
+            Runs the supervisor in this process over limitless-testserver with restart backoff 0, SIGKILLs the \
+            running instance --trials times, and prints p50/p99 of: exit seen, new instance spawned, REGISTER \
+            received (all from the SIGKILL), and spawn to REGISTER; once with the supervisor's default loop poll \
+            interval and once with 5 ms. Beside them: posix_spawn to first stdout line of /bin/echo and of the \
+            test server. Figures only, never asserted. Build with -c release.
+            """)
+
+    @Option(help: "Crashes (and plain spawns) per row.")
+    var trials = 30
+
+    @Option(help: "The test server binary (default: limitless-testserver next to this executable).")
+    var server: String?
+
+    func validate() throws {
+        guard trials > 0 else { throw ValidationError("--trials must be positive") }
+    }
+
+    func run() throws {
+        var options = SupervisorBench.Options()
+        options.trials = trials
+        options.serverPath = server
+        try SupervisorBench(options: options).run()
     }
 }
