@@ -60,6 +60,11 @@ public final class ServerRuntime: @unchecked Sendable {
     private let stopFD: Int32
     private let stopRequested = Atomic<Bool>(false)
     private let droppedLogs = Atomic<Int>(0)
+    /// Total records dropped since start (reported or not), for the server's own statistics.
+    private let droppedLogsTotal = Atomic<Int>(0)
+    /// When the last "dropped N log records" warning went out (CLOCK_MONOTONIC ns): at most one
+    /// a second, so under a flood the warnings do not take the places of the records themselves.
+    private let lastDropReport = Atomic<UInt64>(0)
     private let registered = Atomic<Bool>(false)
 
     /// Reads the environment and the inherited descriptors (`ServerEnvironment.current`), and
@@ -219,15 +224,21 @@ public final class ServerRuntime: @unchecked Sendable {
         }
         guard let link else { return }
         let dropped = droppedLogs.load(ordering: .relaxed)
-        if dropped > 0 {
-            guard sendLog(link, .warning, "dropped \(dropped) log records: the supervisor channel was full") else {
-                droppedLogs.add(1, ordering: .relaxed)
-                return
+        let now = CL_monotonic_ns()
+        if dropped > 0 && now &- lastDropReport.load(ordering: .relaxed) >= 1_000_000_000 {
+            lastDropReport.store(now, ordering: .relaxed)
+            if sendLog(link, .warning, "dropped \(dropped) log records: the supervisor channel was full") {
+                droppedLogs.subtract(dropped, ordering: .relaxed)
             }
-            droppedLogs.subtract(dropped, ordering: .relaxed)
         }
-        if !sendLog(link, level, text) { droppedLogs.add(1, ordering: .relaxed) }
+        if !sendLog(link, level, text) {
+            droppedLogs.add(1, ordering: .relaxed)
+            droppedLogsTotal.add(1, ordering: .relaxed)
+        }
     }
+
+    /// Every log record dropped since the server started, reported or not.
+    public var totalDroppedLogRecords: Int { droppedLogsTotal.load(ordering: .relaxed) }
 
     /// Log records dropped because the channel was full, not yet reported to the supervisor.
     public var droppedLogRecords: Int { droppedLogs.load(ordering: .relaxed) }

@@ -44,6 +44,8 @@ final class ServerProcess {
     var channel: Int32 = -1
     var stdout: Int32 = -1
     var stderr: Int32 = -1
+    /// pidfd of the running instance, watched for its exit; -1 where the kernel has none.
+    var exitNotifier: Int32 = -1
     var stdoutBuffer: [UInt8] = []
     var stderrBuffer: [UInt8] = []
     var capabilities: [(name: String, fd: Int32)] = []

@@ -172,6 +172,9 @@ public final class Supervisor: @unchecked Sendable {
     private static let stdoutKind: UInt64 = 1
     private static let stderrKind: UInt64 = 2
     private static let channelKind: UInt64 = 3
+    /// A pidfd (pidfd_open, Linux 5.3): readable exactly when the child can be reaped, so an exit
+    /// is seen at once instead of at the next poll (the poll remains the fallback).
+    private static let exitKind: UInt64 = 4
 
     private func token(_ server: ServerProcess, kind: UInt64) -> UInt64 {
         UInt64(UInt32(truncatingIfNeeded: server.instance)) << 32 | UInt64(server.index) << 4 | kind
@@ -206,6 +209,7 @@ public final class Supervisor: @unchecked Sendable {
         case Self.stdoutKind: drain(server, stream: .stdout)
         case Self.stderrKind: drain(server, stream: .stderr)
         case Self.channelKind: readChannel(server)
+        case Self.exitKind: reap()
         default: break
         }
     }
@@ -335,6 +339,7 @@ public final class Supervisor: @unchecked Sendable {
         unwatch(&server.stdout)
         unwatch(&server.stderr)
         unwatch(&server.channel)
+        unwatch(&server.exitNotifier)
         server.stdoutBuffer = []
         server.stderrBuffer = []
         // Anything it forked is stopped with it.
@@ -544,6 +549,12 @@ public final class Supervisor: @unchecked Sendable {
             watch(process.stdout, token: token(server, kind: Self.stdoutKind))
             watch(process.stderr, token: token(server, kind: Self.stderrKind))
             watch(pair[0], token: token(server, kind: Self.channelKind))
+            let pidfd = CL_pidfd_open(process.pid)
+            if pidfd >= 0 {
+                _ = fcntl(pidfd, F_SETFD, FD_CLOEXEC)
+                server.exitNotifier = pidfd
+                watch(pidfd, token: token(server, kind: Self.exitKind))
+            }
             if options.requireRegistration {
                 server.state = .starting
                 server.deadline = .now + options.startTimeout

@@ -72,7 +72,7 @@ struct TestServerBehaviour {
 
         if let lines = plan.floodLog {
             for index in 0..<lines { runtime.log(.debug, "flood line \(index)") }
-            say("flood: \(lines) lines, \(runtime.droppedLogRecords) dropped")
+            say("flood: \(lines) lines, \(runtime.totalDroppedLogRecords) dropped")
         }
 
         let start = monotonicMilliseconds()

@@ -408,3 +408,14 @@ static inline long CL_sk_syscall_number(const char *name) {
 #undef CL_SK_NR
     return -1;
 }
+
+// MARK: - Supervision
+// pidfd_open(2) (Linux 5.3): a descriptor that becomes readable when the process exits.
+static inline int CL_pidfd_open(int pid) {
+#ifdef SYS_pidfd_open
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
