@@ -215,13 +215,20 @@ public final class Supervisor: @unchecked Sendable {
     }
 
     /// Reads what a server wrote to stdout or stderr and logs each complete line.
-    private func drain(_ server: ServerProcess, stream: LogStream) {
+    /// Events are level-triggered, so a server that writes without pause is read `budget` times
+    /// per wake-up and then waits its turn: it cannot starve the other servers or the control
+    /// socket. After an exit everything left is read (`budget: .max`).
+    private static let readBudget = 64
+
+    private func drain(_ server: ServerProcess, stream: LogStream, budget: Int = readBudget) {
         let isOut = stream == .stdout
         let fd = isOut ? server.stdout : server.stderr
         guard fd >= 0 else { return }
         var buffer = isOut ? server.stdoutBuffer : server.stderrBuffer
         var closed = false
-        while true {
+        var reads = 0
+        while reads < budget {
+            reads += 1
             let count = read(fd, readBuffer.baseAddress, readBuffer.count)
             if count < 0 {
                 if errno == EINTR { continue }
@@ -265,8 +272,10 @@ public final class Supervisor: @unchecked Sendable {
     private static let levels: [LogLevel] = [.debug, .debug, .info, .notice, .warning, .error, .critical]
 
     /// Messages from a server on its supervisor channel.
-    private func readChannel(_ server: ServerProcess) {
-        while server.channel >= 0 {
+    private func readChannel(_ server: ServerProcess, budget: Int = readBudget * 4) {
+        var reads = 0
+        while server.channel >= 0 && reads < budget {
+            reads += 1
             var fds: (Int32, Int32) = (-1, -1)
             var fdCount: Int32 = 0, flags: Int32 = 0
             let count = withUnsafeMutableBytes(of: &fds) { raw in
@@ -333,9 +342,9 @@ public final class Supervisor: @unchecked Sendable {
     }
 
     private func exited(_ server: ServerProcess, status: Int32?) {
-        drain(server, stream: .stdout)
-        drain(server, stream: .stderr)
-        if server.channel >= 0 { readChannel(server) }
+        drain(server, stream: .stdout, budget: .max)
+        drain(server, stream: .stderr, budget: .max)
+        if server.channel >= 0 { readChannel(server, budget: .max) }
         unwatch(&server.stdout)
         unwatch(&server.stderr)
         unwatch(&server.channel)
