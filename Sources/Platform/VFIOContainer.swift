@@ -59,6 +59,19 @@ public final class VFIOContainer: DMAMapper {
         }
     }
 
+    /// Adopts a container descriptor opened by someone else — the supervisor, which opened the
+    /// container, attached the group and set the IOMMU model, and passed the descriptor as a
+    /// capability. The container's mappings are shared with every holder of the descriptor;
+    /// `iova` must be a window this process alone allocates from (the supervisor gives each
+    /// server its own container, so the default window is safe there).
+    public init(adopting fd: Int32, kernel: any KernelInterface = LinuxKernel.shared,
+                iova: IOVAAllocator = IOVAAllocator()) {
+        self.fd = fd
+        self.kernel = kernel
+        self.iova = iova
+        self.iommuModel = VFIO.type1v2IOMMU
+    }
+
     deinit {
         for (_, group) in groups { kernel.close(group.fd) }
         kernel.close(fd)

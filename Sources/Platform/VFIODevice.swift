@@ -88,12 +88,38 @@ public final class VFIODevice: PCIDeviceAccess {
                                  size: Int(min(configRegion.size, 4096)), kernel: kernel)
     }
 
+    /// Adopts a device descriptor opened by someone else (the supervisor hands a server its
+    /// device as a capability), with the container it belongs to. The group stays with whoever
+    /// opened it: `group` is only for display.
+    public init(adopting deviceFD: Int32, address: PCIAddress, container: VFIOContainer, group: Int = -1,
+                numaNode: Int? = nil, kernel: any KernelInterface = LinuxKernel.shared) throws {
+        self.address = address
+        self.container = container
+        self.group = group
+        self.deviceFD = deviceFD
+        self.groupFD = -1
+        self.kernel = kernel
+        self.numaNode = numaNode
+        var deviceInfo = vfio_device_info()
+        deviceInfo.argsz = UInt32(MemoryLayout<vfio_device_info>.size)
+        do {
+            _ = try kernel.ioctl(deviceFD, VFIO.Request.deviceGetInfo, &deviceInfo)
+        } catch {
+            throw PlatformError.systemCall("VFIO_DEVICE_GET_INFO on an adopted descriptor (is it a VFIO device?)", error)
+        }
+        info = DeviceInfo(flags: deviceInfo.flags, regionCount: Int(deviceInfo.num_regions), irqCount: Int(deviceInfo.num_irqs))
+        config = InMemoryConfigSpace(size: 0)
+        let configRegion = try regionInfo(Int(VFIO.configRegionIndex))
+        config = FileConfigSpace(fd: deviceFD, baseOffset: Int64(configRegion.offset),
+                                 size: Int(min(configRegion.size, 4096)), kernel: kernel)
+    }
+
     deinit {
         try? disableInterrupts()
         for (_, bar) in mappedBARs { kernel.munmap(bar.region.base, length: bar.mappedLength) }
         // Closing the device descriptor makes the kernel reset the function (if it can).
         kernel.close(deviceFD)
-        container.detachGroupIfUnused(group)
+        if groupFD >= 0 { container.detachGroupIfUnused(group) }
     }
 
     public func regionInfo(_ index: Int) throws -> RegionInfo {

@@ -151,3 +151,27 @@ final class VFIOTests: XCTestCase {
         _ = second
     }
 }
+
+final class VFIOAdoptionTests: XCTestCase {
+    func testAdoptedDescriptorsAreUsedAndClosedButTheGroupIsLeftAlone() throws {
+        let kernel = ScriptedKernel.vfioHappyPath(group: 4)
+        var device: VFIODevice? = try VFIODevice(adopting: 12, address: PCIAddress("0000:00:03.0")!,
+                                                 container: VFIOContainer(adopting: 10, kernel: kernel), group: 4, kernel: kernel)
+        XCTAssertEqual(try device!.mapBAR(0).length, 0x4000)
+        XCTAssertTrue(device!.info.supportsReset)
+        XCTAssertFalse(kernel.calls.contains { if case .open = $0 { return true }; return false }, "adoption opens nothing")
+        device = nil
+        XCTAssertTrue(kernel.calls.contains(.close(12)))
+        XCTAssertTrue(kernel.calls.contains(.close(10)))
+        XCTAssertFalse(kernel.calls.contains(.ioctl(11, VFIO.Request.groupUnsetContainer)))
+    }
+
+    func testAdoptingSomethingThatIsNotAVFIODeviceIsAnError() {
+        let kernel = ScriptedKernel.vfioHappyPath(group: 4)
+        kernel.ioctlHandler = { _, _, _ throws(Errno) in throw .inappropriateIOCTLForDevice }
+        XCTAssertThrowsError(try VFIODevice(adopting: 7, address: PCIAddress("0000:00:03.0")!,
+                                            container: VFIOContainer(adopting: 10, kernel: kernel), kernel: kernel)) { error in
+            XCTAssertTrue("\(error)".contains("adopted descriptor"), "\(error)")
+        }
+    }
+}
