@@ -31,6 +31,12 @@ public final class Supervisor: @unchecked Sendable {
         /// Descriptors standing for a server's capabilities, by capability name; a granted
         /// capability missing here is passed as `CAP_NAME=-1`. The supervisor does not own them.
         public var capabilityDescriptors: @Sendable (ServerConfiguration) -> [String: Int32] = { _ in [:] }
+        /// Opens (and keeps across instances) the descriptors of device capabilities: VFIO
+        /// containers and devices (`DeviceCapabilities`). Its descriptors are added to those of
+        /// `capabilityDescriptors`; a server it cannot open devices for does not start. It is
+        /// told of every exit (to quiesce the devices before a restart) and releases a server's
+        /// descriptors once the server is neither running nor wanted. nil: no device capabilities.
+        public var capabilityProvider: (any CapabilityProvider)? = DeviceCapabilities()
         public init() {}
     }
 
@@ -141,6 +147,7 @@ public final class Supervisor: @unchecked Sendable {
                 if shuttingDown { for server in servers { server.wanted = false } }
                 stopUnwanted()
                 startEligible()
+                releaseCapabilities()
                 if shuttingDown && servers.allSatisfy({ !$0.isAlive }) {
                     finished = true
                     return true
@@ -354,6 +361,10 @@ public final class Supervisor: @unchecked Sendable {
         // Anything it forked is stopped with it.
         _ = kill(-server.pid, SIGKILL)
         server.pid = 0
+        // Its devices are quiesced (bus mastering off, DMA unmapped) before anything restarts it.
+        if let provider = options.capabilityProvider {
+            for problem in provider.instanceExited(server.configuration) { note(server, .warning, problem) }
+        }
         server.registered = false
         server.deadline = nil
         server.killSent = false
@@ -491,8 +502,31 @@ public final class Supervisor: @unchecked Sendable {
         }
     }
 
+    /// Gives back the capability descriptors of servers that are neither running nor wanted
+    /// (stopped, failed, not restarted, shut down). The provider ignores servers it holds nothing
+    /// for.
+    private func releaseCapabilities() {
+        guard let provider = options.capabilityProvider else { return }
+        for server in servers where !server.wanted && !server.isAlive {
+            for problem in provider.release(server.configuration) { note(server, .warning, problem) }
+        }
+    }
+
     private func launch(_ server: ServerProcess) {
         let config = server.configuration
+        // Device capabilities first: a server whose devices cannot be opened does not start.
+        var provided = options.capabilityDescriptors(config)
+        if let provider = options.capabilityProvider {
+            do {
+                provided.merge(try provider.descriptors(for: config)) { _, device in device }
+            } catch {
+                note(server, .error, "cannot open its devices: \(error)")
+                server.instance += 1
+                server.exitOverride = (.exited(status: 127), "could not start: \(error)")
+                startFailed(server)
+                return
+            }
+        }
         do throws(LaunchError) {
             if server.checkpoint == nil {
                 do {
@@ -516,7 +550,6 @@ public final class Supervisor: @unchecked Sendable {
             }
             defer { close(pair[1]) }
             // Capabilities: descriptors from 5 up, in the order of the sorted grant list.
-            let provided = options.capabilityDescriptors(config)
             var descriptors: [Int32] = [pair[1], server.checkpoint!.fileDescriptor.rawValue]
             var capabilities: [(name: String, fd: Int32)] = []
             for capability in config.capabilities.sorted() {
