@@ -11,17 +11,17 @@ import Glibc
 /// slot addresses come from `head & mask` with the mask fixed at attach, so nothing the peer
 /// writes later can send a read outside the ring.
 public struct RingConsumer: ~Copyable, @unchecked Sendable {
-    let memory: SharedRingMemory  // keeps the mapping alive; never touched per message
-    let header: UnsafeMutableRawPointer
-    let slots: UnsafeMutableRawPointer
-    let mask: UInt64
-    let capacity: UInt64
-    let slotSize: Int
-    let ring: Int
+    @usableFromInline let memory: SharedRingMemory  // keeps the mapping alive; never touched per message
+    @usableFromInline let header: UnsafeMutableRawPointer
+    @usableFromInline let slots: UnsafeMutableRawPointer
+    @usableFromInline let mask: UInt64
+    @usableFromInline let capacity: UInt64
+    @usableFromInline let slotSize: Int
+    @usableFromInline let ring: Int
     /// Bytes of message one slot carries.
     public let payloadSize: Int
     /// Next position to read.
-    var head: UInt64
+    @usableFromInline var head: UInt64
     /// Times this consumer went to sleep in the kernel (futex waits).
     public private(set) var sleeps = 0
 
@@ -40,7 +40,7 @@ public struct RingConsumer: ~Copyable, @unchecked Sendable {
     }
 
     /// Whether the next message is there. One load of a line the producer writes.
-    public var hasMessage: Bool {
+    @inlinable public var hasMessage: Bool {
         stamp(currentSlot).load(ordering: .acquiring) == head &+ 1
     }
 
@@ -57,6 +57,7 @@ public struct RingConsumer: ~Copyable, @unchecked Sendable {
     /// Reads the next message in place, if there is one, and frees its slot. The bytes are shared
     /// memory the peer can still write: copy what must not change under you (or use
     /// `tryReceive(into:)`), and validate before trusting.
+    @inlinable
     public mutating func tryReceive<Result>(_ body: (UnsafeRawBufferPointer) -> Result) -> Result? {
         let slot = currentSlot
         guard stamp(slot).load(ordering: .acquiring) == head &+ 1 else { return nil }
@@ -69,11 +70,12 @@ public struct RingConsumer: ~Copyable, @unchecked Sendable {
 
     /// Copies the next message (the first `buffer.count` bytes of the payload, at most
     /// `payloadSize`) into `buffer` and frees its slot. Returns false when the ring is empty.
+    @inlinable
     public mutating func tryReceive(into buffer: UnsafeMutableRawBufferPointer) -> Bool {
         let slot = currentSlot
         guard stamp(slot).load(ordering: .acquiring) == head &+ 1 else { return false }
         if let destination = buffer.baseAddress {
-            destination.copyMemory(from: slot + RingLayout.stampSize, byteCount: min(buffer.count, payloadSize))
+            RingLayout.copy(destination, slot + RingLayout.stampSize, count: min(buffer.count, payloadSize))
         }
         head &+= 1
         headWord.store(head, ordering: .releasing)
@@ -83,8 +85,15 @@ public struct RingConsumer: ~Copyable, @unchecked Sendable {
     /// Waits for a message: spins for `policy.spinNanoseconds`, then announces that it sleeps
     /// and sleeps on the futex until the producer wakes it. Returns false after
     /// `timeoutNanoseconds` without a message. Throws if the producer's tail is impossible.
+    @inlinable
     public mutating func waitForMessage(policy: RingWaitPolicy = .adaptive, timeoutNanoseconds: UInt64 = .max) throws(RingError) -> Bool {
         if hasMessage { return true }
+        return try waitForMessageSlowly(policy: policy, timeoutNanoseconds: timeoutNanoseconds)
+    }
+
+    /// The waiting half of `waitForMessage`, out of line: spin, then sleep.
+    @usableFromInline
+    mutating func waitForMessageSlowly(policy: RingWaitPolicy, timeoutNanoseconds: UInt64) throws(RingError) -> Bool {
         // A reply from a peer on another core usually lands within a few hundred cycles: look
         // for it before paying for the first clock read.
         if policy.spinNanoseconds > 0 {
@@ -130,6 +139,7 @@ public struct RingConsumer: ~Copyable, @unchecked Sendable {
     }
 
     /// Waits for the next message (see `waitForMessage`) and copies it into `buffer`.
+    @inlinable
     public mutating func receive(into buffer: UnsafeMutableRawBufferPointer, policy: RingWaitPolicy = .adaptive,
                                  timeoutNanoseconds: UInt64 = .max) throws(RingError) -> Bool {
         guard try waitForMessage(policy: policy, timeoutNanoseconds: timeoutNanoseconds) else { return false }
@@ -146,20 +156,20 @@ public struct RingConsumer: ~Copyable, @unchecked Sendable {
         }
         return tail > head
     }
-    private var currentSlot: UnsafeMutableRawPointer { slots + Int(truncatingIfNeeded: head & mask) &* slotSize }
-    private func stamp(_ slot: UnsafeMutableRawPointer) -> UnsafeAtomic<UInt64> {
+    @inlinable var currentSlot: UnsafeMutableRawPointer { slots + Int(truncatingIfNeeded: head & mask) &* slotSize }
+    @inlinable func stamp(_ slot: UnsafeMutableRawPointer) -> UnsafeAtomic<UInt64> {
         UnsafeAtomic(at: slot.assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
     }
-    private var tailWord: UnsafeAtomic<UInt64> {
+    @inlinable var tailWord: UnsafeAtomic<UInt64> {
         UnsafeAtomic(at: (header + RingLayout.tailOffset).assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
     }
-    private var headWord: UnsafeAtomic<UInt64> {
+    @inlinable var headWord: UnsafeAtomic<UInt64> {
         UnsafeAtomic(at: (header + RingLayout.headOffset).assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
     }
-    private var sleepingPointer: UnsafeMutablePointer<UInt32> {
+    @inlinable var sleepingPointer: UnsafeMutablePointer<UInt32> {
         (header + RingLayout.sleepingOffset).assumingMemoryBound(to: UInt32.self)
     }
-    private var sleepingWord: UnsafeAtomic<UInt32> {
+    @inlinable var sleepingWord: UnsafeAtomic<UInt32> {
         UnsafeAtomic(at: (header + RingLayout.sleepingOffset).assumingMemoryBound(to: UInt32.AtomicRepresentation.self))
     }
 }

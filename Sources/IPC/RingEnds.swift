@@ -8,6 +8,7 @@ public struct RingClientEnd: ~Copyable, @unchecked Sendable {
 
     /// Sends `request` and waits for the next response, copying it into `response`. Returns false
     /// if no response came within `timeoutNanoseconds` (the request stays sent).
+    @inlinable
     public mutating func sendReceive(_ request: UnsafeRawBufferPointer, into response: UnsafeMutableRawBufferPointer,
                                      policy: RingWaitPolicy = .adaptive, timeoutNanoseconds: UInt64 = .max) throws(RingError) -> Bool {
         guard try requests.send(request, timeoutNanoseconds: timeoutNanoseconds) else { return false }

@@ -25,7 +25,7 @@ public struct RingLayout: Equatable, Sendable {
     public let capacity: Int
 
     /// Bytes of message a slot carries: the slot minus its 8-byte stamp.
-    public var payloadSize: Int { slotSize - Self.stampSize }
+    @inlinable public var payloadSize: Int { slotSize - Self.stampSize }
 
     public init(slotSize: Int = 64, capacity: Int = 1024) throws(RingError) {
         func bad(_ reason: String) -> RingError { .invalidLayout(slotSize: slotSize, capacity: capacity, reason: reason) }
@@ -54,8 +54,8 @@ public struct RingLayout: Equatable, Sendable {
     static let ringCount = 2
     static let pageSize = 4096
     static let pairHeaderSize = 4096
-    static let ringHeaderSize = 512
-    static let stampSize = 8
+    @inlinable static var ringHeaderSize: Int { 512 }
+    @inlinable static var stampSize: Int { 8 }
 
     // Header fields (pair header and ring header share the first 20 bytes).
     static let magicOffset = 0          // UInt64
@@ -64,15 +64,56 @@ public struct RingLayout: Equatable, Sendable {
     static let capacityOffset = 16      // UInt32
     static let ringCountOffset = 20     // UInt32, pair header: ring count; ring header: ring index
     // Ring header, one 128-byte block per writer.
-    static let tailOffset = 128         // UInt64
-    static let headOffset = 256         // UInt64
-    static let sleepingOffset = 384     // UInt32 futex word
+    @inlinable static var tailOffset: Int { 128 }         // UInt64
+    @inlinable static var headOffset: Int { 256 }         // UInt64
+    @inlinable static var sleepingOffset: Int { 384 }     // UInt32 futex word
 
     /// Whether a head and a tail read from shared memory can both be right: they are at most one
     /// capacity apart, either way (see `SharedRingMemory.indices`).
+    @inlinable
     static func plausible(head: UInt64, tail: UInt64, capacity: UInt64) -> Bool {
         tail >= head ? tail - head <= capacity : head - tail <= capacity
     }
 
+    /// Copies `count` bytes between a caller's buffer and a slot. Messages that fit a cache line
+    /// (the usual 64-byte slot carries 56 bytes) move as 8-byte words, inlined into the caller,
+    /// instead of a call to memmove; larger ones use memmove. The buffers never overlap.
+    @inlinable @inline(__always)
+    static func copy(_ destination: UnsafeMutableRawPointer, _ source: UnsafeRawPointer, count: Int) {
+        guard count <= 64 else {
+            destination.copyMemory(from: source, byteCount: count)
+            return
+        }
+        var offset = 0
+        while offset &+ 8 <= count {
+            destination.storeBytes(of: source.loadUnaligned(fromByteOffset: offset, as: UInt64.self),
+                                   toByteOffset: offset, as: UInt64.self)
+            offset &+= 8
+        }
+        while offset < count {
+            destination.storeBytes(of: source.load(fromByteOffset: offset, as: UInt8.self), toByteOffset: offset, as: UInt8.self)
+            offset &+= 1
+        }
+    }
+
+    /// Zeroes `count` bytes of a slot (the tail a short message leaves), by words when small.
+    @inlinable @inline(__always)
+    static func zero(_ destination: UnsafeMutableRawPointer, count: Int) {
+        guard count <= 64 else {
+            destination.initializeMemory(as: UInt8.self, repeating: 0, count: count)
+            return
+        }
+        var offset = 0
+        while offset &+ 8 <= count {
+            destination.storeBytes(of: 0 as UInt64, toByteOffset: offset, as: UInt64.self)
+            offset &+= 8
+        }
+        while offset < count {
+            destination.storeBytes(of: 0 as UInt8, toByteOffset: offset, as: UInt8.self)
+            offset &+= 1
+        }
+    }
+
+    @usableFromInline
     static func ringName(_ index: Int) -> String { index == 0 ? "request" : "response" }
 }

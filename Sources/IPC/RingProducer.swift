@@ -12,21 +12,21 @@ import Glibc
 /// hits in this core's cache. No allocation, no reference counting, no system call unless the
 /// consumer announced that it sleeps.
 public struct RingProducer: ~Copyable, @unchecked Sendable {
-    let memory: SharedRingMemory  // keeps the mapping alive; never touched per message
-    let header: UnsafeMutableRawPointer
-    let slots: UnsafeMutableRawPointer
-    let mask: UInt64
-    let capacity: UInt64
-    let slotSize: Int
-    let ring: Int
+    @usableFromInline let memory: SharedRingMemory  // keeps the mapping alive; never touched per message
+    @usableFromInline let header: UnsafeMutableRawPointer
+    @usableFromInline let slots: UnsafeMutableRawPointer
+    @usableFromInline let mask: UInt64
+    @usableFromInline let capacity: UInt64
+    @usableFromInline let slotSize: Int
+    @usableFromInline let ring: Int
     /// Bytes of message one slot carries.
     public let payloadSize: Int
     /// Next position to fill; only this process writes the shared tail, so the private copy is the truth.
-    var tail: UInt64
+    @usableFromInline var tail: UInt64
     /// Last head read from the consumer; re-read only when the ring looks full.
-    var knownHead: UInt64
+    @usableFromInline var knownHead: UInt64
     /// Futex wakes issued (each a system call): with batching, at most one per flush.
-    public private(set) var wakeups = 0
+    public internal(set) var wakeups = 0
 
     init(memory: SharedRingMemory, ring: Int) throws(RingError) {
         let layout = memory.layout
@@ -46,12 +46,19 @@ public struct RingProducer: ~Copyable, @unchecked Sendable {
     }
 
     /// Messages written and not yet taken by the consumer, as far as this side knows.
-    public var queued: Int { Int(tail &- knownHead) }
+    @inlinable public var queued: Int { Int(tail &- knownHead) }
 
     /// Whether a slot is free. Reads the consumer's head only when the cached one says full, and
     /// checks it: a head that runs backwards or past the tail means a faulty peer.
+    @inlinable
     public mutating func hasSpace() throws(RingError) -> Bool {
         if tail &- knownHead < capacity { return true }
+        return try refreshHead()
+    }
+
+    /// The slow half of `hasSpace`: the ring looked full, so read and check the consumer's head.
+    @usableFromInline
+    mutating func refreshHead() throws(RingError) -> Bool {
         let head = headWord.load(ordering: .acquiring)
         guard head >= knownHead, head <= tail else {
             throw .corruptIndices(ring: RingLayout.ringName(ring), head: head, tail: tail, capacity: Int(capacity))
@@ -63,6 +70,7 @@ public struct RingProducer: ~Copyable, @unchecked Sendable {
     /// Writes one message in place without publishing it: `fill` gets the slot's payload bytes.
     /// The consumer may see it at once (its stamp is set), but is not woken until `flush()`.
     /// Returns false when the ring is full.
+    @inlinable
     public mutating func tryEnqueue(_ fill: (UnsafeMutableRawBufferPointer) -> Void) throws(RingError) -> Bool {
         guard try hasSpace() else { return false }
         let slot = slots + Int(truncatingIfNeeded: tail & mask) &* slotSize
@@ -74,32 +82,41 @@ public struct RingProducer: ~Copyable, @unchecked Sendable {
 
     /// Copies `message` (at most `payloadSize` bytes; the rest of the slot is zeroed) into the next
     /// slot without waking the consumer. Returns false when the ring is full.
+    @inlinable
     public mutating func tryEnqueue(_ message: UnsafeRawBufferPointer) throws(RingError) -> Bool {
-        guard message.count <= payloadSize else { throw .messageTooLarge(size: message.count, limit: payloadSize) }
+        let count = message.count
+        guard count <= payloadSize else { throw .messageTooLarge(size: count, limit: payloadSize) }
         return try tryEnqueue { slot in
-            if let source = message.baseAddress { slot.baseAddress!.copyMemory(from: source, byteCount: message.count) }
-            if message.count < slot.count {
-                (slot.baseAddress! + message.count).initializeMemory(as: UInt8.self, repeating: 0, count: slot.count - message.count)
-            }
+            let destination = slot.baseAddress.unsafelyUnwrapped
+            if let source = message.baseAddress { RingLayout.copy(destination, source, count: count) }
+            if count < slot.count { RingLayout.zero(destination + count, count: slot.count &- count) }
         }
     }
 
     /// Publishes everything enqueued and wakes the consumer if, and only if, it said it sleeps:
     /// a batch of any size costs at most one wake.
+    @inlinable
     public mutating func flush() {
         // Sequentially consistent store, then load: against the consumer's "set sleeping, then
         // read tail", one of the two sides must see the other (no lost wake-up). On x86 the
         // store is one xchg; the load hits in cache while the consumer is awake.
         tailWord.store(tail, ordering: .sequentiallyConsistent)
         if sleepingWord.load(ordering: .sequentiallyConsistent) != 0 {
-            if sleepingWord.exchange(0, ordering: .sequentiallyConsistent) != 0 {
-                Futex.wakeAll(sleepingPointer)
-                wakeups &+= 1
-            }
+            wakeSleeper()
+        }
+    }
+
+    /// The consumer said it sleeps: take the flag and wake it (off the inlined path).
+    @usableFromInline
+    mutating func wakeSleeper() {
+        if sleepingWord.exchange(0, ordering: .sequentiallyConsistent) != 0 {
+            Futex.wakeAll(sleepingPointer)
+            wakeups &+= 1
         }
     }
 
     /// Enqueues and publishes one message. Returns false when the ring is full.
+    @inlinable
     public mutating func trySend(_ message: UnsafeRawBufferPointer) throws(RingError) -> Bool {
         guard try tryEnqueue(message) else { return false }
         flush()
@@ -109,8 +126,15 @@ public struct RingProducer: ~Copyable, @unchecked Sendable {
     /// Sends one message, waiting while the ring is full: spinning, then yielding the CPU (a full
     /// ring is back-pressure from a slow consumer, which wakes nobody). Returns false if the ring
     /// stayed full for `timeoutNanoseconds`.
+    @inlinable
     public mutating func send(_ message: UnsafeRawBufferPointer, timeoutNanoseconds: UInt64 = .max) throws(RingError) -> Bool {
         if try trySend(message) { return true }
+        return try sendAfterWaiting(message, timeoutNanoseconds: timeoutNanoseconds)
+    }
+
+    /// The slow half of `send`: the ring was full.
+    @usableFromInline
+    mutating func sendAfterWaiting(_ message: UnsafeRawBufferPointer, timeoutNanoseconds: UInt64) throws(RingError) -> Bool {
         guard try waitForSpace(timeoutNanoseconds: timeoutNanoseconds) else { return false }
         return try trySend(message)
     }
@@ -136,19 +160,19 @@ public struct RingProducer: ~Copyable, @unchecked Sendable {
 
     // MARK: Shared words
 
-    private func stamp(_ slot: UnsafeMutableRawPointer) -> UnsafeAtomic<UInt64> {
+    @inlinable func stamp(_ slot: UnsafeMutableRawPointer) -> UnsafeAtomic<UInt64> {
         UnsafeAtomic(at: slot.assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
     }
-    private var tailWord: UnsafeAtomic<UInt64> {
+    @inlinable var tailWord: UnsafeAtomic<UInt64> {
         UnsafeAtomic(at: (header + RingLayout.tailOffset).assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
     }
-    private var headWord: UnsafeAtomic<UInt64> {
+    @inlinable var headWord: UnsafeAtomic<UInt64> {
         UnsafeAtomic(at: (header + RingLayout.headOffset).assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
     }
-    private var sleepingPointer: UnsafeMutablePointer<UInt32> {
+    @inlinable var sleepingPointer: UnsafeMutablePointer<UInt32> {
         (header + RingLayout.sleepingOffset).assumingMemoryBound(to: UInt32.self)
     }
-    private var sleepingWord: UnsafeAtomic<UInt32> {
+    @inlinable var sleepingWord: UnsafeAtomic<UInt32> {
         UnsafeAtomic(at: (header + RingLayout.sleepingOffset).assumingMemoryBound(to: UInt32.AtomicRepresentation.self))
     }
 }
