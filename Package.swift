@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "limitless-supervisor", targets: ["limitless-supervisor"]),
         .executable(name: "limitless-fuzz", targets: ["limitless-fuzz"]),
         .executable(name: "limitless-testserver", targets: ["limitless-testserver"]),
+        .executable(name: "storage_server", targets: ["storage_server"]),
         // The seed's C calls (ipc_send_receive, ipc_send, ipc_receive, create_shared_memory_cap).
         .library(name: "limitless_ipc", targets: ["limitless_ipc"]),
     ],
@@ -61,14 +62,20 @@ let package = Package(
         .target(name: "XHCI", dependencies: ["Platform"]),
         .target(name: "E1000E", dependencies: ["Platform"]),
 
+        // The storage server's block protocol and logic.
+        .target(name: "Storage", dependencies: ["NVMe", "Platform", "IPC", "ServerKit"]),
+
         // Which server drives which device.
         .target(name: "DeviceCatalog", dependencies: ["Platform"]),
 
         // Hardware-in-the-loop suites (run in the rig or against a real device).
-        .target(name: "HILSuites", dependencies: ["Platform", "NVMe", "XHCI", "E1000E"]),
+        .target(name: "HILSuites", dependencies: ["Platform", "NVMe", "XHCI", "E1000E", "Storage"]),
 
         // The C client library: plain C speaking the same wire format, for C programs.
         .target(name: "limitless_ipc"),
+
+        // Fakes shared by test targets: a sysfs tree in a temporary directory.
+        .target(name: "PlatformTestSupport", dependencies: ["Platform"]),
 
         // Benchmarks that print figures (never timed assertions).
         .target(name: "Bench", dependencies: ["IPC", "CLimitless", "Supervision"]),
@@ -94,6 +101,9 @@ let package = Package(
             name: "limitless-testserver",
             dependencies: ["ServerKit", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
+            name: "storage_server",
+            dependencies: ["Storage", "ServerKit", "Platform", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(
             name: "limitless-fuzz",
             dependencies: ["IPC", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
@@ -101,10 +111,11 @@ let package = Package(
             dependencies: ["Supervision", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         .testTarget(name: "IPCTests", dependencies: ["IPC", "CLimitless"]),
-        .testTarget(name: "SupervisionTests", dependencies: ["Supervision", "IPC"]),
+        .testTarget(name: "SupervisionTests", dependencies: ["Supervision", "IPC", "PlatformTestSupport"]),
         .testTarget(name: "ServerKitTests", dependencies: ["ServerKit", "IPC", "Supervision", "CLimitless"]),
-        .testTarget(name: "PlatformTests", dependencies: ["Platform", "CLimitless"]),
+        .testTarget(name: "PlatformTests", dependencies: ["Platform", "CLimitless", "PlatformTestSupport"]),
         .testTarget(name: "DriverTests", dependencies: ["Platform", "NVMe", "XHCI", "E1000E"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage", "IPC", "NVMe", "Platform"]),
         .testTarget(name: "DeviceCatalogTests", dependencies: ["DeviceCatalog", "Platform"]),
     ]
 )

@@ -1,13 +1,14 @@
 import Glibc
-@testable import Platform
+import Platform
 
+/// For tests of anything that reads sysfs (Platform, the supervisor's device capabilities).
 /// A sysfs tree in a temporary directory, shaped like the kernel's: devices with identity files,
 /// a `driver` symlink into /sys/bus/pci/drivers, an `iommu_group` symlink into
 /// /sys/kernel/iommu_groups, and the group's `devices` links back.
-final class FakeSysfs {
-    let root: String
+public final class FakeSysfs {
+    public let root: String
 
-    init() {
+    public init() {
         var template = Array("/tmp/limitless-sysfs-XXXXXX".utf8CString)
         let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         root = String(cString: made!)
@@ -18,9 +19,9 @@ final class FakeSysfs {
 
     deinit { _ = system("rm -rf '\(root)'") }
 
-    var sysfs: Sysfs { Sysfs(root: root) }
+    public var sysfs: Sysfs { Sysfs(root: root) }
 
-    func makeDirectory(_ relative: String) {
+    public func makeDirectory(_ relative: String) {
         var path = root
         for component in relative.split(separator: "/") {
             path += "/" + component
@@ -28,27 +29,27 @@ final class FakeSysfs {
         }
     }
 
-    func writeFile(_ relative: String, _ contents: String) {
+    public func writeFile(_ relative: String, _ contents: String) {
         let fd = open(root + "/" + relative, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         precondition(fd >= 0, "cannot write \(relative)")
         _ = contents.withCString { write(fd, $0, strlen($0)) }
         close(fd)
     }
 
-    func writeBytes(_ relative: String, _ bytes: [UInt8]) {
+    public func writeBytes(_ relative: String, _ bytes: [UInt8]) {
         let fd = open(root + "/" + relative, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         close(fd)
     }
 
-    func link(_ relative: String, to target: String) {
+    public func link(_ relative: String, to target: String) {
         unlink(root + "/" + relative)
         symlink(target, root + "/" + relative)
     }
 
     /// Adds a function. `config` defaults to a header with the IDs and class filled in.
     @discardableResult
-    func addFunction(_ address: String, vendor: UInt16, device: UInt16, classCode: UInt32,
+    public func addFunction(_ address: String, vendor: UInt16, device: UInt16, classCode: UInt32,
                      driver: String? = nil, group: Int? = nil, numaNode: Int = -1,
                      resources: [String] = ["0x00000000fe000000 0x00000000fe003fff 0x0000000000140204"],
                      config: [UInt8]? = nil) -> String {

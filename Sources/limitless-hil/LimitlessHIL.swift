@@ -11,7 +11,7 @@ struct LimitlessHIL: ParsableCommand {
             In the rig: Scripts/rig.sh test smoke. On a real machine, after `sudo ./Scripts/bind.sh BDF`:
             limitless-hil smoke --device BDF. Each suite ends with one `N passed, N failed` line.
             """,
-        subcommands: [Smoke.self, NVMeIO.self])
+        subcommands: [Smoke.self, NVMeIO.self, Storage.self])
 }
 
 extension PCIAddress: ExpressibleByArgument {
@@ -102,6 +102,43 @@ struct NVMeIO: ParsableCommand {
         let clock = MonotonicClock()
         let start = clock.now()
         NVMeIOSuite(options: options).run(report: report)
+        report.note("suite time \((clock.now() - start) / 1_000_000) ms")
+        print(report.summary)
+        if report.failed > 0 { throw ExitCode(1) }
+    }
+}
+
+struct Storage: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "storage",
+        abstract: "storage_server end to end: start it, geometry, inline and shared-memory writes read back, range errors, SIGKILL and restart with every acknowledged write verified, SIGTERM.")
+
+    @Option(help: "The NVMe function storage_server serves.")
+    var device: PCIAddress = PCIAddress("0000:00:03.0")!
+
+    @Option(help: "The storage_server executable (default: next to limitless-hil).")
+    var server: String?
+
+    @Option(help: "Expected block sizes of nsid 1 and 2.")
+    var blockSizes: String = "512,4096"
+
+    @Option(help: "Expected size of each namespace in MiB.")
+    var namespaceMiB: UInt64 = 64
+
+    @Option(help: "Milliseconds to wait for the server's socket to answer.")
+    var startTimeoutMs: Int = 60000
+
+    func run() throws {
+        var options = StorageServerSuite.Options()
+        options.device = device
+        options.serverPath = server
+        options.expectedBlockSizes = blockSizes.split(separator: ",").compactMap { Int($0) }
+        options.expectedBytes = namespaceMiB << 20
+        options.startTimeoutMilliseconds = startTimeoutMs
+        let report = SuiteReport()
+        let clock = MonotonicClock()
+        let start = clock.now()
+        StorageServerSuite(options: options).run(report: report)
         report.note("suite time \((clock.now() - start) / 1_000_000) ms")
         print(report.summary)
         if report.failed > 0 { throw ExitCode(1) }

@@ -1,5 +1,6 @@
 import XCTest
 @testable import Platform
+import PlatformTestSupport
 
 final class SysfsTests: XCTestCase {
     func testReadsBindingGroupNodeAndResources() throws {

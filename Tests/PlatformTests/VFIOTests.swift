@@ -1,6 +1,7 @@
 import XCTest
 import SystemPackage
 @testable import Platform
+import PlatformTestSupport
 
 final class VFIOTests: XCTestCase {
     var tree: FakeSysfs!

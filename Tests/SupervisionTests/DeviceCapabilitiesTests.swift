@@ -2,81 +2,11 @@ import CLimitless
 import Glibc
 import IPC
 import Platform
+import PlatformTestSupport
 import SystemPackage
 import XCTest
 
 @testable import Supervision
-
-/// A sysfs tree in a temporary directory (a small copy of PlatformTests' FakeSysfs, whose helpers
-/// this target cannot see): devices with identity files, `driver` and `iommu_group` links.
-final class DeviceSysfsTree {
-    let root: String
-
-    init() {
-        var template = Array("/tmp/limitless-devcaps-XXXXXX".utf8CString)
-        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        root = String(cString: made!)
-        makeDirectory("bus/pci/devices")
-        makeDirectory("bus/pci/drivers")
-        makeDirectory("kernel/iommu_groups")
-    }
-
-    deinit { _ = system("rm -rf '\(root)'") }
-
-    var sysfs: Sysfs { Sysfs(root: root) }
-
-    func makeDirectory(_ relative: String) {
-        var path = root
-        for component in relative.split(separator: "/") {
-            path += "/" + component
-            mkdir(path, 0o755)
-        }
-    }
-
-    func writeFile(_ relative: String, _ bytes: [UInt8]) {
-        let fd = open(root + "/" + relative, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        precondition(fd >= 0, "cannot write \(relative)")
-        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        close(fd)
-    }
-
-    func writeFile(_ relative: String, _ text: String) { writeFile(relative, Array(text.utf8)) }
-
-    func link(_ relative: String, to target: String) {
-        unlink(root + "/" + relative)
-        symlink(target, root + "/" + relative)
-    }
-
-    func addFunction(_ address: String, vendor: UInt16, device: UInt16, classCode: UInt32, driver: String? = "vfio-pci", group: Int? = nil) {
-        let directory = "bus/pci/devices/\(address)"
-        makeDirectory(directory)
-        writeFile(directory + "/vendor", "0x\(hex(vendor, width: 4))\n")
-        writeFile(directory + "/device", "0x\(hex(device, width: 4))\n")
-        writeFile(directory + "/class", "0x\(hex(classCode, width: 6))\n")
-        writeFile(directory + "/subsystem_vendor", "0x1af4\n")
-        writeFile(directory + "/subsystem_device", "0x1100\n")
-        writeFile(directory + "/revision", "0x02\n")
-        writeFile(directory + "/irq", "0\n")
-        writeFile(directory + "/numa_node", "-1\n")
-        let lines = ["0x00000000fe000000 0x00000000fe003fff 0x0000000000140204"]
-            + Array(repeating: "0x0000000000000000 0x0000000000000000 0x0000000000000000", count: 12)
-        writeFile(directory + "/resource", lines.joined(separator: "\n") + "\n")
-        var header = [UInt8](repeating: 0, count: 256)
-        header[0] = UInt8(vendor & 0xFF); header[1] = UInt8(vendor >> 8)
-        header[2] = UInt8(device & 0xFF); header[3] = UInt8(device >> 8)
-        header[9] = UInt8(classCode & 0xFF); header[10] = UInt8((classCode >> 8) & 0xFF); header[11] = UInt8(classCode >> 16)
-        writeFile(directory + "/config", header)
-        if let driver {
-            makeDirectory("bus/pci/drivers/\(driver)")
-            link(directory + "/driver", to: "../../../bus/pci/drivers/\(driver)")
-        }
-        if let group {
-            makeDirectory("kernel/iommu_groups/\(group)/devices")
-            link(directory + "/iommu_group", to: "../../../kernel/iommu_groups/\(group)")
-            link("kernel/iommu_groups/\(group)/devices/\(address)", to: "../../../../bus/pci/devices/\(address)")
-        }
-    }
-}
 
 /// A kernel that answers the VFIO handshake for devices in any group (container fd 10, group
 /// fds 11..., device fds 20...), with a 256-byte config space per device, and records every call.
@@ -187,16 +117,16 @@ final class VFIOScriptedKernel: KernelInterface {
 }
 
 final class DeviceCapabilitiesTests: XCTestCase {
-    var tree: DeviceSysfsTree!
+    var tree: FakeSysfs!
     var kernel: VFIOScriptedKernel!
     var provider: DeviceCapabilities!
 
     override func setUp() {
-        tree = DeviceSysfsTree()
+        tree = FakeSysfs()
         // Two identical NVMe controllers, a NIC, and a function still bound to a kernel driver.
-        tree.addFunction("0000:00:03.0", vendor: 0x1B36, device: 0x0010, classCode: 0x010802, group: 4)
-        tree.addFunction("0000:00:04.0", vendor: 0x1B36, device: 0x0010, classCode: 0x010802, group: 5)
-        tree.addFunction("0000:00:05.0", vendor: 0x8086, device: 0x10D3, classCode: 0x020000, group: 6)
+        tree.addFunction("0000:00:03.0", vendor: 0x1B36, device: 0x0010, classCode: 0x010802, driver: "vfio-pci", group: 4)
+        tree.addFunction("0000:00:04.0", vendor: 0x1B36, device: 0x0010, classCode: 0x010802, driver: "vfio-pci", group: 5)
+        tree.addFunction("0000:00:05.0", vendor: 0x8086, device: 0x10D3, classCode: 0x020000, driver: "vfio-pci", group: 6)
         tree.addFunction("0000:00:06.0", vendor: 0x1B36, device: 0x000D, classCode: 0x0C0330, driver: "xhci_hcd", group: 7)
         kernel = VFIOScriptedKernel()
         provider = DeviceCapabilities(sysfs: tree.sysfs, kernel: kernel, devfs: "/fake-dev")

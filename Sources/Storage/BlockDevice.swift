@@ -1,0 +1,84 @@
+import IPC
+
+/// Why a block device operation failed: the status the client gets, and what to log.
+public struct BlockDeviceError: Error, Equatable, CustomStringConvertible {
+    public var status: IPCStatus
+    public var detail: String
+    public init(_ status: IPCStatus, _ detail: String) {
+        self.status = status
+        self.detail = detail
+    }
+    public var description: String { "\(status): \(detail)" }
+}
+
+/// What the block server needs of a device: namespaces, and blocking read / write / flush /
+/// trim. `NVMeBlockDevice` is the real one, `MemoryBlockDevice` a RAM fake. Called from one
+/// thread (the IPC server's); ranges are already validated against `geometry`.
+public protocol BlockDevice: AnyObject {
+    /// Active namespace IDs, ascending.
+    var namespaceIDs: [UInt32] { get }
+    func geometry(_ nsid: UInt32) -> BlockGeometry?
+    func read(nsid: UInt32, lba: UInt64, blocks: Int, into buffer: UnsafeMutableRawBufferPointer) throws(BlockDeviceError)
+    func write(nsid: UInt32, lba: UInt64, blocks: Int, from buffer: UnsafeRawBufferPointer) throws(BlockDeviceError)
+    func flush(nsid: UInt32) throws(BlockDeviceError)
+    func trim(nsid: UInt32, lba: UInt64, blocks: Int) throws(BlockDeviceError)
+}
+
+/// A RAM block device (tests, and a stand-in where no controller exists). Trimmed blocks read
+/// back as zeroes. `failNext` makes the next operation fail with EIO.
+public final class MemoryBlockDevice: BlockDevice {
+    private var storage: [UInt32: (geometry: BlockGeometry, bytes: UnsafeMutableRawBufferPointer)] = [:]
+    public var failNext: String?
+    public private(set) var flushes = 0
+    public private(set) var trims = 0
+
+    public init(namespaces: [UInt32: BlockGeometry]) {
+        for (nsid, geometry) in namespaces {
+            let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(geometry.capacityBytes), alignment: 64)
+            bytes.initializeMemory(as: UInt8.self, repeating: 0)
+            storage[nsid] = (geometry, bytes)
+        }
+    }
+
+    deinit { for (_, entry) in storage { entry.bytes.deallocate() } }
+
+    public var namespaceIDs: [UInt32] { storage.keys.sorted() }
+    public func geometry(_ nsid: UInt32) -> BlockGeometry? { storage[nsid]?.geometry }
+
+    private func range(_ nsid: UInt32, _ lba: UInt64, _ blocks: Int) throws(BlockDeviceError) -> UnsafeMutableRawBufferPointer {
+        if let message = failNext {
+            failNext = nil
+            throw BlockDeviceError(.EIO, message)
+        }
+        guard let entry = storage[nsid] else { throw BlockDeviceError(.ENOENT, "nsid \(nsid)") }
+        guard blocks > 0, lba < entry.geometry.blockCount, UInt64(blocks) <= entry.geometry.blockCount - lba else {
+            throw BlockDeviceError(.ERANGE, "LBA \(lba) + \(blocks) past \(entry.geometry.blockCount)")
+        }
+        let start = Int(lba) * entry.geometry.blockSize
+        return UnsafeMutableRawBufferPointer(rebasing: entry.bytes[start..<(start + blocks * entry.geometry.blockSize)])
+    }
+
+    public func read(nsid: UInt32, lba: UInt64, blocks: Int, into buffer: UnsafeMutableRawBufferPointer) throws(BlockDeviceError) {
+        let source = try range(nsid, lba, blocks)
+        buffer.baseAddress!.copyMemory(from: source.baseAddress!, byteCount: source.count)
+    }
+
+    public func write(nsid: UInt32, lba: UInt64, blocks: Int, from buffer: UnsafeRawBufferPointer) throws(BlockDeviceError) {
+        let target = try range(nsid, lba, blocks)
+        target.baseAddress!.copyMemory(from: buffer.baseAddress!, byteCount: target.count)
+    }
+
+    public func flush(nsid: UInt32) throws(BlockDeviceError) {
+        if let message = failNext {
+            failNext = nil
+            throw BlockDeviceError(.EIO, message)
+        }
+        flushes += 1
+    }
+
+    public func trim(nsid: UInt32, lba: UInt64, blocks: Int) throws(BlockDeviceError) {
+        let target = try range(nsid, lba, blocks)
+        target.initializeMemory(as: UInt8.self, repeating: 0)
+        trims += 1
+    }
+}

@@ -1,0 +1,189 @@
+import IPC
+
+/// The block protocol `storage_server` speaks on `RUNTIME_DIR/NAME.sock` (IPC messages of the
+/// 0x02xx range, `MessageType.block…`). Every request names a namespace in param1; every reply
+/// carries an errno-style status (`IPCStatus`). Data moves either inline (the request's or the
+/// reply's payload, at most `BlockProtocol.maxInlineBytes` = 64 KiB) or through a shared-memory
+/// region the client shared earlier (`IPCClient.share`) and names with `Message.setSharedData`.
+///
+/// | Message                    | param1 | param2 | param3 | data (request)                                   | reply on success                                                |
+/// |----------------------------|--------|--------|--------|--------------------------------------------------|-----------------------------------------------------------------|
+/// | MSG_BLOCK_OPEN_NAMESPACE   | nsid   | -      | -      | none                                             | ok; param1 block size, param2 block count                       |
+/// | MSG_BLOCK_GEOMETRY         | nsid   | -      | -      | none                                             | ok; param1 block size, param2 block count, param3 max bytes per request (shared) |
+/// | MSG_BLOCK_READ             | nsid   | LBA    | blocks | none: data comes back inline (≤ 64 KiB); or a shared, writable region of ≥ blocks × block size | ok; inline: payload = the blocks; shared: the blocks are in the region, param1 = bytes |
+/// | MSG_BLOCK_WRITE            | nsid   | LBA    | blocks | exactly blocks × block size, inline or shared    | ok; param1 = bytes written                                      |
+/// | MSG_BLOCK_FLUSH            | nsid   | -      | -      | none                                             | ok (everything acknowledged before is on stable media)          |
+/// | MSG_BLOCK_TRIM             | nsid   | LBA    | blocks | none                                             | ok (the range is deallocated; reads return what DLFEAT says)    |
+///
+/// Errors (reply status):
+/// - `ENOENT`: nsid is not an active namespace.
+/// - `EINVAL`: blocks = 0; data of the wrong size (write) or a shared region too small (read);
+///   a read's shared region that is write-sealed.
+/// - `ERANGE` (34): LBA + blocks runs past the end of the namespace (checked before anything is
+///   submitted; also when the device itself reports LBA Out of Range).
+/// - `EMSGSIZE`: an inline read of more than 64 KiB, or a request over
+///   `BlockProtocol.maxSharedBytes` (send larger transfers as several requests).
+/// - `EACCES`: the client's uid is not allowed (CAP_BLOCK_READ for open/geometry/read,
+///   CAP_BLOCK_WRITE for write/flush/trim; see `BlockAccessPolicy`).
+/// - `EIO`: the device failed the command (the NVMe status is logged by the server).
+/// - `EBADF`: an unknown shared-memory handle (answered by the IPC layer).
+/// - `ENOSYS`: a message type this server does not serve.
+///
+/// Data goes through the server's DMA bounce buffer (a copy each way); zero copy with client
+/// buffers registered for DMA comes later.
+public enum BlockProtocol {
+    /// The largest inline data of one message (a read's reply or a write's request).
+    public static let maxInlineBytes = Message.maxInlinePayload
+    /// The largest transfer one request may ask for through shared memory.
+    public static let maxSharedBytes = 8 << 20
+}
+
+extension IPCStatus {
+    /// Result out of range: the LBA range runs past the end of the namespace.
+    public static let ERANGE = IPCStatus(rawValue: 34)
+}
+
+/// One namespace as clients see it.
+public struct BlockGeometry: Equatable, Sendable {
+    public var blockSize: Int
+    public var blockCount: UInt64
+    public init(blockSize: Int, blockCount: UInt64) {
+        self.blockSize = blockSize
+        self.blockCount = blockCount
+    }
+    public var capacityBytes: UInt64 { blockCount &* UInt64(blockSize) }
+}
+
+/// Where a request's data is (or where a read's data should go).
+public enum BlockDataPlace: Equatable, Sendable {
+    case none
+    case inline(count: Int)
+    case shared(count: Int)
+}
+
+/// A decoded and validated block request.
+public enum BlockRequest: Equatable, Sendable {
+    case openNamespace(nsid: UInt32)
+    case geometry(nsid: UInt32)
+    case read(nsid: UInt32, lba: UInt64, blocks: Int, toShared: Bool)
+    case write(nsid: UInt32, lba: UInt64, blocks: Int)
+    case flush(nsid: UInt32)
+    case trim(nsid: UInt32, lba: UInt64, blocks: Int)
+
+    public var nsid: UInt32 {
+        switch self {
+        case .openNamespace(let n), .geometry(let n), .flush(let n): n
+        case .read(let n, _, _, _), .write(let n, _, _), .trim(let n, _, _): n
+        }
+    }
+
+    /// Whether the request changes the device (needs CAP_BLOCK_WRITE rather than CAP_BLOCK_READ).
+    public var isWrite: Bool {
+        switch self {
+        case .write, .flush, .trim: true
+        default: false
+        }
+    }
+}
+
+/// Request decoding and validation as pure functions: no device, no socket.
+public enum BlockRequestDecoder {
+    /// Decodes `type`/params/data against the namespaces `geometry` knows. Returns the request or
+    /// the status to reply with.
+    public static func decode(type: MessageType, param1: UInt64, param2: UInt64, param3: UInt64,
+                              data: BlockDataPlace, sharedWritable: Bool = true,
+                              geometry: (UInt32) -> BlockGeometry?) -> Result<BlockRequest, IPCStatus> {
+        guard type.rawValue >= 0x0200, type.rawValue <= 0x0205 else { return .failure(.ENOSYS) }
+        guard param1 > 0, param1 <= UInt64(UInt32.max), let namespace = geometry(UInt32(param1)) else {
+            return .failure(.ENOENT)
+        }
+        let nsid = UInt32(param1)
+        switch type {
+        case .blockOpenNamespace:
+            return .success(.openNamespace(nsid: nsid))
+        case .blockGeometry:
+            return .success(.geometry(nsid: nsid))
+        case .blockFlush:
+            return .success(.flush(nsid: nsid))
+        default:
+            break
+        }
+        // A ranged request: LBA in param2, blocks in param3.
+        let lba = param2
+        guard param3 > 0 else { return .failure(.EINVAL) }
+        guard lba < namespace.blockCount, param3 <= namespace.blockCount - lba else { return .failure(.ERANGE) }
+        let blocks = Int(param3)  // <= blockCount, which fits
+        if type == .blockTrim {
+            return .success(.trim(nsid: nsid, lba: lba, blocks: blocks))
+        }
+        let (bytes, overflow) = UInt64(blocks).multipliedReportingOverflow(by: UInt64(namespace.blockSize))
+        switch type {
+        case .blockRead:
+            switch data {
+            case .none, .inline:
+                guard !overflow, bytes <= UInt64(BlockProtocol.maxInlineBytes) else { return .failure(.EMSGSIZE) }
+                return .success(.read(nsid: nsid, lba: lba, blocks: blocks, toShared: false))
+            case .shared(let count):
+                guard !overflow, bytes <= UInt64(BlockProtocol.maxSharedBytes) else { return .failure(.EMSGSIZE) }
+                guard sharedWritable, UInt64(count) >= bytes else { return .failure(.EINVAL) }
+                return .success(.read(nsid: nsid, lba: lba, blocks: blocks, toShared: true))
+            }
+        case .blockWrite:
+            let count: Int
+            switch data {
+            case .none: count = 0
+            case .inline(let c): count = c
+            case .shared(let c):
+                guard !overflow, bytes <= UInt64(BlockProtocol.maxSharedBytes) else { return .failure(.EMSGSIZE) }
+                count = c
+            }
+            guard !overflow, UInt64(count) == bytes else { return .failure(.EINVAL) }
+            return .success(.write(nsid: nsid, lba: lba, blocks: blocks))
+        default:
+            return .failure(.ENOSYS)
+        }
+    }
+
+    /// The same for a message as the IPC server hands it over.
+    public static func decode(_ message: Message, sharedWritable: Bool,
+                              geometry: (UInt32) -> BlockGeometry?) -> Result<BlockRequest, IPCStatus> {
+        let place: BlockDataPlace
+        switch message.data {
+        case .none: place = .none
+        case .inline(_, let count): place = .inline(count: count)
+        case .shared(_, _, let count): place = .shared(count: count)
+        }
+        return decode(type: message.type, param1: message.param1, param2: message.param2, param3: message.param3,
+                      data: place, sharedWritable: sharedWritable, geometry: geometry)
+    }
+}
+
+/// Who may use the server. `CAP_BLOCK_READ` (open, geometry, read) and `CAP_BLOCK_WRITE` (write,
+/// flush, trim) are checked per request against the client's uid from SO_PEERCRED. The default
+/// accepts every uid: in this first step the socket's file permissions are the real fence.
+public struct BlockAccessPolicy: Equatable, Sendable {
+    public enum Rule: Equatable, Sendable {
+        case anyone
+        case uids(Set<UInt32>)
+        func allows(_ uid: UInt32) -> Bool {
+            switch self {
+            case .anyone: true
+            case .uids(let set): set.contains(uid)
+            }
+        }
+    }
+
+    public var readers: Rule
+    public var writers: Rule
+
+    public init(readers: Rule = .anyone, writers: Rule = .anyone) {
+        self.readers = readers
+        self.writers = writers
+    }
+
+    public static let acceptAll = BlockAccessPolicy()
+
+    public func allows(_ request: BlockRequest, uid: UInt32) -> Bool {
+        request.isWrite ? writers.allows(uid) : readers.allows(uid)
+    }
+}

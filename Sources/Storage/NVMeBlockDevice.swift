@@ -1,0 +1,228 @@
+import IPC
+import NVMe
+import Platform
+
+/// The NVMe controller as a `BlockDevice`: one I/O queue pair, every transfer bounced through one
+/// DMA buffer (the client's data is copied in or out; zero copy comes later).
+public final class NVMeBlockDevice<R: RegisterIO>: BlockDevice {
+    public let controller: NVMeController<R>
+    public let queue: NVMeIOQueue<R>
+    public let namespaces: [UInt32: NVMeNamespace]
+    public let bounce: DMABuffer
+    private let log: (String) -> Void
+
+    public init(controller: NVMeController<R>, queue: NVMeIOQueue<R>, namespaces: [NVMeNamespace], bounce: DMABuffer,
+                log: @escaping (String) -> Void = { _ in }) {
+        self.controller = controller
+        self.queue = queue
+        self.namespaces = Dictionary(uniqueKeysWithValues: namespaces.map { ($0.id, $0) })
+        self.bounce = bounce
+        self.log = log
+    }
+
+    public var namespaceIDs: [UInt32] { namespaces.keys.sorted() }
+
+    public func geometry(_ nsid: UInt32) -> BlockGeometry? {
+        namespaces[nsid].map { BlockGeometry(blockSize: $0.blockSize, blockCount: $0.blockCount) }
+    }
+
+    /// The client's status for a driver error; device failures are logged with the NVMe status.
+    func mapped(_ error: NVMeError, _ what: String) -> BlockDeviceError {
+        switch error {
+        case .lbaOutOfRange:
+            return BlockDeviceError(.ERANGE, "\(what): \(error)")
+        case .ioFailed(_, _, _, _, let status) where status.isLBAOutOfRange:
+            return BlockDeviceError(.ERANGE, "\(what): \(error)")
+        default:
+            return BlockDeviceError(.EIO, "\(what): \(error)")
+        }
+    }
+
+    private func namespace(_ nsid: UInt32) throws(BlockDeviceError) -> NVMeNamespace {
+        guard let namespace = namespaces[nsid] else { throw BlockDeviceError(.ENOENT, "nsid \(nsid) is not active") }
+        return namespace
+    }
+
+    /// Runs `body` over the range in pieces that fit the bounce buffer: (lba, blocks, byte offset).
+    private func chunks(_ namespace: NVMeNamespace, lba: UInt64, blocks: Int,
+                        _ body: (UInt64, Int, Int) throws(BlockDeviceError) -> Void) throws(BlockDeviceError) {
+        let per = max(1, bounce.size / namespace.blockSize)
+        var done = 0
+        while done < blocks {
+            let count = min(per, blocks - done)
+            try body(lba + UInt64(done), count, done * namespace.blockSize)
+            done += count
+        }
+    }
+
+    public func read(nsid: UInt32, lba: UInt64, blocks: Int, into buffer: UnsafeMutableRawBufferPointer) throws(BlockDeviceError) {
+        let namespace = try namespace(nsid)
+        try chunks(namespace, lba: lba, blocks: blocks) { (lba, count, offset) throws(BlockDeviceError) in
+            do throws(NVMeError) {
+                try queue.read(namespace, lba: lba, blocks: count, into: bounce)
+            } catch {
+                throw mapped(error, "read nsid \(nsid) LBA \(lba) x \(count)")
+            }
+            (buffer.baseAddress! + offset).copyMemory(from: bounce.address, byteCount: count * namespace.blockSize)
+        }
+    }
+
+    public func write(nsid: UInt32, lba: UInt64, blocks: Int, from buffer: UnsafeRawBufferPointer) throws(BlockDeviceError) {
+        let namespace = try namespace(nsid)
+        try chunks(namespace, lba: lba, blocks: blocks) { (lba, count, offset) throws(BlockDeviceError) in
+            bounce.address.copyMemory(from: buffer.baseAddress! + offset, byteCount: count * namespace.blockSize)
+            do throws(NVMeError) {
+                try queue.write(namespace, lba: lba, blocks: count, from: bounce)
+            } catch {
+                throw mapped(error, "write nsid \(nsid) LBA \(lba) x \(count)")
+            }
+        }
+    }
+
+    public func flush(nsid: UInt32) throws(BlockDeviceError) {
+        let namespace = try namespace(nsid)
+        do { try queue.flush(namespace) } catch { throw mapped(error, "flush nsid \(nsid)") }
+    }
+
+    /// Dataset Management deallocate when the controller has it (ONCS bit 2), else Write Zeroes
+    /// (bit 3), else ENOSYS.
+    public func trim(nsid: UInt32, lba: UInt64, blocks: Int) throws(BlockDeviceError) {
+        let namespace = try namespace(nsid)
+        let identity = controller.identity
+        do {
+            if identity?.supportsDatasetManagement ?? false {
+                var ranges: [(lba: UInt64, blocks: Int)] = []
+                var next = 0
+                let most = Int(UInt32.max)
+                while next < blocks {
+                    let count = min(most, blocks - next)
+                    ranges.append((lba + UInt64(next), count))
+                    next += count
+                }
+                for start in stride(from: 0, to: ranges.count, by: 256) {
+                    try queue.deallocate(namespace, ranges: Array(ranges[start..<min(start + 256, ranges.count)]))
+                }
+            } else if identity?.supportsWriteZeroes ?? false {
+                try queue.writeZeroes(namespace, lba: lba, blocks: blocks)
+            } else {
+                throw BlockDeviceError(.ENOSYS, "the controller has neither Dataset Management nor Write Zeroes")
+            }
+        } catch let error as BlockDeviceError {
+            throw error
+        } catch let error as NVMeError {
+            throw mapped(error, "trim nsid \(nsid) LBA \(lba) x \(blocks)")
+        } catch {
+            throw BlockDeviceError(.EIO, "trim: \(error)")
+        }
+    }
+
+    /// Deletes the I/O queue and shuts the controller down (an orderly stop).
+    public func shutdown() throws(NVMeError) {
+        try controller.deleteIOQueue(queue)
+        try controller.shutdown()
+    }
+}
+
+/// How `storage_server` gets its device: opened by itself (standalone) or adopted from
+/// descriptors the supervisor passed as capabilities.
+public enum StorageDeviceSource: Equatable, Sendable {
+    /// Open `address` through Platform (`openPCIDevice`: VFIO, or UIO if bound so).
+    case open(PCIAddress)
+    /// Adopt the VFIO device descriptor of CAP_MMIO_<label> and the container descriptor of
+    /// CAP_DMA_ALLOC. `address` is for display only.
+    case adopt(label: String, deviceFD: Int32, containerFD: Int32, address: PCIAddress?)
+
+    public enum Problem: Error, Equatable, CustomStringConvertible {
+        case noDevice
+        case severalDevices([String])
+        case mmioWithoutDMA(String)
+        case descriptorMissing(String)
+
+        public var description: String {
+            switch self {
+            case .noDevice:
+                "no device: pass --device BDF (standalone), or run under the supervisor with CAP_MMIO_<LABEL> and CAP_DMA_ALLOC granted"
+            case .severalDevices(let names):
+                "several device capabilities granted (\(names.joined(separator: ", "))); pass --label to choose one"
+            case .mmioWithoutDMA(let name):
+                "\(name) is granted but CAP_DMA_ALLOC is not: the device cannot DMA without its container"
+            case .descriptorMissing(let name):
+                "\(name) is granted without a descriptor; the supervisor must pass the VFIO descriptor with it"
+            }
+        }
+    }
+
+    /// Chooses from the granted capabilities (name -> descriptor, -1 for none) and the command
+    /// line: any CAP_MMIO_ grant wins (supervised); otherwise `device` is opened.
+    public static func choose(capabilities: [String: Int32], device: PCIAddress?, label: String? = nil) -> Result<StorageDeviceSource, Problem> {
+        var mmio = capabilities.keys.filter { $0.hasPrefix("CAP_MMIO_") }.sorted()
+        if let label { mmio = mmio.filter { $0 == "CAP_MMIO_" + label } }
+        if mmio.isEmpty {
+            guard let device else { return .failure(.noDevice) }
+            return .success(.open(device))
+        }
+        guard mmio.count == 1 else { return .failure(.severalDevices(mmio)) }
+        let name = mmio[0]
+        guard let dma = capabilities["CAP_DMA_ALLOC"] else { return .failure(.mmioWithoutDMA(name)) }
+        guard let fd = capabilities[name], fd >= 0 else { return .failure(.descriptorMissing(name)) }
+        guard dma >= 0 else { return .failure(.descriptorMissing("CAP_DMA_ALLOC")) }
+        return .success(.adopt(label: String(name.dropFirst("CAP_MMIO_".count)), deviceFD: fd, containerFD: dma, address: device))
+    }
+}
+
+/// Brings an NVMe controller up for serving: bus master, BAR 0, MSI-X (admin on vector 0, the I/O
+/// queue on vector 1 when there are two), the active namespaces, one I/O queue pair, a bounce
+/// buffer.
+public enum StorageBringUp {
+    public struct Result {
+        public var device: any PCIDeviceAccess
+        public var blockDevice: NVMeBlockDevice<MMIORegion>
+        public var summary: String
+    }
+
+    public static func open(_ source: StorageDeviceSource) throws -> any PCIDeviceAccess {
+        switch source {
+        case .open(let address):
+            return try openPCIDevice(address)
+        case .adopt(let label, let deviceFD, let containerFD, let address):
+            let container = VFIOContainer(adopting: containerFD)
+            let display = address ?? PCIAddress(bus: 0, device: 0, function: 0)
+            do {
+                return try VFIODevice(adopting: deviceFD, address: display, container: container)
+            } catch {
+                throw StorageDeviceSource.Problem.descriptorMissing("CAP_MMIO_\(label) (\(error))")
+            }
+        }
+    }
+
+    public static func bringUp(_ device: any PCIDeviceAccess, queueDepth: Int = 64, bounceBytes: Int = 2 << 20,
+                               timeoutNanoseconds: UInt64 = 10_000_000_000, log: @escaping (String) -> Void) throws -> Result {
+        if let node = device.numaNode { _ = NUMA.runCurrentThread(onNode: node) }
+        try device.setBusMaster(true)
+        let registers = try device.mapBAR(0)
+        let available = (try? device.interruptVectors(.msix)) ?? 0
+        let lines = available >= 1 ? try device.enableInterrupts(.msix, count: min(2, available)) : []
+        let allocator = DMAAllocator(mapper: device.dmaMapper, numaNode: device.numaNode)
+        let controller = NVMeController(registers: registers, allocator: allocator, adminInterrupt: lines.first,
+                                        configuration: .init(completionMode: lines.isEmpty ? .polling : .interrupt,
+                                                             adminCommandTimeoutNanoseconds: timeoutNanoseconds))
+        let identity = try controller.bringUp()
+        let namespaces = try controller.activeNamespaceIDs().compactMap { id -> NVMeNamespace? in
+            do { return try controller.namespace(id) } catch {
+                log("nsid \(id) not served: \(error)")
+                return nil
+            }
+        }
+        _ = try controller.setNumberOfQueues(submission: 1, completion: 1)
+        let line = lines.count > 1 ? lines[1] : nil
+        let depth = min(queueDepth, controller.capabilities!.maximumQueueEntries)
+        let queue = try controller.createIOQueue(id: 1, depth: depth, interrupt: line, vector: line.map { UInt16($0.vector) })
+        queue.timeoutNanoseconds = timeoutNanoseconds
+        let bounce = try allocator.allocate(size: bounceBytes, alignment: 4096)
+        let block = NVMeBlockDevice(controller: controller, queue: queue, namespaces: namespaces, bounce: bounce, log: log)
+        let summary = "\(device.address) through \(device.backendName): \(identity.modelNumber) (serial \(identity.serialNumber)), "
+            + "I/O queue 1 depth \(queue.depth) " + (line.map { "on MSI-X vector \($0.vector)" } ?? "polling") + "; "
+            + namespaces.map(\.description).joined(separator: "; ")
+        return Result(device: device, blockDevice: block, summary: summary)
+    }
+}

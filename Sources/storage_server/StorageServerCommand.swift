@@ -1,0 +1,104 @@
+import ArgumentParser
+import Platform
+import ServerKit
+import Storage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension PCIAddress: ExpressibleByArgument {
+    public init?(argument: String) { self.init(argument) }
+}
+
+@main
+struct StorageServerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "storage_server",
+        abstract: "Serves NVMe namespaces as block devices over Limitless IPC (MSG_BLOCK_*).",
+        discussion: """
+            Standalone (no LIMITLESS_SERVER_NAME): opens --device through VFIO (or UIO). Supervised: adopts \
+            the VFIO device and container descriptors granted as CAP_MMIO_<LABEL> and CAP_DMA_ALLOC. Brings the \
+            controller up, creates one I/O queue pair, registers with the supervisor and serves \
+            RUNTIME_DIR/NAME.sock until SIGTERM (exit 0). Protocol: Sources/Storage/BlockProtocol.swift.
+            """)
+
+    @Option(help: "The NVMe function (standalone; with capabilities only for display).")
+    var device: PCIAddress?
+
+    @Option(help: "Where the socket goes (default: LIMITLESS_RUNTIME_DIR or /run/limitless).")
+    var runtimeDir: String?
+
+    @Option(help: "The socket's name: RUNTIME_DIR/NAME.sock (default: the server's name, standalone `storage`).")
+    var name: String?
+
+    @Option(help: "With several CAP_MMIO_<LABEL> grants, the label to serve.")
+    var label: String?
+
+    @Option(name: .customLong("allow-uid"), help: "Only these uids may use the server (repeatable; default: every uid).")
+    var allowUIDs: [UInt32] = []
+
+    func run() throws {
+        let runtime: ServerRuntime
+        do {
+            runtime = try ServerRuntime(standaloneName: name ?? "storage")
+        } catch {
+            Self.say("storage_server: \(error)")
+            throw ExitCode(78)
+        }
+        var capabilities: [String: Int32] = [:]
+        for capability in runtime.capabilityNames {
+            capabilities[capability] = (try? runtime.capability(capability)) ?? -1
+        }
+        let source: StorageDeviceSource
+        switch StorageDeviceSource.choose(capabilities: capabilities, device: device, label: label) {
+        case .success(let chosen): source = chosen
+        case .failure(let problem):
+            runtime.log(.critical, "\(problem)")
+            throw ExitCode(78)
+        }
+
+        let opened: StorageBringUp.Result
+        do {
+            let pci = try StorageBringUp.open(source)
+            opened = try StorageBringUp.bringUp(pci) { runtime.log(.warning, $0) }
+        } catch {
+            runtime.log(.critical, "bring-up failed: \(error)")
+            throw ExitCode(1)
+        }
+        runtime.log(.info, "serving \(opened.summary)")
+
+        let policy = allowUIDs.isEmpty ? BlockAccessPolicy.acceptAll
+            : BlockAccessPolicy(readers: .uids(Set(allowUIDs)), writers: .uids(Set(allowUIDs)))
+        let server = BlockServer(device: opened.blockDevice, policy: policy) { runtime.log(.error, $0) }
+        let directory = runtimeDir ?? runtime.environment.runtimeDirectory
+        let socketName = name ?? runtime.name
+        let endpoint = try server.makeIPCServer(name: socketName, directory: directory)
+        endpoint.start()
+        runtime.log(.info, "listening on \(endpoint.endpoint.socketPath)"
+            + (allowUIDs.isEmpty ? " (every uid accepted)" : " (uids \(allowUIDs.map(String.init).joined(separator: ",")))"))
+
+        do {
+            try runtime.register()
+        } catch {
+            runtime.log(.critical, "registration failed: \(error)")
+            endpoint.stop()
+            throw ExitCode(1)
+        }
+        let reason = try runtime.runUntilStopped()
+        endpoint.stop()
+        do {
+            try opened.blockDevice.shutdown()
+            runtime.log(.info, "stopped (\(reason)): \(server.requests) requests, \(server.deviceErrors) device errors; controller shut down")
+        } catch {
+            runtime.log(.error, "stopped (\(reason)); shutdown failed: \(error)")
+        }
+        try? opened.device.disableInterrupts()
+        try? opened.device.setBusMaster(false)
+        runtime.shutdown()
+    }
+
+    static func say(_ text: String) {
+        var line = text + "\n"
+        line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+    }
+}
