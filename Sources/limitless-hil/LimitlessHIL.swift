@@ -11,7 +11,7 @@ struct LimitlessHIL: ParsableCommand {
             In the rig: Scripts/rig.sh test smoke. On a real machine, after `sudo ./Scripts/bind.sh BDF`:
             limitless-hil smoke --device BDF. Each suite ends with one `N passed, N failed` line.
             """,
-        subcommands: [Smoke.self, NVMeIO.self, Storage.self])
+        subcommands: [Smoke.self, NVMeIO.self, Storage.self, SupervisedStorage.self])
 }
 
 extension PCIAddress: ExpressibleByArgument {
@@ -139,6 +139,39 @@ struct Storage: ParsableCommand {
         let clock = MonotonicClock()
         let start = clock.now()
         StorageServerSuite(options: options).run(report: report)
+        report.note("suite time \((clock.now() - start) / 1_000_000) ms")
+        print(report.summary)
+        if report.failed > 0 { throw ExitCode(1) }
+    }
+}
+
+struct SupervisedStorage: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "supervised-storage",
+        abstract: "storage_server under limitless-supervisor: writes read back, SIGKILL and the supervisor's restart (timed), every acknowledged write verified, serverctl status, SIGTERM to the supervisor.")
+
+    @Option(help: "The NVMe function the supervisor hands to storage_server.")
+    var device: PCIAddress = PCIAddress("0000:00:03.0")!
+
+    @Option(help: "Directory with limitless-supervisor, storage_server and serverctl (default: limitless-hil's).")
+    var binDir: String?
+
+    @Option(help: "Milliseconds to wait for the server to answer after the supervisor starts.")
+    var startTimeoutMs: Int = 60000
+
+    @Option(help: "Milliseconds to wait for the server to answer again after SIGKILL.")
+    var restartTimeoutMs: Int = 30000
+
+    func run() throws {
+        var options = SupervisedStorageSuite.Options()
+        options.device = device
+        options.binaryDirectory = binDir
+        options.startTimeoutMilliseconds = startTimeoutMs
+        options.restartTimeoutMilliseconds = restartTimeoutMs
+        let report = SuiteReport()
+        let clock = MonotonicClock()
+        let start = clock.now()
+        SupervisedStorageSuite(options: options).run(report: report)
         report.note("suite time \((clock.now() - start) / 1_000_000) ms")
         print(report.summary)
         if report.failed > 0 { throw ExitCode(1) }

@@ -1,0 +1,353 @@
+import Platform
+import Storage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The storage server under the supervisor: `limitless-supervisor` (next to limitless-hil) started
+/// as a child with a servers.conf naming `storage_server` for the NVMe function, so the supervisor
+/// opens the VFIO container and device and hands them over as CAP_DMA_ALLOC / CAP_MMIO_NVME0 /
+/// CAP_IRQ_NVME0 / CAP_PCI_CONFIG. Then as a client: seeded writes on both namespaces read back;
+/// the server SIGKILLed and brought back by the supervisor (time from SIGKILL to answering), every
+/// acknowledged write read back; `serverctl status` shows one restart and a SIGKILL exit; SIGTERM
+/// to the supervisor stops everything with exit 0.
+public struct SupervisedStorageSuite {
+    public struct Options {
+        public var device = PCIAddress("0000:00:03.0")!
+        /// Directory holding limitless-supervisor, storage_server and serverctl; default: this
+        /// executable's.
+        public var binaryDirectory: String?
+        public var seed: UInt64 = 0x5355_5045_5256_4953
+        public var startTimeoutMilliseconds = 60_000
+        public var restartTimeoutMilliseconds = 30_000
+        public var stopTimeoutMilliseconds = 30_000
+        public init() {}
+    }
+
+    public var options: Options
+    public init(options: Options) { self.options = options }
+
+    typealias Child = StorageServerSuite.Child
+    typealias Acknowledged = StorageServerSuite.Acknowledged
+
+    public func run(report: SuiteReport) {
+        var template = Array("/tmp/limitless-supervised-hil-XXXXXX".utf8CString)
+        let directory = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+        let binaries = options.binaryDirectory ?? Self.executableDirectory()
+        let supervisorPath = binaries + "/limitless-supervisor"
+        let serverPath = binaries + "/storage_server"
+        let serverctlPath = binaries + "/serverctl"
+        let configPath = directory + "/servers.conf"
+        var helperOptions = StorageServerSuite.Options()
+        helperOptions.seed = options.seed
+        let helper = StorageServerSuite(options: helperOptions)
+        var supervisor = Child(pid: -1)
+        var serverPID: Int32 = 0
+        defer {
+            if supervisor.pid > 0 {
+                _ = kill(supervisor.pid, SIGKILL)
+                _ = supervisor.wait()
+            }
+            if serverPID > 0 && kill(serverPID, 0) == 0 { _ = kill(serverPID, SIGKILL) }
+            Self.removeTree(directory)
+        }
+
+        report.check("write servers.conf and check it") {
+            for path in [supervisorPath, serverPath, serverctlPath] {
+                try expect(access(path, X_OK) == 0, "\(path) is not there (build it: swift build -c release)")
+            }
+            let text = """
+                start_server storage \(serverPath) --runtime-dir \(directory)
+                    device NVME0 \(options.device)
+                    capabilities CAP_PCI_CONFIG CAP_MMIO_NVME0 CAP_IRQ_NVME0 CAP_DMA_ALLOC CAP_BLOCK_READ CAP_BLOCK_WRITE
+                    restart on-failure backoff=100ms limit=5/60s
+                    watchdog 2s
+
+                """
+            try Self.writeFile(configPath, text)
+            let (status, output) = try Self.capture([supervisorPath, "--config", configPath, "--check"])
+            try expect(status == 0, "--check exit \(status): \(output)")
+            return configPath
+        }
+
+        var client: BlockClient?
+        report.check("start limitless-supervisor; storage answers") {
+            let arguments = [supervisorPath, "--config", configPath, "--runtime-dir", directory, "--log-dir", directory + "/logs"]
+            supervisor = try Self.spawn(arguments)
+            let clock = MonotonicClock()
+            let start = clock.now()
+            client = try waitForAnswer(directory: directory, supervisor: supervisor, since: start,
+                                       timeoutMilliseconds: options.startTimeoutMilliseconds)
+            return "supervisor pid \(supervisor.pid), \(directory)/storage.sock answering after \((clock.now() - start) / 1_000_000) ms"
+        }
+        guard let first = client else { return }
+
+        var firstStatus: ServerJSON?
+        report.check("serverctl status: running, registered, granted the device") {
+            let status = try serverctlStatus(serverctlPath, directory: directory)
+            firstStatus = status
+            try expect(status.text("state") == "running", "state \(status.text("state") ?? "nil"): \(status.raw)")
+            try expect(status.raw.contains("\"registered\":true"), "not registered: \(status.raw)")
+            guard let pid = status.number("pid"), pid > 0 else { throw CheckFailure("no pid: \(status.raw)") }
+            try expect(kill(Int32(pid), 0) == 0, "pid \(pid) is not alive")
+            for capability in ["CAP_MMIO_NVME0", "CAP_DMA_ALLOC", "CAP_IRQ_NVME0", "CAP_PCI_CONFIG"] {
+                try expect(status.raw.contains("\"\(capability)\":"), "\(capability) missing: \(status.raw)")
+            }
+            serverPID = Int32(pid)
+            return "pid \(pid), restarts \(status.number("restarts") ?? -1)"
+        }
+
+        var geometries: [UInt32: BlockGeometry] = [:]
+        report.check("geometry of nsid 1 and 2") {
+            for nsid in [UInt32(1), 2] {
+                geometries[nsid] = try first.geometry(nsid).get()
+            }
+            return geometries.sorted { $0.key < $1.key }.map { "nsid \($0.key): \($0.value.blockSize) B x \($0.value.blockCount)" }
+                .joined(separator: ", ")
+        }
+        guard geometries.count == 2 else { return }
+
+        var acknowledged: [Acknowledged] = []
+        for nsid in [UInt32(1), 2] {
+            let geometry = geometries[nsid]!
+            let perMessage = BlockProtocol.maxInlineBytes / geometry.blockSize
+            let ranges: [(UInt64, Int)] = [
+                (0, 1),
+                (geometry.blockCount / 2, perMessage),
+                (geometry.blockCount / 3 + 1, max(1, perMessage / 2 - 1)),
+                (geometry.blockCount - UInt64(perMessage), perMessage),
+            ]
+            report.check("nsid \(nsid): write \(ranges.count) seeded ranges and read them back") {
+                var bytes = 0
+                for (index, range) in ranges.enumerated() {
+                    let item = Acknowledged(nsid: nsid, lba: range.0, blocks: range.1, variant: UInt64(index + 8))
+                    let data = helper.pattern(item, blockSize: geometry.blockSize)
+                    let status = try data.withUnsafeBytes { try first.write(nsid, lba: item.lba, blocks: UInt64(item.blocks), data: $0) }
+                    try expect(status == .ok, "write LBA \(item.lba) x \(item.blocks): \(status)")
+                    acknowledged.append(item)
+                    bytes += data.count
+                }
+                for item in acknowledged where item.nsid == nsid {
+                    try helper.verify(first, item, blockSize: geometry.blockSize)
+                }
+                return "\(bytes) bytes in \(ranges.count) messages, all verified"
+            }
+        }
+        guard serverPID > 0, firstStatus != nil else { return }
+
+        var restarted: BlockClient?
+        report.check("SIGKILL the server; the supervisor brings it back answering") {
+            client = nil
+            let clock = MonotonicClock()
+            let killedAt = clock.now()
+            try expect(kill(serverPID, SIGKILL) == 0, "kill \(serverPID): errno \(errno)")
+            restarted = try waitForAnswer(directory: directory, supervisor: supervisor, since: killedAt,
+                                          timeoutMilliseconds: options.restartTimeoutMilliseconds, notPID: serverPID)
+            let milliseconds = (clock.now() - killedAt) / 1_000_000
+            let status = try serverctlStatus(serverctlPath, directory: directory)
+            guard let pid = status.number("pid"), pid > 0 else { throw CheckFailure("no pid after restart: \(status.raw)") }
+            try expect(Int32(pid) != serverPID, "same pid \(pid) after SIGKILL")
+            try expect(kill(serverPID, 0) != 0, "old pid \(serverPID) still exists")
+            let old = serverPID
+            serverPID = Int32(pid)
+            report.note("SIGKILL -> answering: \(milliseconds) ms")
+            return "pid \(old) killed, new pid \(pid) answering \(milliseconds) ms after SIGKILL"
+        }
+        guard let second = restarted else { return }
+
+        report.check("every acknowledged write read back after the restart") {
+            for item in acknowledged {
+                try helper.verify(second, item, blockSize: geometries[item.nsid]!.blockSize)
+            }
+            return "\(acknowledged.count) ranges, \(acknowledged.map { $0.blocks * geometries[$0.nsid]!.blockSize }.reduce(0, +)) bytes"
+        }
+
+        report.check("serverctl status: restarts 1, last exit SIGKILL, running again") {
+            let status = try serverctlStatus(serverctlPath, directory: directory)
+            try expect(status.number("restarts") == 1, "restarts \(status.number("restarts").map(String.init) ?? "nil"): \(status.raw)")
+            let lastExit = status.text("last_exit") ?? ""
+            try expect(lastExit.contains("SIGKILL"), "last exit \"\(lastExit)\": \(status.raw)")
+            try expect(status.text("state") == "running", "state \(status.text("state") ?? "nil")")
+            try expect(status.number("pid") == Int64(serverPID), "pid \(status.number("pid").map(String.init) ?? "nil"), expected \(serverPID)")
+            return "restarts 1, last exit \"\(lastExit)\""
+        }
+
+        report.check("serverctl list shows storage") {
+            let (code, output) = try Self.capture([serverctlPath, "list", "--runtime-dir", directory])
+            try expect(code == 0, "serverctl list exit \(code): \(output)")
+            try expect(output.contains("storage"), "no storage in: \(output)")
+            return output.split(separator: "\n").last.map { String($0).trimmingSpaces } ?? ""
+        }
+
+        report.check("SIGTERM the supervisor: exit 0, the server gone") {
+            restarted = nil
+            try expect(kill(supervisor.pid, SIGTERM) == 0, "kill: errno \(errno)")
+            let clock = MonotonicClock()
+            let deadline = clock.now() + UInt64(options.stopTimeoutMilliseconds) * 1_000_000
+            var raw: Int32 = 0
+            while true {
+                let result = waitpid(supervisor.pid, &raw, WNOHANG)
+                if result == supervisor.pid { break }
+                if result < 0 && errno != EINTR { throw CheckFailure("waitpid: errno \(errno)") }
+                if clock.now() > deadline { throw CheckFailure("the supervisor did not exit within \(options.stopTimeoutMilliseconds) ms") }
+                usleep(20_000)
+            }
+            supervisor.pid = -1
+            let status = Child.Status(raw: raw)
+            try expect(status.exitCode == 0, "supervisor \(status)")
+            // The server was the supervisor's child and reaped by it; allow a moment regardless.
+            var alive = true
+            for _ in 0..<100 {
+                if kill(serverPID, 0) != 0 && errno == ESRCH { alive = false; break }
+                usleep(20_000)
+            }
+            try expect(!alive, "server pid \(serverPID) still exists")
+            try expect(access(directory + "/storage.sock", F_OK) != 0, "storage.sock is still there")
+            return "supervisor exit 0, server pid \(serverPID) gone, socket removed"
+        }
+    }
+
+    // MARK: Helpers
+
+    /// Polls until `storage.sock` answers a geometry request (from a server other than `notPID`).
+    func waitForAnswer(directory: String, supervisor: Child, since start: UInt64, timeoutMilliseconds: Int,
+                       notPID: Int32 = 0) throws -> BlockClient {
+        let clock = MonotonicClock()
+        let deadline = start + UInt64(timeoutMilliseconds) * 1_000_000
+        while clock.now() < deadline {
+            var raw: Int32 = 0
+            if waitpid(supervisor.pid, &raw, WNOHANG) == supervisor.pid {
+                throw CheckFailure("limitless-supervisor exited: \(Child.Status(raw: raw))")
+            }
+            if notPID == 0 || kill(notPID, 0) != 0,
+               let client = try? BlockClient.connect(name: "storage", directory: directory) {
+                client.timeout = .seconds(5)
+                if let result = try? client.geometry(1), case .success = result {
+                    client.timeout = .seconds(30)
+                    return client
+                }
+            }
+            usleep(10_000)
+        }
+        throw CheckFailure("no answer on \(directory)/storage.sock within \(timeoutMilliseconds) ms")
+    }
+
+    /// `serverctl status storage --json`, one JSON object.
+    struct ServerJSON {
+        var raw: String
+
+        /// What follows the first occurrence of `needle`.
+        func after(_ needle: String) -> Substring? {
+            let text = Array(raw.utf8), pattern = Array(needle.utf8)
+            guard !pattern.isEmpty, text.count >= pattern.count else { return nil }
+            for start in 0...(text.count - pattern.count) where text[start..<(start + pattern.count)].elementsEqual(pattern) {
+                return Substring(String(decoding: text[(start + pattern.count)...], as: UTF8.self))
+            }
+            return nil
+        }
+
+        /// A numeric field (`"pid":123`); nil when absent or null.
+        func number(_ key: String) -> Int64? {
+            guard let rest = after("\"\(key)\":") else { return nil }
+            let digits = rest.prefix { $0 == "-" || $0.isNumber }
+            return Int64(digits)
+        }
+
+        /// A string field, unescaped enough for comparisons.
+        func text(_ key: String) -> String? {
+            guard let rest = after("\"\(key)\":\"") else { return nil }
+            var result = ""
+            var escaped = false
+            for character in rest {
+                if escaped { result.append(character); escaped = false; continue }
+                if character == "\\" { escaped = true; continue }
+                if character == "\"" { return result }
+                result.append(character)
+            }
+            return nil
+        }
+    }
+
+    func serverctlStatus(_ serverctl: String, directory: String) throws -> ServerJSON {
+        let (code, output) = try Self.capture([serverctl, "status", "storage", "--json", "--runtime-dir", directory])
+        try expect(code == 0, "serverctl status exit \(code): \(output)")
+        return ServerJSON(raw: output.trimmingSpaces)
+    }
+
+    static func spawn(_ arguments: [String], stdoutFD: Int32 = -1) throws -> Child {
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if stdoutFD >= 0 {
+            posix_spawn_file_actions_adddup2(&actions, stdoutFD, 1)
+            posix_spawn_file_actions_adddup2(&actions, stdoutFD, 2)
+        }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, arguments[0], &actions, nil, &argv, environ)
+        guard spawned == 0 else { throw CheckFailure("posix_spawn \(arguments[0]): errno \(spawned)") }
+        return Child(pid: pid)
+    }
+
+    /// Runs a command to completion; its exit code (or -signal) and stdout + stderr.
+    static func capture(_ arguments: [String]) throws -> (Int32, String) {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw CheckFailure("pipe: errno \(errno)") }
+        let child: Child
+        do {
+            child = try spawn(arguments, stdoutFD: fds[1])
+        } catch {
+            close(fds[0]); close(fds[1])
+            throw error
+        }
+        close(fds[1])
+        var output: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(fds[0], $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            if count <= 0 { break }
+            output += buffer[..<count]
+        }
+        close(fds[0])
+        let status = child.wait()
+        return (status.exitCode ?? -(status.signal ?? 1), String(decoding: output, as: UTF8.self))
+    }
+
+    static func writeFile(_ path: String, _ text: String) throws {
+        guard let file = fopen(path, "w") else { throw CheckFailure("open \(path): errno \(errno)") }
+        defer { fclose(file) }
+        try expect(fputs(text, file) >= 0, "write \(path): errno \(errno)")
+    }
+
+    static func executableDirectory() -> String {
+        let sibling = StorageServerSuite.siblingPath("x")
+        return sibling.hasSuffix("/x") ? String(sibling.dropLast(2)) : "."
+    }
+
+    /// Removes the temporary directory (files one level down and in logs/).
+    static func removeTree(_ path: String) {
+        guard let dir = opendir(path) else { return }
+        var entries: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            if name != "." && name != ".." { entries.append(name) }
+        }
+        closedir(dir)
+        for name in entries {
+            let full = path + "/" + name
+            if unlink(full) != 0 { removeTree(full) }
+        }
+        _ = rmdir(path)
+    }
+}
+
+extension String {
+    fileprivate var trimmingSpaces: String {
+        var text = Substring(self)
+        while let last = text.last, last.isWhitespace { text = text.dropLast() }
+        while let first = text.first, first.isWhitespace { text = text.dropFirst() }
+        return String(text)
+    }
+}
