@@ -74,33 +74,7 @@ public struct StorageServerSuite {
         }
         guard geometries.count == 2 else { return }
 
-        var acknowledged: [Acknowledged] = []
-        for nsid in [UInt32(1), 2] {
-            let geometry = geometries[nsid]!
-            let perMessage = BlockProtocol.maxInlineBytes / geometry.blockSize
-            // Start, a full 64 KiB message in the middle, an unaligned run, the last blocks.
-            let ranges: [(UInt64, Int)] = [
-                (0, 1),
-                (geometry.blockCount / 2, perMessage),
-                (geometry.blockCount / 3 + 1, max(1, perMessage / 2 - 1)),
-                (geometry.blockCount - UInt64(perMessage), perMessage),
-            ]
-            report.check("nsid \(nsid): write \(ranges.count) seeded ranges inline and read them back") {
-                var bytes = 0
-                for (index, range) in ranges.enumerated() {
-                    let item = Acknowledged(nsid: nsid, lba: range.0, blocks: range.1, variant: UInt64(index))
-                    let data = pattern(item, blockSize: geometry.blockSize)
-                    let status = try data.withUnsafeBytes { try first.write(nsid, lba: item.lba, blocks: UInt64(item.blocks), data: $0) }
-                    try expect(status == .ok, "write LBA \(item.lba) x \(item.blocks): \(status)")
-                    acknowledged.append(item)
-                    bytes += data.count
-                }
-                for item in acknowledged where item.nsid == nsid {
-                    try verify(first, item, blockSize: geometry.blockSize)
-                }
-                return "\(bytes) bytes in \(ranges.count) messages, all verified"
-            }
-        }
+        var acknowledged = writeSeededRanges(first, geometries: geometries, variantBase: 0, inlineLabel: " inline", report: report)
 
         report.check("out-of-range reads: ERANGE; zero blocks: EINVAL; over 64 KiB inline: EMSGSIZE") {
             for nsid in [UInt32(1), 2] {
@@ -180,6 +154,41 @@ public struct StorageServerSuite {
     }
 
     // MARK: Helpers
+
+    /// Writes four seeded ranges on each namespace — the start, a full inline message in the
+    /// middle, an unaligned run, the last blocks — reads them back, and returns what the server
+    /// acknowledged (for reading back after a restart). `variantBase` keeps patterns of different
+    /// runs apart.
+    func writeSeededRanges(_ client: BlockClient, geometries: [UInt32: BlockGeometry], variantBase: UInt64,
+                           inlineLabel: String = "", report: SuiteReport) -> [Acknowledged] {
+        var acknowledged: [Acknowledged] = []
+        for nsid in geometries.keys.sorted() {
+            let geometry = geometries[nsid]!
+            let perMessage = BlockProtocol.maxInlineBytes / geometry.blockSize
+            let ranges: [(UInt64, Int)] = [
+                (0, 1),
+                (geometry.blockCount / 2, perMessage),
+                (geometry.blockCount / 3 + 1, max(1, perMessage / 2 - 1)),
+                (geometry.blockCount - UInt64(perMessage), perMessage),
+            ]
+            report.check("nsid \(nsid): write \(ranges.count) seeded ranges\(inlineLabel) and read them back") {
+                var bytes = 0
+                for (index, range) in ranges.enumerated() {
+                    let item = Acknowledged(nsid: nsid, lba: range.0, blocks: range.1, variant: variantBase + UInt64(index))
+                    let data = pattern(item, blockSize: geometry.blockSize)
+                    let status = try data.withUnsafeBytes { try client.write(nsid, lba: item.lba, blocks: UInt64(item.blocks), data: $0) }
+                    try expect(status == .ok, "write LBA \(item.lba) x \(item.blocks): \(status)")
+                    acknowledged.append(item)
+                    bytes += data.count
+                }
+                for item in acknowledged where item.nsid == nsid {
+                    try verify(client, item, blockSize: geometry.blockSize)
+                }
+                return "\(bytes) bytes in \(ranges.count) messages, all verified"
+            }
+        }
+        return acknowledged
+    }
 
     func pattern(_ item: Acknowledged, blockSize: Int) -> [UInt8] {
         let generator = Pattern(seed: options.seed, namespace: item.nsid, variant: item.variant)

@@ -107,32 +107,7 @@ public struct SupervisedStorageSuite {
         }
         guard geometries.count == 2 else { return }
 
-        var acknowledged: [Acknowledged] = []
-        for nsid in [UInt32(1), 2] {
-            let geometry = geometries[nsid]!
-            let perMessage = BlockProtocol.maxInlineBytes / geometry.blockSize
-            let ranges: [(UInt64, Int)] = [
-                (0, 1),
-                (geometry.blockCount / 2, perMessage),
-                (geometry.blockCount / 3 + 1, max(1, perMessage / 2 - 1)),
-                (geometry.blockCount - UInt64(perMessage), perMessage),
-            ]
-            report.check("nsid \(nsid): write \(ranges.count) seeded ranges and read them back") {
-                var bytes = 0
-                for (index, range) in ranges.enumerated() {
-                    let item = Acknowledged(nsid: nsid, lba: range.0, blocks: range.1, variant: UInt64(index + 8))
-                    let data = helper.pattern(item, blockSize: geometry.blockSize)
-                    let status = try data.withUnsafeBytes { try first.write(nsid, lba: item.lba, blocks: UInt64(item.blocks), data: $0) }
-                    try expect(status == .ok, "write LBA \(item.lba) x \(item.blocks): \(status)")
-                    acknowledged.append(item)
-                    bytes += data.count
-                }
-                for item in acknowledged where item.nsid == nsid {
-                    try helper.verify(first, item, blockSize: geometry.blockSize)
-                }
-                return "\(bytes) bytes in \(ranges.count) messages, all verified"
-            }
-        }
+        let acknowledged = helper.writeSeededRanges(first, geometries: geometries, variantBase: 8, report: report)
         guard serverPID > 0, firstStatus != nil else { return }
 
         var restarted: BlockClient?
