@@ -44,16 +44,16 @@ public final class Supervisor: @unchecked Sendable {
     public let options: Options
     public let logs: LogStore
 
-    private let lock = Lock()
-    private var servers: [ServerProcess] = []
-    private var byName: [String: ServerProcess] = [:]
-    private let epollFD: Int32
-    private let wakeFD: Int32
-    private var shuttingDown = false
-    private var finished = false
-    private var thread: pthread_t?
-    private let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Message.maxDatagramSize, alignment: 16)
-    private let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
+    let lock = Lock()
+    var servers: [ServerProcess] = []
+    var byName: [String: ServerProcess] = [:]
+    let epollFD: Int32
+    let wakeFD: Int32
+    var shuttingDown = false
+    var finished = false
+    var thread: pthread_t?
+    let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Message.maxDatagramSize, alignment: 16)
+    let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
 
     /// The name the supervisor's own records carry in the log store.
     public static let logName = "supervisor"
@@ -130,12 +130,12 @@ public final class Supervisor: @unchecked Sendable {
         }
     }
 
-    private func wake(_ value: UInt64 = 1) {
+    func wake(_ value: UInt64 = 1) {
         var one = value
         _ = write(wakeFD, &one, 8)
     }
 
-    private func loop() {
+    func loop() {
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         while true {
             let timeout = lock.locked { nextTimeout() }
@@ -159,7 +159,7 @@ public final class Supervisor: @unchecked Sendable {
         logs.flush()
     }
 
-    private func nextTimeout() -> Int32 {
+    func nextTimeout() -> Int32 {
         let now = ContinuousClock.now
         var nearest = options.pollInterval
         for server in servers {
@@ -176,32 +176,32 @@ public final class Supervisor: @unchecked Sendable {
 
     // MARK: Events
 
-    private static let stdoutKind: UInt64 = 1
-    private static let stderrKind: UInt64 = 2
-    private static let channelKind: UInt64 = 3
+    static let stdoutKind: UInt64 = 1
+    static let stderrKind: UInt64 = 2
+    static let channelKind: UInt64 = 3
     /// A pidfd (pidfd_open, Linux 5.3): readable exactly when the child can be reaped, so an exit
     /// is seen at once instead of at the next poll (the poll remains the fallback).
-    private static let exitKind: UInt64 = 4
+    static let exitKind: UInt64 = 4
 
-    private func token(_ server: ServerProcess, kind: UInt64) -> UInt64 {
+    func token(_ server: ServerProcess, kind: UInt64) -> UInt64 {
         UInt64(UInt32(truncatingIfNeeded: server.instance)) << 32 | UInt64(server.index) << 4 | kind
     }
 
-    private func watch(_ fd: Int32, token: UInt64) {
+    func watch(_ fd: Int32, token: UInt64) {
         var event = epoll_event()
         event.events = UInt32(EPOLLIN.rawValue | EPOLLRDHUP.rawValue)
         event.data.u64 = token
         _ = epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event)
     }
 
-    private func unwatch(_ fd: inout Int32) {
+    func unwatch(_ fd: inout Int32) {
         guard fd >= 0 else { return }
         _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, nil)
         close(fd)
         fd = -1
     }
 
-    private func handle(_ event: epoll_event) {
+    func handle(_ event: epoll_event) {
         let token = event.data.u64
         if token == 0 {
             var value: UInt64 = 0
@@ -225,9 +225,9 @@ public final class Supervisor: @unchecked Sendable {
     /// Events are level-triggered, so a server that writes without pause is read `budget` times
     /// per wake-up and then waits its turn: it cannot starve the other servers or the control
     /// socket. After an exit everything left is read (`budget: .max`).
-    private static let readBudget = 64
+    static let readBudget = 64
 
-    private func drain(_ server: ServerProcess, stream: LogStream, budget: Int = readBudget) {
+    func drain(_ server: ServerProcess, stream: LogStream, budget: Int = readBudget) {
         let isOut = stream == .stdout
         let fd = isOut ? server.stdout : server.stderr
         guard fd >= 0 else { return }
@@ -266,20 +266,20 @@ public final class Supervisor: @unchecked Sendable {
         if isOut { server.stdoutBuffer = buffer } else { server.stderrBuffer = buffer }
     }
 
-    private func logLine(_ server: ServerProcess, stream: LogStream, bytes: ArraySlice<UInt8>) {
+    func logLine(_ server: ServerProcess, stream: LogStream, bytes: ArraySlice<UInt8>) {
         var text = String(decoding: bytes, as: UTF8.self)
         if text.hasSuffix("\r") { text.removeLast() }
         logs.append(server: server.name, stream: stream, level: stream == .stderr ? .warning : .info, text: text)
     }
 
-    private func note(_ server: ServerProcess, _ level: LogLevel, _ text: String) {
+    func note(_ server: ServerProcess, _ level: LogLevel, _ text: String) {
         logs.append(server: server.name, stream: .supervisor, level: level, text: text)
     }
 
-    private static let levels: [LogLevel] = [.debug, .debug, .info, .notice, .warning, .error, .critical]
+    static let levels: [LogLevel] = [.debug, .debug, .info, .notice, .warning, .error, .critical]
 
     /// Messages from a server on its supervisor channel.
-    private func readChannel(_ server: ServerProcess, budget: Int = readBudget * 4) {
+    func readChannel(_ server: ServerProcess, budget: Int = readBudget * 4) {
         var reads = 0
         while server.channel >= 0 && reads < budget {
             reads += 1
@@ -337,423 +337,11 @@ public final class Supervisor: @unchecked Sendable {
             }
         }
     }
-
-    // MARK: Exits and deadlines
-
-    private func reap() {
-        for server in servers where server.isAlive {
-            var status: Int32 = 0
-            let result = waitpid(server.pid, &status, WNOHANG)
-            if result == server.pid || (result < 0 && errno == ECHILD) { exited(server, status: result < 0 ? nil : status) }
-        }
-    }
-
-    private func exited(_ server: ServerProcess, status: Int32?) {
-        drain(server, stream: .stdout, budget: .max)
-        drain(server, stream: .stderr, budget: .max)
-        if server.channel >= 0 { readChannel(server, budget: .max) }
-        unwatch(&server.stdout)
-        unwatch(&server.stderr)
-        unwatch(&server.channel)
-        unwatch(&server.exitNotifier)
-        server.stdoutBuffer = []
-        server.stderrBuffer = []
-        // Anything it forked is stopped with it.
-        _ = kill(-server.pid, SIGKILL)
-        server.pid = 0
-        // Its devices are quiesced (bus mastering off, DMA unmapped) before anything restarts it.
-        if let provider = options.capabilityProvider {
-            for problem in provider.instanceExited(server.configuration) { note(server, .warning, problem) }
-        }
-        server.registered = false
-        server.deadline = nil
-        server.killSent = false
-
-        var exit: ServerExit
-        var text: String
-        if let status {
-            let signal = status & 0x7F
-            exit = signal == 0 ? .exited(status: (status >> 8) & 0xFF) : .killed(signal: signal)
-            text = signal == 0 ? exit.description : "killed by signal \(signal) (\(Self.signalName(signal)))"
-        } else {
-            exit = .exited(status: -1)
-            text = "exit status unknown (already reaped)"
-        }
-        if let override = server.exitOverride {
-            exit = override.exit
-            text = override.text
-        }
-        server.exitOverride = nil
-        let requested = server.stopRequested
-        server.stopRequested = false
-        server.lastExit = requested ? "stopped on request (\(text))" : text
-        note(server, requested || !exit.isFailure ? .info : .error, "instance \(server.instance) \(server.lastExit!)")
-
-        if server.restartRequested {
-            server.restartRequested = false
-            server.wanted = true
-            server.state = .inactive
-            return
-        }
-        if requested || !server.wanted {
-            server.state = .inactive
-            return
-        }
-        switch server.tracker.serverExited(exit) {
-        case .restart(let pause):
-            server.restarts += 1
-            server.state = .backoff
-            server.deadline = .now + pause
-            note(server, .notice, "restarting in \(DurationText.format(pause))")
-        case .stay(let reason):
-            server.wanted = false
-            server.state = .inactive
-            note(server, .info, "not restarted: \(reason)")
-        case .failed(let count, let period):
-            server.wanted = false
-            server.state = .failed
-            let dependents = configuration.dependencies.dependents(of: server.name)
-            note(server, .critical, "failed: \(count) restarts in \(DurationText.format(period)); not restarting"
-                + (dependents.isEmpty ? "" : "; stopping \(dependents.joined(separator: ", "))"))
-            for name in dependents {
-                guard let dependent = byName[name] else { continue }
-                dependent.wanted = false
-                if dependent.state == .backoff || dependent.state == .waiting { dependent.state = .inactive; dependent.deadline = nil }
-                if dependent.isAlive { dependent.lastExit = "stopped: \(server.name) failed" }
-            }
-        }
-    }
-
-    private func checkDeadlines() {
-        let now = ContinuousClock.now
-        for server in servers {
-            switch server.state {
-            case .starting where server.isAlive:
-                if let deadline = server.deadline, now >= deadline, server.exitOverride == nil {
-                    server.exitOverride = (.watchdogExpired, "did not register within \(DurationText.format(options.startTimeout))")
-                    signal(server, SIGKILL)
-                }
-            case .running where server.isAlive && server.registered:
-                if let interval = server.configuration.watchdogInterval, let last = server.lastHeartbeat,
-                   now >= last + interval, server.exitOverride == nil {
-                    server.exitOverride = (.watchdogExpired, "no heartbeat within \(DurationText.format(interval)) (watchdog)")
-                    signal(server, SIGKILL)
-                }
-            case .stopping where server.isAlive:
-                if let deadline = server.deadline, now >= deadline, !server.killSent {
-                    server.killSent = true
-                    note(server, .warning, "did not stop within \(DurationText.format(options.stopGracePeriod)) of SIGTERM; sending SIGKILL")
-                    signal(server, SIGKILL)
-                }
-            default:
-                break
-            }
-        }
-    }
-
-    private func signal(_ server: ServerProcess, _ number: Int32) {
-        guard server.isAlive else { return }
-        _ = kill(-server.pid, number)  // its process group: anything it forked too
-        _ = kill(server.pid, number)
-    }
-
-    // MARK: Starting and stopping
-
-    /// Sends SIGTERM to unwanted servers whose dependents have all stopped (stop order).
-    private func stopUnwanted() {
-        for server in servers where !server.wanted {
-            if server.state == .backoff || server.state == .waiting {
-                server.state = .inactive
-                server.deadline = nil
-            }
-            guard server.isAlive, server.state != .stopping else { continue }
-            let dependentsAlive = servers.contains { $0.isAlive && $0.configuration.dependencies.contains(server.name) }
-            if dependentsAlive { continue }
-            server.stopRequested = true
-            server.state = .stopping
-            server.deadline = .now + options.stopGracePeriod
-            signal(server, SIGTERM)
-        }
-        for server in servers where server.restartRequested && server.isAlive && server.state != .stopping {
-            server.stopRequested = true
-            server.state = .stopping
-            server.deadline = .now + options.stopGracePeriod
-            signal(server, SIGTERM)
-        }
-    }
-
-    /// Starts wanted servers whose dependencies are running, in start order.
-    private func startEligible() {
-        guard !shuttingDown else { return }
-        let now = ContinuousClock.now
-        for name in configuration.startOrder {
-            guard let server = byName[name], server.wanted, !server.isAlive else { continue }
-            switch server.state {
-            case .inactive, .waiting: break
-            case .backoff where server.deadline.map({ now >= $0 }) ?? true: break
-            default: continue
-            }
-            let ready = server.configuration.dependencies.allSatisfy { byName[$0]?.state == .running }
-            if !ready {
-                if server.state == .inactive { server.state = .waiting }
-                continue
-            }
-            launch(server)
-        }
-    }
-
-    /// Gives back the capability descriptors of servers that are neither running nor wanted
-    /// (stopped, failed, not restarted, shut down). The provider ignores servers it holds nothing
-    /// for.
-    private func releaseCapabilities() {
-        guard let provider = options.capabilityProvider else { return }
-        for server in servers where !server.wanted && !server.isAlive {
-            for problem in provider.release(server.configuration) { note(server, .warning, problem) }
-        }
-    }
-
-    private func launch(_ server: ServerProcess) {
-        let config = server.configuration
-        // Device capabilities first: a server whose devices cannot be opened does not start.
-        var provided = options.capabilityDescriptors(config)
-        if let provider = options.capabilityProvider {
-            do {
-                provided.merge(try provider.descriptors(for: config)) { _, device in device }
-            } catch {
-                note(server, .error, "cannot open its devices: \(error)")
-                server.instance += 1
-                server.exitOverride = (.exited(status: 127), "could not start: \(error)")
-                startFailed(server)
-                return
-            }
-        }
-        do throws(LaunchError) {
-            if server.checkpoint == nil {
-                do {
-                    server.checkpoint = try CheckpointStore(name: config.name, capacity: options.checkpointCapacity)
-                } catch {
-                    throw .systemCall("creating the checkpoint memfd (\(error))", ENOMEM)
-                }
-            }
-            var identity: ProcessLauncher.Identity?
-            if config.user != nil || config.group != nil {
-                if geteuid() == 0 {
-                    identity = try ProcessLauncher.resolveIdentity(user: config.user, group: config.group)
-                } else if server.instance == 0 {
-                    note(server, .warning, "not running as root: starting it as uid \(geteuid()), not as "
-                        + [config.user.map { "user \($0)" }, config.group.map { "group \($0)" }].compactMap { $0 }.joined(separator: ", "))
-                }
-            }
-            var pair: [Int32] = [-1, -1]
-            guard socketpair(AF_UNIX, CL_SOCK_SEQPACKET | CL_SOCK_CLOEXEC, 0, &pair) == 0 else {
-                throw .systemCall("socketpair", errno)
-            }
-            defer { close(pair[1]) }
-            // Capabilities: descriptors from 5 up, in the order of the sorted grant list.
-            var descriptors: [Int32] = [pair[1], server.checkpoint!.fileDescriptor.rawValue]
-            var capabilities: [(name: String, fd: Int32)] = []
-            for capability in config.capabilities.sorted() {
-                if let fd = provided[capability.description] {
-                    capabilities.append((capability.description, SupervisorChannel.firstCapabilityFD + Int32(descriptors.count - 2)))
-                    descriptors.append(fd)
-                } else {
-                    capabilities.append((capability.description, -1))
-                }
-            }
-            let instance = server.instance + 1
-            var environment = [
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "\(SupervisorChannel.serverNameVariable)=\(config.name)",
-                "\(SupervisorChannel.capabilitiesVariable)=\(SupervisorChannel.formatCapabilities(capabilities))",
-                "\(SupervisorChannel.runtimeDirectoryVariable)=\(options.runtimeDirectory)",
-                "\(SupervisorChannel.instanceVariable)=\(instance)",
-            ]
-            if let watchdog = config.watchdogInterval {
-                environment.append("\(SupervisorChannel.watchdogVariable)=\(max(1, watchdog.nanosecondsValue / 1_000_000))")
-            }
-            let process = try ProcessLauncher.launch(ProcessLauncher.Request(
-                path: config.path, arguments: config.arguments, environment: environment,
-                inheritedDescriptors: descriptors, identity: identity))
-            _ = CL_fcntl_int(pair[0], F_SETFL, O_NONBLOCK)
-            server.instance = instance
-            server.pid = process.pid
-            server.stdout = process.stdout
-            server.stderr = process.stderr
-            server.channel = pair[0]
-            server.capabilities = capabilities
-            server.startedAt = CheckpointStore.now()
-            server.startedMonotonic = .now
-            server.registered = false
-            server.lastHeartbeat = nil
-            server.killSent = false
-            server.exitOverride = nil
-            server.stopRequested = false
-            watch(process.stdout, token: token(server, kind: Self.stdoutKind))
-            watch(process.stderr, token: token(server, kind: Self.stderrKind))
-            watch(pair[0], token: token(server, kind: Self.channelKind))
-            let pidfd = CL_pidfd_open(process.pid)
-            if pidfd >= 0 {
-                _ = fcntl(pidfd, F_SETFD, FD_CLOEXEC)
-                server.exitNotifier = pidfd
-                watch(pidfd, token: token(server, kind: Self.exitKind))
-            }
-            if options.requireRegistration {
-                server.state = .starting
-                server.deadline = .now + options.startTimeout
-            } else {
-                server.state = .running
-                server.deadline = nil
-            }
-            note(server, .info, "instance \(instance) started as pid \(process.pid)")
-        } catch {
-            // As good as an immediate exit: the restart policy decides (a wrong path ends failed).
-            note(server, .error, "\(error)")
-            server.instance += 1
-            server.exitOverride = (.exited(status: 127), "could not start: \(error)")
-            startFailed(server)
-        }
-    }
-
-    private func startFailed(_ server: ServerProcess) {
-        let text = server.exitOverride?.text ?? "could not start"
-        server.exitOverride = nil
-        server.lastExit = text
-        switch server.tracker.serverExited(.exited(status: 127)) {
-        case .restart(let pause):
-            server.restarts += 1
-            server.state = .backoff
-            server.deadline = .now + pause
-        case .stay:
-            server.wanted = false
-            server.state = .inactive
-        case .failed:
-            server.wanted = false
-            server.state = .failed
-            for name in configuration.dependencies.dependents(of: server.name) { byName[name]?.wanted = false }
-        }
-    }
-
-    // MARK: Control (any thread)
-
-    public enum ControlFailure: Error, Equatable, Sendable, CustomStringConvertible {
-        case unknownServer(String, suggestion: String?)
-        case timedOut(String)
-
-        public var description: String {
-            switch self {
-            case .unknownServer(let name, let suggestion):
-                return "no server named \(name) in the configuration" + (suggestion.map { "; did you mean \($0)?" } ?? "")
-            case .timedOut(let text): return text
-            }
-        }
-    }
-
-    private func lookup(_ name: String) throws(ControlFailure) -> ServerProcess {
-        guard let server = byName[name] else {
-            throw .unknownServer(name, suggestion: Suggestion.closest(to: name, among: configuration.servers.map(\.name)))
-        }
-        return server
-    }
-
-    public func statuses() -> [ServerStatus] {
-        lock.locked {
-            let now = CheckpointStore.now()
-            return servers.map { $0.status(now: now) }
-        }
-    }
-
-    public func status(of name: String) throws(ControlFailure) -> ServerStatus {
-        let server = try lookup(name)
-        return lock.locked { server.status(now: CheckpointStore.now()) }
-    }
-
-    /// Wants `name` and everything it depends on; clears a failed state and its restart history.
-    public func start(_ name: String) throws(ControlFailure) {
-        _ = try lookup(name)
-        lock.locked {
-            var pending = [name]
-            while let next = pending.popLast() {
-                guard let server = byName[next], !server.wanted || server.state == .failed else { continue }
-                server.wanted = true
-                if server.state == .failed {
-                    server.state = .inactive
-                    server.tracker = RestartTracker(policy: server.configuration.restart, clock: ContinuousClock())
-                }
-                pending += server.configuration.dependencies
-            }
-        }
-        wake()
-    }
-
-    /// Stops `name` and what depends on it (dependents first), and waits up to `timeout` for them
-    /// to exit.
-    public func stop(_ name: String, timeout: Duration? = nil) throws(ControlFailure) {
-        _ = try lookup(name)
-        let affected = lock.locked {
-            let affected = [name] + configuration.dependencies.dependents(of: name)
-            for other in affected { byName[other]?.wanted = false }
-            return affected
-        }
-        wake()
-        let limit = timeout ?? options.stopGracePeriod * (affected.count + 1) + .seconds(2)
-        let stopped = waitUntil(limit) { affected.allSatisfy { !(self.byName[$0]?.isAlive ?? false) } }
-        if !stopped { throw .timedOut("\(name) has not stopped yet; it is still being stopped (see serverctl status \(name))") }
-    }
-
-    /// Stops `name` (not its dependents) and starts it again at once; waits up to `timeout` for
-    /// the new instance to be running.
-    public func restart(_ name: String, timeout: Duration? = nil) throws(ControlFailure) {
-        let server = try lookup(name)
-        let before = lock.locked {
-            if server.isAlive {
-                server.restartRequested = true
-            } else {
-                server.wanted = true
-                if server.state == .failed {
-                    server.state = .inactive
-                    server.tracker = RestartTracker(policy: server.configuration.restart, clock: ContinuousClock())
-                }
-            }
-            return server.instance
-        }
-        wake()
-        let limit = timeout ?? options.stopGracePeriod + options.startTimeout + .seconds(2)
-        let running = waitUntil(limit) { server.instance > before && server.state == .running }
-        if !running { throw .timedOut("\(name) was restarted but is not running yet (see serverctl status \(name))") }
-    }
-
-    /// Polls `condition` under the lock every 10 ms until it holds or `timeout` passes.
-    private func waitUntil(_ timeout: Duration, _ condition: () -> Bool) -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            if lock.locked(condition) { return true }
-            if ContinuousClock.now >= deadline || lock.locked({ finished }) { return false }
-            usleep(10_000)
-        }
-    }
-
-    static func signalName(_ signal: Int32) -> String {
-        switch signal {
-        case SIGHUP: "SIGHUP"
-        case SIGINT: "SIGINT"
-        case SIGQUIT: "SIGQUIT"
-        case SIGILL: "SIGILL"
-        case SIGABRT: "SIGABRT"
-        case SIGBUS: "SIGBUS"
-        case SIGFPE: "SIGFPE"
-        case SIGKILL: "SIGKILL"
-        case SIGSEGV: "SIGSEGV"
-        case SIGPIPE: "SIGPIPE"
-        case SIGTERM: "SIGTERM"
-        case SIGTRAP: "SIGTRAP"
-        default: "signal \(signal)"
-        }
-    }
 }
 
 /// A pthread mutex, for state shared between the supervisor's loop and control calls.
 final class Lock: @unchecked Sendable {
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     init() { pthread_mutex_init(mutex, nil) }
     deinit {
         pthread_mutex_destroy(mutex)

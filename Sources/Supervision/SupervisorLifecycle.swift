@@ -1,0 +1,301 @@
+import CLimitless
+import Glibc
+import IPC
+
+/// The supervisor loop's work on servers: exits and deadlines, starting and stopping.
+extension Supervisor {
+    // MARK: Exits and deadlines
+
+    func reap() {
+        for server in servers where server.isAlive {
+            var status: Int32 = 0
+            let result = waitpid(server.pid, &status, WNOHANG)
+            if result == server.pid || (result < 0 && errno == ECHILD) { exited(server, status: result < 0 ? nil : status) }
+        }
+    }
+
+    func exited(_ server: ServerProcess, status: Int32?) {
+        drain(server, stream: .stdout, budget: .max)
+        drain(server, stream: .stderr, budget: .max)
+        if server.channel >= 0 { readChannel(server, budget: .max) }
+        unwatch(&server.stdout)
+        unwatch(&server.stderr)
+        unwatch(&server.channel)
+        unwatch(&server.exitNotifier)
+        server.stdoutBuffer = []
+        server.stderrBuffer = []
+        // Anything it forked is stopped with it.
+        _ = kill(-server.pid, SIGKILL)
+        server.pid = 0
+        // Its devices are quiesced (bus mastering off, DMA unmapped) before anything restarts it.
+        if let provider = options.capabilityProvider {
+            for problem in provider.instanceExited(server.configuration) { note(server, .warning, problem) }
+        }
+        server.registered = false
+        server.deadline = nil
+        server.killSent = false
+
+        var exit: ServerExit
+        var text: String
+        if let status {
+            let signal = status & 0x7F
+            exit = signal == 0 ? .exited(status: (status >> 8) & 0xFF) : .killed(signal: signal)
+            text = signal == 0 ? exit.description : "killed by signal \(signal) (\(Self.signalName(signal)))"
+        } else {
+            exit = .exited(status: -1)
+            text = "exit status unknown (already reaped)"
+        }
+        if let override = server.exitOverride {
+            exit = override.exit
+            text = override.text
+        }
+        server.exitOverride = nil
+        let requested = server.stopRequested
+        server.stopRequested = false
+        server.lastExit = requested ? "stopped on request (\(text))" : text
+        note(server, requested || !exit.isFailure ? .info : .error, "instance \(server.instance) \(server.lastExit!)")
+
+        if server.restartRequested {
+            server.restartRequested = false
+            server.wanted = true
+            server.state = .inactive
+            return
+        }
+        if requested || !server.wanted {
+            server.state = .inactive
+            return
+        }
+        switch server.tracker.serverExited(exit) {
+        case .restart(let pause):
+            server.restarts += 1
+            server.state = .backoff
+            server.deadline = .now + pause
+            note(server, .notice, "restarting in \(DurationText.format(pause))")
+        case .stay(let reason):
+            server.wanted = false
+            server.state = .inactive
+            note(server, .info, "not restarted: \(reason)")
+        case .failed(let count, let period):
+            server.wanted = false
+            server.state = .failed
+            let dependents = configuration.dependencies.dependents(of: server.name)
+            note(server, .critical, "failed: \(count) restarts in \(DurationText.format(period)); not restarting"
+                + (dependents.isEmpty ? "" : "; stopping \(dependents.joined(separator: ", "))"))
+            for name in dependents {
+                guard let dependent = byName[name] else { continue }
+                dependent.wanted = false
+                if dependent.state == .backoff || dependent.state == .waiting { dependent.state = .inactive; dependent.deadline = nil }
+                if dependent.isAlive { dependent.lastExit = "stopped: \(server.name) failed" }
+            }
+        }
+    }
+
+    func checkDeadlines() {
+        let now = ContinuousClock.now
+        for server in servers {
+            switch server.state {
+            case .starting where server.isAlive:
+                if let deadline = server.deadline, now >= deadline, server.exitOverride == nil {
+                    server.exitOverride = (.watchdogExpired, "did not register within \(DurationText.format(options.startTimeout))")
+                    signal(server, SIGKILL)
+                }
+            case .running where server.isAlive && server.registered:
+                if let interval = server.configuration.watchdogInterval, let last = server.lastHeartbeat,
+                   now >= last + interval, server.exitOverride == nil {
+                    server.exitOverride = (.watchdogExpired, "no heartbeat within \(DurationText.format(interval)) (watchdog)")
+                    signal(server, SIGKILL)
+                }
+            case .stopping where server.isAlive:
+                if let deadline = server.deadline, now >= deadline, !server.killSent {
+                    server.killSent = true
+                    note(server, .warning, "did not stop within \(DurationText.format(options.stopGracePeriod)) of SIGTERM; sending SIGKILL")
+                    signal(server, SIGKILL)
+                }
+            default:
+                break
+            }
+        }
+    }
+
+    func signal(_ server: ServerProcess, _ number: Int32) {
+        guard server.isAlive else { return }
+        _ = kill(-server.pid, number)  // its process group: anything it forked too
+        _ = kill(server.pid, number)
+    }
+
+    // MARK: Starting and stopping
+
+    /// Sends SIGTERM to unwanted servers whose dependents have all stopped (stop order).
+    func stopUnwanted() {
+        for server in servers where !server.wanted {
+            if server.state == .backoff || server.state == .waiting {
+                server.state = .inactive
+                server.deadline = nil
+            }
+            guard server.isAlive, server.state != .stopping else { continue }
+            let dependentsAlive = servers.contains { $0.isAlive && $0.configuration.dependencies.contains(server.name) }
+            if dependentsAlive { continue }
+            server.stopRequested = true
+            server.state = .stopping
+            server.deadline = .now + options.stopGracePeriod
+            signal(server, SIGTERM)
+        }
+        for server in servers where server.restartRequested && server.isAlive && server.state != .stopping {
+            server.stopRequested = true
+            server.state = .stopping
+            server.deadline = .now + options.stopGracePeriod
+            signal(server, SIGTERM)
+        }
+    }
+
+    /// Starts wanted servers whose dependencies are running, in start order.
+    func startEligible() {
+        guard !shuttingDown else { return }
+        let now = ContinuousClock.now
+        for name in configuration.startOrder {
+            guard let server = byName[name], server.wanted, !server.isAlive else { continue }
+            switch server.state {
+            case .inactive, .waiting: break
+            case .backoff where server.deadline.map({ now >= $0 }) ?? true: break
+            default: continue
+            }
+            let ready = server.configuration.dependencies.allSatisfy { byName[$0]?.state == .running }
+            if !ready {
+                if server.state == .inactive { server.state = .waiting }
+                continue
+            }
+            launch(server)
+        }
+    }
+
+    /// Gives back the capability descriptors of servers that are neither running nor wanted
+    /// (stopped, failed, not restarted, shut down). The provider ignores servers it holds nothing
+    /// for.
+    func releaseCapabilities() {
+        guard let provider = options.capabilityProvider else { return }
+        for server in servers where !server.wanted && !server.isAlive {
+            for problem in provider.release(server.configuration) { note(server, .warning, problem) }
+        }
+    }
+
+    func launch(_ server: ServerProcess) {
+        let config = server.configuration
+        // Device capabilities first: a server whose devices cannot be opened does not start.
+        var provided = options.capabilityDescriptors(config)
+        if let provider = options.capabilityProvider {
+            do {
+                provided.merge(try provider.descriptors(for: config)) { _, device in device }
+            } catch {
+                note(server, .error, "cannot open its devices: \(error)")
+                server.instance += 1
+                server.exitOverride = (.exited(status: 127), "could not start: \(error)")
+                startFailed(server)
+                return
+            }
+        }
+        do throws(LaunchError) {
+            if server.checkpoint == nil {
+                do {
+                    server.checkpoint = try CheckpointStore(name: config.name, capacity: options.checkpointCapacity)
+                } catch {
+                    throw .systemCall("creating the checkpoint memfd (\(error))", ENOMEM)
+                }
+            }
+            var identity: ProcessLauncher.Identity?
+            if config.user != nil || config.group != nil {
+                if geteuid() == 0 {
+                    identity = try ProcessLauncher.resolveIdentity(user: config.user, group: config.group)
+                } else if server.instance == 0 {
+                    note(server, .warning, "not running as root: starting it as uid \(geteuid()), not as "
+                        + [config.user.map { "user \($0)" }, config.group.map { "group \($0)" }].compactMap { $0 }.joined(separator: ", "))
+                }
+            }
+            var pair: [Int32] = [-1, -1]
+            guard socketpair(AF_UNIX, CL_SOCK_SEQPACKET | CL_SOCK_CLOEXEC, 0, &pair) == 0 else {
+                throw .systemCall("socketpair", errno)
+            }
+            defer { close(pair[1]) }
+            // Capabilities: descriptors from 5 up, in the order of the sorted grant list.
+            var descriptors: [Int32] = [pair[1], server.checkpoint!.fileDescriptor.rawValue]
+            var capabilities: [(name: String, fd: Int32)] = []
+            for capability in config.capabilities.sorted() {
+                if let fd = provided[capability.description] {
+                    capabilities.append((capability.description, SupervisorChannel.firstCapabilityFD + Int32(descriptors.count - 2)))
+                    descriptors.append(fd)
+                } else {
+                    capabilities.append((capability.description, -1))
+                }
+            }
+            let instance = server.instance + 1
+            var environment = [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "\(SupervisorChannel.serverNameVariable)=\(config.name)",
+                "\(SupervisorChannel.capabilitiesVariable)=\(SupervisorChannel.formatCapabilities(capabilities))",
+                "\(SupervisorChannel.runtimeDirectoryVariable)=\(options.runtimeDirectory)",
+                "\(SupervisorChannel.instanceVariable)=\(instance)",
+            ]
+            if let watchdog = config.watchdogInterval {
+                environment.append("\(SupervisorChannel.watchdogVariable)=\(max(1, watchdog.nanosecondsValue / 1_000_000))")
+            }
+            let process = try ProcessLauncher.launch(ProcessLauncher.Request(
+                path: config.path, arguments: config.arguments, environment: environment,
+                inheritedDescriptors: descriptors, identity: identity))
+            _ = CL_fcntl_int(pair[0], F_SETFL, O_NONBLOCK)
+            server.instance = instance
+            server.pid = process.pid
+            server.stdout = process.stdout
+            server.stderr = process.stderr
+            server.channel = pair[0]
+            server.capabilities = capabilities
+            server.startedAt = CheckpointStore.now()
+            server.startedMonotonic = .now
+            server.registered = false
+            server.lastHeartbeat = nil
+            server.killSent = false
+            server.exitOverride = nil
+            server.stopRequested = false
+            watch(process.stdout, token: token(server, kind: Self.stdoutKind))
+            watch(process.stderr, token: token(server, kind: Self.stderrKind))
+            watch(pair[0], token: token(server, kind: Self.channelKind))
+            let pidfd = CL_pidfd_open(process.pid)
+            if pidfd >= 0 {
+                _ = fcntl(pidfd, F_SETFD, FD_CLOEXEC)
+                server.exitNotifier = pidfd
+                watch(pidfd, token: token(server, kind: Self.exitKind))
+            }
+            if options.requireRegistration {
+                server.state = .starting
+                server.deadline = .now + options.startTimeout
+            } else {
+                server.state = .running
+                server.deadline = nil
+            }
+            note(server, .info, "instance \(instance) started as pid \(process.pid)")
+        } catch {
+            // As good as an immediate exit: the restart policy decides (a wrong path ends failed).
+            note(server, .error, "\(error)")
+            server.instance += 1
+            server.exitOverride = (.exited(status: 127), "could not start: \(error)")
+            startFailed(server)
+        }
+    }
+
+    func startFailed(_ server: ServerProcess) {
+        let text = server.exitOverride?.text ?? "could not start"
+        server.exitOverride = nil
+        server.lastExit = text
+        switch server.tracker.serverExited(.exited(status: 127)) {
+        case .restart(let pause):
+            server.restarts += 1
+            server.state = .backoff
+            server.deadline = .now + pause
+        case .stay:
+            server.wanted = false
+            server.state = .inactive
+        case .failed:
+            server.wanted = false
+            server.state = .failed
+            for name in configuration.dependencies.dependents(of: server.name) { byName[name]?.wanted = false }
+        }
+    }
+}
