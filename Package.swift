@@ -15,6 +15,7 @@ let package = Package(
         .executable(name: "limitless-fuzz", targets: ["limitless-fuzz"]),
         .executable(name: "limitless-testserver", targets: ["limitless-testserver"]),
         .executable(name: "storage_server", targets: ["storage_server"]),
+        .executable(name: "limitless-storage", targets: ["limitless-storage"]),
         // The seed's C calls (ipc_send_receive, ipc_send, ipc_receive, create_shared_memory_cap).
         .library(name: "limitless_ipc", targets: ["limitless_ipc"]),
     ],
@@ -103,6 +104,9 @@ let package = Package(
         .executableTarget(
             name: "storage_server",
             dependencies: ["Storage", "ServerKit", "Platform", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(
+            name: "limitless-storage",
+            dependencies: ["Storage", "IPC", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "limitless-fuzz",
             dependencies: ["IPC", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
