@@ -81,12 +81,12 @@ enum IPCSocketBench {
                              budgetNanoseconds: options.loopBudgetNanoseconds) { i throws(BenchError) in
             message.param1 = UInt64(i)
             let start = CL_cycles()
-            let reply: IPCClient.Reply
-            do { reply = try client.sendReceive(message, timeout: timeout) } catch {
+            let reply: Message
+            do { (reply, _) = try client.sendReceive(message, into: UnsafeMutableRawBufferPointer(start: nil, count: 0), timeout: timeout) } catch {
                 throw .systemCall("IPCClient.sendReceive: \(error)", .ioError)
             }
             let cycles = CL_cycles_ordered() &- start
-            guard reply.status.isOK, reply.message.param1 == UInt64(i) else { throw .peerFailed(role: echoRole, status: -1) }
+            guard reply.status.isOK, reply.param1 == UInt64(i) else { throw .peerFailed(role: echoRole, status: -1) }
             return cycles
         }
     }
@@ -105,7 +105,7 @@ enum IPCSocketBench {
         while sent < total {
             for index in 0..<batch { messages[index].param1 = sent &+ UInt64(index) }
             do {
-                _ = try client.sendBatch(messages)
+                _ = try messages.withUnsafeBufferPointer { (batch) throws(IPCError) -> UInt32 in try client.sendBatch(batch) }
                 for _ in 0..<batch {
                     let (reply, _) = try client.receive(into: noPayload, timeout: timeout)
                     if reply.status == .EBUSY {

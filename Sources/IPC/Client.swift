@@ -9,6 +9,15 @@ import Glibc
 /// Every request gets a sequence number (`send` returns it) and its reply carries the same
 /// number, so after several asynchronous `send`s the replies from `receive` can be matched;
 /// `sendReceive` waits for its own reply and keeps others for later `receive` calls.
+///
+/// Hot-path forms allocate nothing and touch no reference counts per call:
+/// `send`, `sendReceive(_:payload:into:timeout:)`, `receive(into:timeout:)` and
+/// `sendBatch(_: UnsafeBufferPointer<Message>)`. The forms returning `Reply` or `[UInt32]` are
+/// convenience wrappers that allocate their results. Replies that arrive while `sendReceive`
+/// waits for another sequence are kept in a stash of `stashCapacity` preallocated slots (their
+/// payload storage, `stashCapacity * Message.maxInlinePayload` bytes, is allocated once, on the
+/// first out-of-order reply); only when more replies than that are waiting does the stash spill
+/// into a growing array (an allocation, on that rare path only).
 public final class IPCClient {
     /// A reply with its inline payload copied out.
     public struct Reply: Equatable, Sendable {
@@ -20,23 +29,55 @@ public final class IPCClient {
 
     public let endpoint: IPCEndpoint
     let fd: Int32
-    private var lastSequence: UInt32 = 0
+    /// The sequence number of the last request sent (0 before the first). Internal so tests
+    /// can start it near the wrap.
+    var lastSequence: UInt32 = 0
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private let headerBuffer: UnsafeMutableRawBufferPointer
-    private var stashed: [Reply] = []
     private static let batchLimit = 64
+
+    /// Out-of-order replies kept without allocating: as many as a server queues per client.
+    public static let stashCapacity = IPCServer.Configuration().queueDepth
+    /// Per slot: the header and inline payload length; payload bytes live in `stashStorage`.
+    private let stashMessages: UnsafeMutablePointer<Message>
+    private let stashLengths: UnsafeMutablePointer<Int>
+    /// Occupied slot indices, oldest first (`stashCount` of them), and the free ones.
+    private let stashOrder: UnsafeMutablePointer<Int>
+    private let stashFree: UnsafeMutablePointer<Int>
+    private var stashCount = 0
+    private var stashFreeCount: Int
+    /// `stashCapacity * Message.maxInlinePayload` bytes, allocated on first use.
+    private var stashStorage: UnsafeMutableRawPointer?
+    /// Replies beyond the slots, newer than every slotted one (the rare path; allocates).
+    private var overflow: [Reply] = []
+    private var overflowCount = 0  // overflow.count, read without touching the array
 
     private init(endpoint: IPCEndpoint, fd: Int32) {
         self.endpoint = endpoint
         self.fd = fd
         receiveBuffer = .allocate(byteCount: Message.maxDatagramSize, alignment: 16)
         headerBuffer = .allocate(byteCount: Message.headerSize * Self.batchLimit, alignment: 16)
+        let capacity = Self.stashCapacity
+        stashMessages = .allocate(capacity: capacity)
+        stashMessages.initialize(repeating: Message(type: .ipcPing), count: capacity)
+        stashLengths = .allocate(capacity: capacity)
+        stashLengths.initialize(repeating: 0, count: capacity)
+        stashOrder = .allocate(capacity: capacity)
+        stashOrder.initialize(repeating: 0, count: capacity)
+        stashFree = .allocate(capacity: capacity)
+        for slot in 0..<capacity { (stashFree + slot).initialize(to: capacity - 1 - slot) }
+        stashFreeCount = capacity
     }
 
     deinit {
         closeDescriptor(fd)
         receiveBuffer.deallocate()
         headerBuffer.deallocate()
+        stashMessages.deallocate()
+        stashLengths.deallocate()
+        stashOrder.deallocate()
+        stashFree.deallocate()
+        stashStorage?.deallocate()
     }
 
     /// Connects to the server listening at `DIR/NAME.sock`.
@@ -51,9 +92,28 @@ public final class IPCClient {
         return IPCClient(endpoint: endpoint, fd: try endpoint.connectSocket())
     }
 
+    /// The sequence number a client gives the request after one numbered `sequence`: the next
+    /// integer, except that 0 is skipped on the wrap (`UInt32.max` is followed by 1), since 0
+    /// marks error replies to undecodable datagrams.
+    @inlinable
+    public static func sequence(after sequence: UInt32) -> UInt32 {
+        sequence == .max ? 1 : sequence + 1
+    }
+
+    /// The sequence number `offset` requests after `first` (`offset` ≥ 0), skipping 0 on the
+    /// wrap: `sequence(first, advancedBy: 1) == sequence(after: first)`. With `first` from
+    /// `sendBatch(_: UnsafeBufferPointer<Message>)`, the sequence of the batch's `offset`th message.
+    @inlinable
+    public static func sequence(_ first: UInt32, advancedBy offset: Int) -> UInt32 {
+        precondition(offset >= 0, "offset must not be negative")
+        if offset == 0 { return first }
+        let period: UInt64 = 0xFFFF_FFFF  // 1...UInt32.max
+        let base = UInt64(first == 0 ? period : UInt64(first)) - 1  // 0 behaves like UInt32.max
+        return UInt32((base + UInt64(offset) % period) % period + 1)
+    }
+
     private func nextSequence() -> UInt32 {
-        lastSequence &+= 1
-        if lastSequence == 0 { lastSequence = 1 }  // 0 marks error replies to undecodable datagrams
+        lastSequence = Self.sequence(after: lastSequence)
         return lastSequence
     }
 
@@ -94,10 +154,14 @@ public final class IPCClient {
     }
 
     /// Sends many header-only requests with one sendmmsg(2) per 64 (one wakeup of the server per
-    /// call, not per message); returns their sequence numbers in order. Each gets its own reply.
-    public func sendBatch(_ messages: [Message]) throws(IPCError) -> [UInt32] {
-        var sequences: [UInt32] = []
-        sequences.reserveCapacity(messages.count)
+    /// call, not per message); each gets its own reply. Allocates nothing.
+    ///
+    /// Returns the sequence number of the FIRST message (0 if `messages` is empty: nothing is
+    /// sent). The batch's numbers are consecutive, except that 0 is skipped on the wrap
+    /// (`UInt32.max` is followed by 1): message `i` has `IPCClient.sequence(first, advancedBy: i)`.
+    /// The messages' own `sequence` and sender fields are ignored.
+    public func sendBatch(_ messages: UnsafeBufferPointer<Message>) throws(IPCError) -> UInt32 {
+        var first: UInt32 = 0
         var start = 0
         while start < messages.count {
             let count = min(Self.batchLimit, messages.count - start)
@@ -108,7 +172,7 @@ public final class IPCClient {
                 message.senderUID = 0
                 message.senderGID = 0
                 message.encode(into: UnsafeMutableRawBufferPointer(rebasing: headerBuffer[(index * Message.headerSize)...]))
-                sequences.append(message.sequence)
+                if start == 0 && index == 0 { first = message.sequence }
             }
             var sentSoFar = 0
             while sentSoFar < count {
@@ -135,6 +199,20 @@ public final class IPCClient {
             }
             start += count
         }
+        return first
+    }
+
+    /// As `sendBatch(_: UnsafeBufferPointer<Message>)`, returning every message's sequence
+    /// number in order (allocates the result).
+    public func sendBatch(_ messages: [Message]) throws(IPCError) -> [UInt32] {
+        let first = try messages.withUnsafeBufferPointer { (buffer) throws(IPCError) -> UInt32 in try sendBatch(buffer) }
+        var sequences: [UInt32] = []
+        sequences.reserveCapacity(messages.count)
+        var sequence = first
+        for _ in messages {
+            sequences.append(sequence)
+            sequence = Self.sequence(after: sequence)
+        }
         return sequences
     }
 
@@ -142,25 +220,16 @@ public final class IPCClient {
 
     /// The next reply (a stashed one first), waiting up to `timeout` (nil: forever).
     public func receive(timeout: Duration? = nil) throws(IPCError) -> Reply {
-        if !stashed.isEmpty { return stashed.removeFirst() }
-        let (message, count) = try receiveIntoBuffer(deadline: deadline(timeout), timeout: timeout)
-        return Reply(message: message, payload: Array(UnsafeRawBufferPointer(start: receiveBuffer.baseAddress! + Message.headerSize, count: count)))
+        let (message, payload) = try nextReply(timeout: timeout)
+        return Reply(message: message, payload: Array(payload))
     }
 
-    /// The allocation-free form: decodes the next reply and copies up to `payload.count` bytes of
-    /// its inline payload into `payload`; returns the header and the payload length.
+    /// The allocation-free form: decodes the next reply (a stashed one first) and copies up to
+    /// `payload.count` bytes of its inline payload into `payload`; returns the header and the
+    /// reply's full payload length (more than `payload.count` if it was truncated).
     public func receive(into payload: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) throws(IPCError) -> (Message, Int) {
-        if !stashed.isEmpty {
-            let reply = stashed.removeFirst()
-            let count = min(payload.count, reply.payload.count)
-            reply.payload.withUnsafeBytes { payload.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[..<count])) }
-            return (reply.message, reply.payload.count)
-        }
-        let (message, count) = try receiveIntoBuffer(deadline: deadline(timeout), timeout: timeout)
-        if count > 0, payload.count > 0 {
-            payload.copyMemory(from: UnsafeRawBufferPointer(start: receiveBuffer.baseAddress! + Message.headerSize, count: min(count, payload.count)))
-        }
-        return (message, count)
+        let (message, received) = try nextReply(timeout: timeout)
+        return (message, Self.copy(received, into: payload))
     }
 
     /// Sends a request and waits for its reply (replies to earlier `send`s that arrive first are
@@ -172,15 +241,111 @@ public final class IPCClient {
         return try awaitReply(sequence: sequence, timeout: timeout)
     }
 
+    /// The allocation-free form of `sendReceive`: sends a request, waits for its reply and copies
+    /// up to `reply.count` bytes of the reply's inline payload into `reply`. Returns the reply's
+    /// header and its full payload length, which exceeds `reply.count` when the payload was
+    /// truncated. Replies to other sequences that arrive first are stashed for `receive`.
+    public func sendReceive(_ message: Message, payload: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                            into reply: UnsafeMutableRawBufferPointer,
+                            timeout: Duration? = .seconds(10)) throws(IPCError) -> (Message, Int) {
+        let sequence = try send(message, payload: payload)
+        let (header, received) = try replyTo(sequence: sequence, timeout: timeout)
+        return (header, Self.copy(received, into: reply))
+    }
+
     func awaitReply(sequence: UInt32, timeout: Duration?) throws(IPCError) -> Reply {
-        if let index = stashed.firstIndex(where: { $0.sequence == sequence }) { return stashed.remove(at: index) }
+        let (message, payload) = try replyTo(sequence: sequence, timeout: timeout)
+        return Reply(message: message, payload: Array(payload))
+    }
+
+    /// Copies what fits; returns the full length.
+    private static func copy(_ payload: UnsafeRawBufferPointer, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        let count = min(payload.count, buffer.count)
+        if count > 0 { buffer.baseAddress!.copyMemory(from: payload.baseAddress!, byteCount: count) }
+        return payload.count
+    }
+
+    /// The next reply, stashed or received. The payload view points into this client's buffers
+    /// and is valid until the next call on it.
+    private func nextReply(timeout: Duration?) throws(IPCError) -> (Message, UnsafeRawBufferPointer) {
+        if let stashed = takeStashed(sequence: nil) { return stashed }
+        let (message, count) = try receiveIntoBuffer(deadline: deadline(timeout), timeout: timeout)
+        return (message, receivedPayload(count))
+    }
+
+    /// The reply with `sequence`, stashed or received (stashing others); view as `nextReply`.
+    private func replyTo(sequence: UInt32, timeout: Duration?) throws(IPCError) -> (Message, UnsafeRawBufferPointer) {
+        if let stashed = takeStashed(sequence: sequence) { return stashed }
         let deadline = deadline(timeout)
         while true {
-            let (reply, count) = try receiveIntoBuffer(deadline: deadline, timeout: timeout)
-            let copy = Reply(message: reply, payload: Array(UnsafeRawBufferPointer(start: receiveBuffer.baseAddress! + Message.headerSize, count: count)))
-            if reply.sequence == sequence { return copy }
-            stashed.append(copy)
+            let (message, count) = try receiveIntoBuffer(deadline: deadline, timeout: timeout)
+            if message.sequence == sequence { return (message, receivedPayload(count)) }
+            stash(message, payloadCount: count)
         }
+    }
+
+    private func receivedPayload(_ count: Int) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: receiveBuffer.baseAddress! + Message.headerSize, count: count)
+    }
+
+    // MARK: Stash of out-of-order replies
+
+    /// Keeps the reply just received into `receiveBuffer`: in a slot while one is free and
+    /// nothing has spilled (so slots always hold older replies than `overflow`), else in `overflow`.
+    private func stash(_ message: Message, payloadCount: Int) {
+        let payload = receivedPayload(payloadCount)
+        guard overflowCount == 0, stashFreeCount > 0 else {
+            overflow.append(Reply(message: message, payload: Array(payload)))
+            overflowCount += 1
+            return
+        }
+        let storage: UnsafeMutableRawPointer
+        if let existing = stashStorage {
+            storage = existing
+        } else {
+            storage = .allocate(byteCount: Self.stashCapacity * Message.maxInlinePayload, alignment: 16)
+            stashStorage = storage
+        }
+        stashFreeCount -= 1
+        let slot = stashFree[stashFreeCount]
+        stashMessages[slot] = message
+        stashLengths[slot] = payloadCount
+        if payloadCount > 0 {
+            (storage + slot * Message.maxInlinePayload).copyMemory(from: payload.baseAddress!, byteCount: payloadCount)
+        }
+        stashOrder[stashCount] = slot
+        stashCount += 1
+    }
+
+    /// Removes and returns the oldest stashed reply (with `sequence`, if given). The payload view
+    /// is valid until the next `stash`.
+    private func takeStashed(sequence: UInt32?) -> (Message, UnsafeRawBufferPointer)? {
+        if stashCount == 0 && overflowCount == 0 { return nil }
+        for position in 0..<stashCount {
+            let slot = stashOrder[position]
+            if let sequence, stashMessages[slot].sequence != sequence { continue }
+            for later in position..<(stashCount - 1) { stashOrder[later] = stashOrder[later + 1] }
+            stashCount -= 1
+            stashFree[stashFreeCount] = slot
+            stashFreeCount += 1
+            let payload = UnsafeRawBufferPointer(start: stashStorage! + slot * Message.maxInlinePayload, count: stashLengths[slot])
+            return (stashMessages[slot], payload)
+        }
+        guard overflowCount > 0 else { return nil }
+        let index: Int
+        if let sequence {
+            guard let found = overflow.firstIndex(where: { $0.sequence == sequence }) else { return nil }
+            index = found
+        } else {
+            index = 0
+        }
+        let reply = overflow.remove(at: index)
+        overflowCount -= 1
+        let count = reply.payload.count
+        reply.payload.withUnsafeBytes { bytes in
+            if count > 0 { (receiveBuffer.baseAddress! + Message.headerSize).copyMemory(from: bytes.baseAddress!, byteCount: count) }
+        }
+        return (reply.message, receivedPayload(count))
     }
 
     // MARK: Shared memory
