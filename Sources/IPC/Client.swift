@@ -10,7 +10,7 @@ import Glibc
 /// number, so after several asynchronous `send`s the replies from `receive` can be matched;
 /// `sendReceive` waits for its own reply and keeps others for later `receive` calls.
 ///
-/// Hot-path forms allocate nothing and touch no reference counts per call:
+/// Hot-path forms create no arrays or other heap objects per call:
 /// `send`, `sendReceive(_:payload:into:timeout:)`, `receive(into:timeout:)` and
 /// `sendBatch(_: UnsafeBufferPointer<Message>)`. The forms returning `Reply` or `[UInt32]` are
 /// convenience wrappers that allocate their results. Replies that arrive while `sendReceive`
