@@ -98,13 +98,7 @@ struct NVMeIO: ParsableCommand {
         options.seed = seed
         options.backend = backend
         options.timeoutNanoseconds = timeoutMs * 1_000_000
-        let report = SuiteReport()
-        let clock = MonotonicClock()
-        let start = clock.now()
-        NVMeIOSuite(options: options).run(report: report)
-        report.note("suite time \((clock.now() - start) / 1_000_000) ms")
-        print(report.summary)
-        if report.failed > 0 { throw ExitCode(1) }
+        try runSuite { NVMeIOSuite(options: options).run(report: $0) }
     }
 }
 
@@ -135,13 +129,7 @@ struct Storage: ParsableCommand {
         options.expectedBlockSizes = blockSizes.split(separator: ",").compactMap { Int($0) }
         options.expectedBytes = namespaceMiB << 20
         options.startTimeoutMilliseconds = startTimeoutMs
-        let report = SuiteReport()
-        let clock = MonotonicClock()
-        let start = clock.now()
-        StorageServerSuite(options: options).run(report: report)
-        report.note("suite time \((clock.now() - start) / 1_000_000) ms")
-        print(report.summary)
-        if report.failed > 0 { throw ExitCode(1) }
+        try runSuite { StorageServerSuite(options: options).run(report: $0) }
     }
 }
 
@@ -168,12 +156,18 @@ struct SupervisedStorage: ParsableCommand {
         options.binaryDirectory = binDir
         options.startTimeoutMilliseconds = startTimeoutMs
         options.restartTimeoutMilliseconds = restartTimeoutMs
-        let report = SuiteReport()
-        let clock = MonotonicClock()
-        let start = clock.now()
-        SupervisedStorageSuite(options: options).run(report: report)
-        report.note("suite time \((clock.now() - start) / 1_000_000) ms")
-        print(report.summary)
-        if report.failed > 0 { throw ExitCode(1) }
+        try runSuite { SupervisedStorageSuite(options: options).run(report: $0) }
     }
+}
+
+/// Runs a suite, notes how long it took, prints the closing `N passed, N failed` line, and exits
+/// 1 on any failure.
+func runSuite(_ body: (SuiteReport) -> Void) throws {
+    let report = SuiteReport()
+    let clock = MonotonicClock()
+    let start = clock.now()
+    body(report)
+    report.note("suite time \((clock.now() - start) / 1_000_000) ms")
+    print(report.summary)
+    if report.failed > 0 { throw ExitCode(1) }
 }

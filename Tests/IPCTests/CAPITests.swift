@@ -9,19 +9,9 @@ import Glibc
 /// The C client library (Sources/limitless_ipc) against a Swift IPCServer: C programs are
 /// compiled with the system's `cc` (-std=c11 -Wall -Wextra -Werror) and run as separate processes
 /// with LIMITLESS_RUNTIME_DIR pointing at a temporary runtime directory.
-final class CAPITests: XCTestCase {
-    private var directory = ""
+final class CAPITests: RuntimeDirectoryTestCase {
     private static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().path
-
-    override func setUp() {
-        var template = Array("/tmp/limitless-capi-XXXXXX".utf8CString)
-        directory = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-    }
-
-    override func tearDown() {
-        try? FileManager.default.removeItem(atPath: directory)
-    }
 
     /// What the handler saw, request by request.
     final class Recorder: @unchecked Sendable {

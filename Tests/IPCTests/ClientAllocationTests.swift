@@ -8,25 +8,7 @@ import Glibc
 /// The allocation-free client calls: `sendReceive(_:payload:into:timeout:)`,
 /// `sendBatch(_: UnsafeBufferPointer<Message>)`, the out-of-order stash, sequence numbering
 /// across the wrap, and a check that the hot path allocates no Swift heap objects.
-final class ClientAllocationTests: XCTestCase {
-    private var directory = ""
-
-    override func setUp() {
-        var template = Array("/tmp/limitless-ipc-XXXXXX".utf8CString)
-        directory = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-    }
-
-    override func tearDown() {
-        if let dir = opendir(directory) {
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-                if name != "." && name != ".." { unlink(directory + "/" + name) }
-            }
-            closedir(dir)
-        }
-        rmdir(directory)
-    }
-
+final class ClientAllocationTests: RuntimeDirectoryTestCase {
     /// Reply payload = the request's data reversed; param1 = the request's param1.
     private static let echo: IPCServer.Handler = { request, payload, _ in
         let count = payload.data.count

@@ -7,25 +7,7 @@ import Glibc
 
 /// Server and clients over real sockets in a temporary runtime directory; some clients are
 /// separate processes (python3, spawned with posix_spawn) that write raw bytes.
-final class TransportTests: XCTestCase {
-    private var directory = ""
-
-    override func setUp() {
-        var template = Array("/tmp/limitless-ipc-XXXXXX".utf8CString)
-        directory = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-    }
-
-    override func tearDown() {
-        if let dir = opendir(directory) {
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-                if name != "." && name != ".." { unlink(directory + "/" + name) }
-            }
-            closedir(dir)
-        }
-        rmdir(directory)
-    }
-
+final class TransportTests: RuntimeDirectoryTestCase {
     /// Echo-style handler used by most tests: param1 = sender pid, param2 = sender uid,
     /// reply payload = the request's data reversed.
     private static let echo: IPCServer.Handler = { request, payload, _ in
