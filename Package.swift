@@ -16,6 +16,8 @@ let package = Package(
         .executable(name: "limitless-testserver", targets: ["limitless-testserver"]),
         .executable(name: "storage_server", targets: ["storage_server"]),
         .executable(name: "limitless-storage", targets: ["limitless-storage"]),
+        .executable(name: "vfs_server", targets: ["vfs_server"]),
+        .executable(name: "limitless-fs", targets: ["limitless-fs"]),
         // The seed's C calls (ipc_send_receive, ipc_send, ipc_receive, create_shared_memory_cap).
         .library(name: "limitless_ipc", targets: ["limitless_ipc"]),
     ],
@@ -66,6 +68,16 @@ let package = Package(
         // The storage server's block protocol and logic.
         .target(name: "Storage", dependencies: ["NVMe", "Platform", "IPC", "ServerKit"]),
 
+        // File systems: the contract between the VFS and a format (VFSCore), ext2, the VFS server logic.
+        .target(name: "VFSCore", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "Ext2", dependencies: ["VFSCore", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(
+            name: "VFS",
+            dependencies: [
+                "VFSCore", "Ext2", "IPC", "ServerKit", "Storage",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+
         // Which server drives which device.
         .target(name: "DeviceCatalog", dependencies: ["Platform"]),
 
@@ -108,8 +120,14 @@ let package = Package(
             name: "limitless-storage",
             dependencies: ["Storage", "IPC", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
+            name: "vfs_server",
+            dependencies: ["VFS", "ServerKit", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(
+            name: "limitless-fs",
+            dependencies: ["VFS", "IPC", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(
             name: "limitless-fuzz",
-            dependencies: ["IPC", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["IPC", "Ext2", "VFSCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "limitless-supervisor",
             dependencies: ["Supervision", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
@@ -121,5 +139,7 @@ let package = Package(
         .testTarget(name: "DriverTests", dependencies: ["Platform", "NVMe", "XHCI", "E1000E"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "IPC", "NVMe", "Platform"]),
         .testTarget(name: "DeviceCatalogTests", dependencies: ["DeviceCatalog", "Platform"]),
+        .testTarget(name: "Ext2Tests", dependencies: ["Ext2", "VFSCore"]),
+        .testTarget(name: "VFSTests", dependencies: ["VFS", "VFSCore", "Ext2", "IPC", "Storage"]),
     ]
 )

@@ -15,6 +15,8 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let ipcPing = MessageType(rawValue: 0x0003)
     /// The type of an error reply to a datagram too damaged to have a type of its own.
     public static let ipcError = MessageType(rawValue: 0x0004)
+    /// Asks the server for a shared-memory ring pair; the reply carries the ring's memfd.
+    public static let ipcRingAttach = MessageType(rawValue: 0x0005)
 
     // 0x0100: VFS (the seed's MSG_VFS_*, same order).
     public static let vfsOpen = MessageType(rawValue: 0x0100)
@@ -25,6 +27,22 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let vfsMkdir = MessageType(rawValue: 0x0105)
     public static let vfsRmdir = MessageType(rawValue: 0x0106)
     public static let vfsUnlink = MessageType(rawValue: 0x0107)
+    // What real programs need beyond the seed's eight.
+    public static let vfsReadDirectory = MessageType(rawValue: 0x0108)
+    public static let vfsRename = MessageType(rawValue: 0x0109)
+    public static let vfsTruncate = MessageType(rawValue: 0x010A)
+    public static let vfsFsync = MessageType(rawValue: 0x010B)
+    public static let vfsSeek = MessageType(rawValue: 0x010C)
+    public static let vfsChmod = MessageType(rawValue: 0x010D)
+    public static let vfsChown = MessageType(rawValue: 0x010E)
+    public static let vfsUtimes = MessageType(rawValue: 0x010F)
+    public static let vfsSymlink = MessageType(rawValue: 0x0110)
+    public static let vfsReadlink = MessageType(rawValue: 0x0111)
+    public static let vfsLink = MessageType(rawValue: 0x0112)
+    public static let vfsStatfs = MessageType(rawValue: 0x0113)
+    public static let vfsFstat = MessageType(rawValue: 0x0114)
+    public static let vfsMount = MessageType(rawValue: 0x0115)
+    public static let vfsUnmount = MessageType(rawValue: 0x0116)
 
     // 0x0200: block storage (storage_server).
     public static let blockOpenNamespace = MessageType(rawValue: 0x0200)
@@ -33,6 +51,9 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let blockWrite = MessageType(rawValue: 0x0203)
     public static let blockFlush = MessageType(rawValue: 0x0204)
     public static let blockTrim = MessageType(rawValue: 0x0205)
+    /// Carries a sealed memfd the server maps for DMA; reply param1 names it in later requests.
+    public static let blockRegisterBuffer = MessageType(rawValue: 0x0206)
+    public static let blockUnregisterBuffer = MessageType(rawValue: 0x0207)
 
     // 0x0300: USB (usb_server).
     public static let usbListDevices = MessageType(rawValue: 0x0300)
@@ -58,6 +79,10 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let supervisorCapabilityGrant = MessageType(rawValue: 0x0505)
     /// serverctl to the supervisor's control socket: list, status, start, stop, restart, logs, caps.
     public static let supervisorControl = MessageType(rawValue: 0x0506)
+    /// Supervisor to a server: a server it depends on went down or came back (param1 = state).
+    public static let supervisorDependencyState = MessageType(rawValue: 0x0507)
+    /// Supervisor to a server: a capability is withdrawn; its descriptors are to be closed.
+    public static let supervisorCapabilityRevoke = MessageType(rawValue: 0x0508)
 
     /// The seed-style name (`MSG_VFS_OPEN`), or nil for a number not in the registry.
     public var name: String? {
@@ -66,6 +91,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         case 0x0002: "MSG_IPC_RELEASE"
         case 0x0003: "MSG_IPC_PING"
         case 0x0004: "MSG_IPC_ERROR"
+        case 0x0005: "MSG_IPC_RING_ATTACH"
         case 0x0100: "MSG_VFS_OPEN"
         case 0x0101: "MSG_VFS_READ"
         case 0x0102: "MSG_VFS_WRITE"
@@ -74,12 +100,29 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         case 0x0105: "MSG_VFS_MKDIR"
         case 0x0106: "MSG_VFS_RMDIR"
         case 0x0107: "MSG_VFS_UNLINK"
+        case 0x0108: "MSG_VFS_READDIR"
+        case 0x0109: "MSG_VFS_RENAME"
+        case 0x010A: "MSG_VFS_TRUNCATE"
+        case 0x010B: "MSG_VFS_FSYNC"
+        case 0x010C: "MSG_VFS_LSEEK"
+        case 0x010D: "MSG_VFS_CHMOD"
+        case 0x010E: "MSG_VFS_CHOWN"
+        case 0x010F: "MSG_VFS_UTIMES"
+        case 0x0110: "MSG_VFS_SYMLINK"
+        case 0x0111: "MSG_VFS_READLINK"
+        case 0x0112: "MSG_VFS_LINK"
+        case 0x0113: "MSG_VFS_STATFS"
+        case 0x0114: "MSG_VFS_FSTAT"
+        case 0x0115: "MSG_VFS_MOUNT"
+        case 0x0116: "MSG_VFS_UNMOUNT"
         case 0x0200: "MSG_BLOCK_OPEN_NAMESPACE"
         case 0x0201: "MSG_BLOCK_GEOMETRY"
         case 0x0202: "MSG_BLOCK_READ"
         case 0x0203: "MSG_BLOCK_WRITE"
         case 0x0204: "MSG_BLOCK_FLUSH"
         case 0x0205: "MSG_BLOCK_TRIM"
+        case 0x0206: "MSG_BLOCK_REGISTER_BUFFER"
+        case 0x0207: "MSG_BLOCK_UNREGISTER_BUFFER"
         case 0x0300: "MSG_USB_LIST_DEVICES"
         case 0x0301: "MSG_USB_DEVICE_DESCRIPTOR"
         case 0x0302: "MSG_USB_CONTROL_TRANSFER"
@@ -98,6 +141,8 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         case 0x0504: "MSG_SUPERVISOR_CHECKPOINT_RESTORE"
         case 0x0505: "MSG_SUPERVISOR_CAPABILITY_GRANT"
         case 0x0506: "MSG_SUPERVISOR_CONTROL"
+        case 0x0507: "MSG_SUPERVISOR_DEPENDENCY_STATE"
+        case 0x0508: "MSG_SUPERVISOR_CAPABILITY_REVOKE"
         default: nil
         }
     }
@@ -145,11 +190,35 @@ public struct IPCStatus: RawRepresentable, Hashable, Sendable, Error, CustomStri
     public static let EMSGSIZE = IPCStatus(rawValue: 90)
     public static let ETIMEDOUT = IPCStatus(rawValue: 110)
 
+    /// Operation not permitted (e.g. a hard link to a directory).
+    public static let EPERM = IPCStatus(rawValue: 1)
+    /// rename or link across file systems.
+    public static let EXDEV = IPCStatus(rawValue: 18)
+    /// File too large for the format.
+    public static let EFBIG = IPCStatus(rawValue: 27)
+    /// Seek on something that cannot seek.
+    public static let ESPIPE = IPCStatus(rawValue: 29)
+    /// Too many links.
+    public static let EMLINK = IPCStatus(rawValue: 31)
+    /// Result out of range: e.g. an LBA range past the end of the namespace.
+    public static let ERANGE = IPCStatus(rawValue: 34)
+    /// A name over 255 bytes or a path over the limit.
+    public static let ENAMETOOLONG = IPCStatus(rawValue: 36)
+    /// Too many symbolic links in a path.
+    public static let ELOOP = IPCStatus(rawValue: 40)
+    /// Operation not supported by this file system or server.
+    public static let ENOTSUP = IPCStatus(rawValue: 95)
+    /// The server went away and the request could not be replayed.
+    public static let ENOTCONN = IPCStatus(rawValue: 107)
+    /// The on-disk structure is inconsistent (corrupted image).
+    public static let EUCLEAN = IPCStatus(rawValue: 117)
+
     public var isOK: Bool { rawValue == 0 }
 
     public var name: String? {
         switch rawValue {
         case 0: "OK"
+        case 1: "EPERM"
         case 2: "ENOENT"
         case 5: "EIO"
         case 9: "EBADF"
@@ -158,18 +227,28 @@ public struct IPCStatus: RawRepresentable, Hashable, Sendable, Error, CustomStri
         case 13: "EACCES"
         case 16: "EBUSY"
         case 17: "EEXIST"
+        case 18: "EXDEV"
         case 20: "ENOTDIR"
         case 21: "EISDIR"
         case 22: "EINVAL"
         case 24: "EMFILE"
+        case 27: "EFBIG"
         case 28: "ENOSPC"
+        case 29: "ESPIPE"
         case 30: "EROFS"
+        case 31: "EMLINK"
+        case 34: "ERANGE"
+        case 36: "ENAMETOOLONG"
         case 38: "ENOSYS"
         case 39: "ENOTEMPTY"
+        case 40: "ELOOP"
         case 71: "EPROTO"
         case 74: "EBADMSG"
         case 90: "EMSGSIZE"
+        case 95: "ENOTSUP"
+        case 107: "ENOTCONN"
         case 110: "ETIMEDOUT"
+        case 117: "EUCLEAN"
         default: nil
         }
     }

@@ -38,11 +38,6 @@ public enum BlockProtocol {
     public static let maxSharedBytes = 8 << 20
 }
 
-extension IPCStatus {
-    /// Result out of range: the LBA range runs past the end of the namespace.
-    public static let ERANGE = IPCStatus(rawValue: 34)
-}
-
 /// One namespace as clients see it.
 public struct BlockGeometry: Equatable, Sendable {
     public var blockSize: Int

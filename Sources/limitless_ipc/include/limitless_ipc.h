@@ -55,6 +55,7 @@ extern "C" {
 #define MSG_IPC_RELEASE                   0x0002u  /* used by the library itself */
 #define MSG_IPC_PING                      0x0003u
 #define MSG_IPC_ERROR                     0x0004u
+#define MSG_IPC_RING_ATTACH               0x0005u
 #define MSG_VFS_OPEN                      0x0100u
 #define MSG_VFS_READ                      0x0101u
 #define MSG_VFS_WRITE                     0x0102u
@@ -63,12 +64,29 @@ extern "C" {
 #define MSG_VFS_MKDIR                     0x0105u
 #define MSG_VFS_RMDIR                     0x0106u
 #define MSG_VFS_UNLINK                    0x0107u
+#define MSG_VFS_READDIR                   0x0108u
+#define MSG_VFS_RENAME                    0x0109u
+#define MSG_VFS_TRUNCATE                  0x010Au
+#define MSG_VFS_FSYNC                     0x010Bu
+#define MSG_VFS_LSEEK                     0x010Cu
+#define MSG_VFS_CHMOD                     0x010Du
+#define MSG_VFS_CHOWN                     0x010Eu
+#define MSG_VFS_UTIMES                    0x010Fu
+#define MSG_VFS_SYMLINK                   0x0110u
+#define MSG_VFS_READLINK                  0x0111u
+#define MSG_VFS_LINK                      0x0112u
+#define MSG_VFS_STATFS                    0x0113u
+#define MSG_VFS_FSTAT                     0x0114u
+#define MSG_VFS_MOUNT                     0x0115u
+#define MSG_VFS_UNMOUNT                   0x0116u
 #define MSG_BLOCK_OPEN_NAMESPACE          0x0200u
 #define MSG_BLOCK_GEOMETRY                0x0201u
 #define MSG_BLOCK_READ                    0x0202u
 #define MSG_BLOCK_WRITE                   0x0203u
 #define MSG_BLOCK_FLUSH                   0x0204u
 #define MSG_BLOCK_TRIM                    0x0205u
+#define MSG_BLOCK_REGISTER_BUFFER         0x0206u
+#define MSG_BLOCK_UNREGISTER_BUFFER       0x0207u
 #define MSG_USB_LIST_DEVICES              0x0300u
 #define MSG_USB_DEVICE_DESCRIPTOR         0x0301u
 #define MSG_USB_CONTROL_TRANSFER          0x0302u
@@ -87,6 +105,8 @@ extern "C" {
 #define MSG_SUPERVISOR_CHECKPOINT_RESTORE 0x0504u
 #define MSG_SUPERVISOR_CAPABILITY_GRANT   0x0505u
 #define MSG_SUPERVISOR_CONTROL            0x0506u
+#define MSG_SUPERVISOR_DEPENDENCY_STATE   0x0507u
+#define MSG_SUPERVISOR_CAPABILITY_REVOKE  0x0508u
 
 /*
  * The seed's message, field for field and in its order, plus `status`. This is the C caller's

@@ -1,0 +1,1 @@
+// The VFS server logic: mount table, paths, permissions, descriptors, caches. (Being written.)

@@ -1,0 +1,1 @@
+print("vfs_server: not built yet")
