@@ -183,7 +183,12 @@ extension Ext2FileSystem {
             try writeMetaRange(block, bytes, offset: entry.offset, count: offset + needed - entry.offset)
         } else {
             let logical = try directoryBlocks(inode, number)
-            let (block, _) = try mapOrAllocate(&inode, logical, number, goal: goalBlock(for: number))
+            let block: UInt32
+            do throws(FSError) { block = try mapOrAllocate(&inode, logical, number, goal: goalBlock(for: number)).block } catch {
+                // An indirect block may have been allocated on the way; the inode must own it.
+                try? storeInode(number, inode)
+                throw error
+            }
             var bytes = [UInt8](repeating: 0, count: blockSize)
             writeRecordHeader(&bytes, 0, inode: UInt32(target), recordLength: blockSize, name: name.bytes, type: type)
             do throws(FSError) { try writeMetaBlock(block, bytes) } catch {

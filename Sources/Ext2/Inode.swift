@@ -67,6 +67,8 @@ struct Inode {
     /// The seconds word and, where the inode is large enough, the *_extra word
     /// (bits 0-1: epoch above 32 bits, bits 2-31: nanoseconds).
     private func time(_ offset: Int, extra: Int) -> FileTime {
+        // i_crtime itself lives in the extra area; absent in small inodes.
+        if offset >= 128 && offset - 128 + 4 > extraSize { return FileTime(seconds: 0) }
         var seconds = Int64(Int32(bitPattern: raw.le32(offset)))
         var nanoseconds: UInt32 = 0
         if extra - 128 + 4 <= extraSize, extra + 4 <= raw.count {
@@ -79,6 +81,7 @@ struct Inode {
     }
 
     private mutating func setTime(_ offset: Int, extra: Int, _ time: FileTime) {
+        if offset >= 128 && offset - 128 + 4 > extraSize { return }
         raw.setLE32(offset, UInt32(truncatingIfNeeded: time.seconds))
         if extra - 128 + 4 <= extraSize, extra + 4 <= raw.count {
             let epoch = UInt32(truncatingIfNeeded: (time.seconds - Int64(Int32(truncatingIfNeeded: time.seconds))) >> 32) & 3

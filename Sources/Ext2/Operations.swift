@@ -337,6 +337,7 @@ extension Ext2FileSystem {
         try change { () throws(FSError) -> InodeNumber in
             var parent = try checkNewName(name, in: directory)
             guard parent.linksCount < Inode.linkMax else { throw FSError(.tooManyLinks, "directory \(directory) has \(parent.linksCount) links") }
+            let originalLinks = parent.linksCount
             var (number, inode) = try newInode(parent: directory, mode: UInt16(FileType.directory.modeBits | (permissions & 0o7777)), uid: uid, gid: gid)
             do throws(FSError) {
                 let (block, _) = try mapOrAllocate(&inode, 0, number, goal: goalBlock(for: number))
@@ -352,8 +353,8 @@ extension Ext2FileSystem {
                 try addEntry(name, target: number, type: .directory, in: directory, &parent)
             } catch {
                 discardInode(number, &inode)
-                if var reloaded = try? loadInode(directory), reloaded.linksCount > parent.linksCount - 1 {
-                    reloaded.linksCount = parent.linksCount - 1
+                if var reloaded = try? loadInode(directory), reloaded.linksCount != originalLinks {
+                    reloaded.linksCount = originalLinks
                     try? storeInode(directory, reloaded)
                 }
                 throw error
