@@ -413,10 +413,11 @@ extension Ext2FileSystem {
     public func link(_ number: InodeNumber, as name: FileName, in directory: InodeNumber) throws(FSError) {
         try change { () throws(FSError) in
             var inode = try liveInode(number)
+            // The name is checked first, as Linux does (EEXIST before EPERM).
+            var parent = try checkNewName(name, in: directory)
             guard !inode.isDirectory else { throw FSError(.notPermitted, "hard links to directories are not allowed") }
             guard inode.linksCount > 0 else { throw FSError(.noSuchFileOrDirectory, "inode \(number) has no name left") }
             guard inode.linksCount < Inode.linkMax else { throw FSError(.tooManyLinks, "inode \(number) has \(inode.linksCount) links") }
-            var parent = try checkNewName(name, in: directory)
             try addEntry(name, target: number, type: inode.type, in: directory, &parent)
             inode = try loadInode(number)
             inode.linksCount += 1
@@ -505,10 +506,14 @@ extension Ext2FileSystem {
             }
             guard newParent.linksCount > 0 else { throw FSError(.noSuchFileOrDirectory, "directory \(newDirectory) has been removed") }
             let moving = sourceInode.isDirectory
+            if moving, try isAncestor(sourceNumber, of: newDirectory) {
+                throw FSError(.invalidArgument, "cannot move directory \(name) into itself")
+            }
+            // A target that contains the source is not empty (Linux checks this before kinds).
+            if let (number, inode) = replaced, inode.isDirectory, try isAncestor(number, of: directory) {
+                throw FSError(.directoryNotEmpty, "\(newName) contains \(name)")
+            }
             if moving {
-                if try isAncestor(sourceNumber, of: newDirectory) {
-                    throw FSError(.invalidArgument, "cannot move directory \(name) into itself")
-                }
                 if let (number, inode) = replaced {
                     guard inode.isDirectory else { throw FSError(.notDirectory, "\(newName) is not a directory") }
                     guard try isEmptyDirectory(number, inode) else { throw FSError(.directoryNotEmpty, "\(newName) is not empty") }
