@@ -78,6 +78,12 @@ extension Ext2FileSystem {
         }
         bitmap[bit >> 3] &= ~(1 << UInt8(bit & 7))
         try writeMetaRange(descriptors[group].blockBitmap, bitmap, offset: bit >> 3, count: 1)
+        cache.removeValue(forKey: block)
+        // A count that already says the whole group is free disagrees with the bitmap.
+        guard UInt32(descriptors[group].freeBlocks) < geometry.blocksInGroup(group) else {
+            log("ext2: corrupted: group \(group) free block count exceeds the group")
+            return
+        }
         descriptors[group].freeBlocks &+= 1
         superblock.freeBlocksCount &+= 1
         descriptorChanged(group)
@@ -132,6 +138,10 @@ extension Ext2FileSystem {
         }
         bitmap[bit >> 3] &= ~(1 << UInt8(bit & 7))
         try writeMetaRange(descriptors[group].inodeBitmap, bitmap, offset: bit >> 3, count: 1)
+        guard UInt32(descriptors[group].freeInodes) < geometry.inodesPerGroup else {
+            log("ext2: corrupted: group \(group) free inode count exceeds the group")
+            return
+        }
         descriptors[group].freeInodes &+= 1
         if directory && descriptors[group].usedDirectories > 0 { descriptors[group].usedDirectories -= 1 }
         superblock.freeInodesCount &+= 1
