@@ -19,7 +19,7 @@ struct Ext2Command: ParsableCommand {
         """)
 
     @Option(help: "Damaged images to try.")
-    var iterations = 2000
+    var iterations = 10_000
     @Option(help: "Seed (default: random, printed).")
     var seed: UInt64?
     @Option(help: "Index of the first iteration (to reproduce one).")
@@ -296,12 +296,9 @@ final class Walker {
             let count = 1 + random.below(buffer.count)
             for index in 0..<count { buffer[index] = UInt8(truncatingIfNeeded: index &+ Int(offset)) }
             let data = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
-            let expected = Array(data)
-            if let written = attempt("write", { () throws(FSError) in try fs.write(file.inode, at: offset, from: data) }), written == count,
-               let back = attempt("read back", { () throws(FSError) in try fs.read(file.inode, at: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])) }) {
-                check(back == count && Array(UnsafeRawBufferPointer(rebasing: buffer[0..<count])) == expected,
-                      "inode \(file.inode): wrote \(count) bytes at \(offset), read back \(back) different ones")
-            }
+            // No read-back check here: damage may map two logical blocks of this file (or its
+            // indirect block) to one physical block, which no cheap check can rule out.
+            _ = attempt("write") { () throws(FSError) in try fs.write(file.inode, at: offset, from: data) }
             _ = attempt("truncate") { () throws(FSError) in try fs.truncate(file.inode, to: UInt64(random.below(100_000))) }
         }
         for file in files.prefix(2) {
@@ -311,7 +308,24 @@ final class Walker {
         }
         let root = fs.rootInode
         if let new = attempt("create", { () throws(FSError) in try fs.create("fuzz-file", in: root, type: .regular, permissions: 0o644, uid: 0, gid: 0) }) {
-            _ = attempt("write new") { () throws(FSError) in try fs.write(new, at: 0, from: UnsafeRawBufferPointer(rebasing: buffer[0..<5000])) }
+            // A file this run made has blocks only the allocator handed out (bitmap bits set one
+            // by one), so what it writes must read back, holes and indirect blocks included.
+            let offset = UInt64(random.pick([0, 5000, 100_000, 300_000]))
+            let count = 1 + random.below(30_000)
+            for index in 0..<count { buffer[index] = UInt8(truncatingIfNeeded: index &* 13 &+ 1) }
+            let expected = Array(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+            if let written = attempt("write new", { () throws(FSError) in try fs.write(new, at: offset, from: UnsafeRawBufferPointer(rebasing: buffer[0..<count])) }),
+               written > 0 {
+                buffer.initializeMemory(as: UInt8.self, repeating: 0)
+                let back = attempt("read new") { () throws(FSError) in
+                    try fs.read(new, at: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<written]))
+                }
+                check(back == written && Array(UnsafeRawBufferPointer(rebasing: buffer[0..<written])) == Array(expected.prefix(written)),
+                      "new file \(new): wrote \(written) bytes at \(offset), read back \(String(describing: back)) different ones")
+                if offset > 0, let hole = attempt("read hole", { () throws(FSError) in try fs.read(new, at: 0, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<1000])) }) {
+                    check(hole == 1000 && buffer[0..<1000].allSatisfy { $0 == 0 }, "new file \(new): the hole before \(offset) does not read as zeroes")
+                }
+            }
             if let dir = attempt("mkdir", { () throws(FSError) in try fs.makeDirectory("fuzz-dir", in: root, permissions: 0o755, uid: 0, gid: 0) }) {
                 _ = attempt("rename") { () throws(FSError) in try fs.rename("fuzz-file", in: root, to: "moved", in: dir) }
                 _ = attempt("symlink") { () throws(FSError) in try fs.makeSymbolicLink("link", in: dir, target: Array(repeating: 0x61, count: 100), uid: 0, gid: 0) }

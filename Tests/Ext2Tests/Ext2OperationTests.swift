@@ -46,6 +46,31 @@ final class Ext2OperationTests: Ext2TestCase {
         }
     }
 
+    /// A directory with an htree index (dir_index; e2fsck -D builds one) reads linearly, and
+    /// changing it drops the index flag so e2fsck and the kernel read it linearly too.
+    func testIndexedDirectoryIsReadAndChangedLinearly() throws {
+        let source = directory + "/indexed"
+        try FileManager.default.createDirectory(atPath: source + "/sub", withIntermediateDirectories: true)
+        for index in 0..<200 { try Data("\(index)".utf8).write(to: URL(fileURLWithPath: source + "/sub/file-with-a-long-name-\(index)")) }
+        let image = try makeImage(blockSize: 1024, kib: 4096, populate: source)
+        let optimize = try runTool("/usr/sbin/e2fsck", ["-fyD", image])
+        XCTAssertLessThanOrEqual(optimize.status, 1, optimize.output)
+        XCTAssertTrue(try debugfs(image, "stat /sub").contains("Flags: 0x1000"), "e2fsck -D did not index the directory")
+        let fs = try mount(image)
+        let sub = try fs.resolve("/sub")
+        XCTAssertEqual(try fs.entries(sub).count, 202)
+        XCTAssertEqual(try fs.readAll(fs.lookup("file-with-a-long-name-123", in: sub)), Array("123".utf8))
+        for index in 0..<50 { try fs.evict(try fs.unlink(try FileName("file-with-a-long-name-\(index)"), in: sub)) }
+        for index in 0..<80 { _ = try fs.create(try FileName("added-\(index)"), in: sub, type: .regular, permissions: 0o644, uid: 0, gid: 0) }
+        XCTAssertEqual(try fs.entries(sub).count, 202 - 50 + 80)
+        try fs.unmount()
+        try assertClean(image)
+        XCTAssertTrue(try debugfs(image, "stat /sub").contains("Flags: 0x0"))
+        let listing = try debugfs(image, "ls /sub")
+        XCTAssertTrue(listing.contains("added-79"))
+        XCTAssertFalse(listing.contains("file-with-a-long-name-7 "))
+    }
+
     /// readDirectory resumes from a cookie with neither loss nor repetition.
     func testReadDirectoryCookiesResume() throws {
         let image = try makeImage()
