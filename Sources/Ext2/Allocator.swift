@@ -35,7 +35,7 @@ extension Ext2FileSystem {
             guard descriptors[group].freeBlocks > 0 else { continue }
             let start = geometry.groupStart(group)
             let count = Int(geometry.blocksInGroup(group))
-            var bitmap = try metaBlock(descriptors[group].blockBitmap)
+            var bitmap = try takeMetaBlock(descriptors[group].blockBitmap)
             var from = step == 0 ? Int(goal - start) : 0
             var wrapped = false
             while true {
@@ -71,7 +71,7 @@ extension Ext2FileSystem {
         }
         let group = groupOf(block: block)
         let bit = Int(block - geometry.groupStart(group))
-        var bitmap = try metaBlock(descriptors[group].blockBitmap)
+        var bitmap = try takeMetaBlock(descriptors[group].blockBitmap)
         guard bitmap[bit >> 3] & (1 << UInt8(bit & 7)) != 0 else {
             log("ext2: corrupted: block \(block) freed twice")
             return
@@ -108,7 +108,7 @@ extension Ext2FileSystem {
         for step in 0..<geometry.groupCount { order.append((parentGroup + step) % geometry.groupCount) }
         for group in order {
             guard descriptors[group].freeInodes > 0 else { continue }
-            var bitmap = try metaBlock(descriptors[group].inodeBitmap)
+            var bitmap = try takeMetaBlock(descriptors[group].inodeBitmap)
             // Inodes below s_first_ino are reserved (root, bad blocks, resize, journal ...).
             let groupFirst = group * Int(geometry.inodesPerGroup) + 1
             let from = max(0, Int(geometry.firstInode) - groupFirst)
@@ -131,7 +131,7 @@ extension Ext2FileSystem {
         let index = Int(number - 1)
         let group = index / Int(geometry.inodesPerGroup)
         let bit = index % Int(geometry.inodesPerGroup)
-        var bitmap = try metaBlock(descriptors[group].inodeBitmap)
+        var bitmap = try takeMetaBlock(descriptors[group].inodeBitmap)
         guard bitmap[bit >> 3] & (1 << UInt8(bit & 7)) != 0 else {
             log("ext2: corrupted: inode \(number) freed twice")
             return

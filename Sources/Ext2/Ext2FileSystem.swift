@@ -196,6 +196,14 @@ public final class Ext2FileSystem: FileSystem {
         return bytes
     }
 
+    /// A metadata block to change: taken out of the cache so the caller holds the only reference
+    /// and changes it in place (no copy per bit set); writeMetaBlock / writeMetaRange put it back.
+    func takeMetaBlock(_ block: UInt32) throws(FSError) -> [UInt8] {
+        let bytes = try metaBlock(block)
+        cache.removeValue(forKey: block)
+        return bytes
+    }
+
     /// Replaces a metadata block in the cache and on the store.
     func writeMetaBlock(_ block: UInt32, _ bytes: [UInt8]) throws(FSError) {
         try checkBlock(block, "metadata write")
@@ -248,7 +256,7 @@ public final class Ext2FileSystem: FileSystem {
     func storeInode(_ number: InodeNumber, _ inode: Inode) throws(FSError) {
         try checkInodeNumber(number)
         let (block, offset) = inodeLocation(number)
-        var bytes = try metaBlock(block)
+        var bytes = try takeMetaBlock(block)
         bytes.replaceSubrange(offset..<(offset + geometry.inodeSize), with: inode.raw)
         try writeMetaRange(block, bytes, offset: offset, count: geometry.inodeSize)
     }

@@ -71,6 +71,53 @@ final class Ext2OperationTests: Ext2TestCase {
         XCTAssertFalse(listing.contains("file-with-a-long-name-7 "))
     }
 
+    /// Revision 0 (128-byte inodes, no features) and revision 1 without any optional feature
+    /// (no filetype byte in entries, no large_file: 2 GiB - 1 is the largest file).
+    func testRevisionZeroAndFeaturelessImages() throws {
+        for options in [["-r", "0"], ["-O", "^filetype,^large_file,^resize_inode,^dir_index,^ext_attr,^sparse_super"]] {
+            let image = try makeImage("plain-\(options[0]).img", blockSize: 1024, kib: 4096, options: options)
+            let fs = try mount(image)
+            let dir = try fs.makeDirectory("dir", in: fs.rootInode, permissions: 0o755, uid: 1, gid: 2)
+            let file = try fs.create("file", in: dir, type: .regular, permissions: 0o600, uid: 1, gid: 2)
+            let data = pattern(300_000, seed: 11)
+            XCTAssertEqual(try fs.write(file, at: 0, data), data.count)
+            _ = try fs.makeSymbolicLink("link", in: dir, target: Array(String(repeating: "z", count: 100).utf8), uid: 0, gid: 0)
+            XCTAssertNil(try fs.rename("file", in: dir, to: "renamed", in: fs.rootInode))
+            XCTAssertEqual(try fs.entries(dir).map(\.type), [.unknown, .unknown, .unknown], "no filetype byte: types unknown")
+            XCTAssertFSError(.fileTooLarge, try fs.write(file, at: UInt64(Int32.max), [1]))
+            XCTAssertFSError(.fileTooLarge, try fs.truncate(file, to: 1 << 31))
+            try fs.unmount()
+            try assertClean(image)
+            XCTAssertEqual(try debugfsContents(image, "/renamed"), data)
+        }
+    }
+
+    /// EXT2_LINK_MAX (32000): one more name or subdirectory is EMLINK. The counts are set near the
+    /// limit with debugfs rather than made one by one.
+    func testLinkLimit() throws {
+        let image = try makeImage()
+        let setup = try mount(image)
+        _ = try setup.create("f", in: setup.rootInode, type: .regular, permissions: 0o644, uid: 0, gid: 0)
+        _ = try setup.makeDirectory("d", in: setup.rootInode, permissions: 0o755, uid: 0, gid: 0)
+        try setup.unmount()
+        _ = try runTool("/usr/sbin/debugfs", ["-w", "-R", "sif /f links_count 31999", image])
+        _ = try runTool("/usr/sbin/debugfs", ["-w", "-R", "sif /d links_count 32000", image])
+        let fs = try mount(image)
+        let f = try fs.resolve("/f")
+        try fs.link(f, as: "g", in: fs.rootInode)
+        XCTAssertEqual(try fs.attributes(of: f).linkCount, 32000)
+        XCTAssertFSError(.tooManyLinks, try fs.link(f, as: "h", in: fs.rootInode))
+        XCTAssertFSError(.tooManyLinks, try fs.makeDirectory("sub", in: fs.resolve("/d"), permissions: 0o755, uid: 0, gid: 0))
+        // A 255-byte name is the longest ext2 stores.
+        let longest = try FileName(String(repeating: "n", count: 255))
+        let node = try fs.create(longest, in: fs.rootInode, type: .characterDevice, permissions: 0o600, uid: 0, gid: 0)
+        XCTAssertEqual(try fs.lookup(longest, in: fs.rootInode), node)
+        XCTAssertEqual(try fs.attributes(of: node).type, .characterDevice)
+        XCTAssertFSError(.fileNameTooLong, try FileName(String(repeating: "n", count: 256)))
+        try fs.unmount()
+        XCTAssertTrue(try debugfs(image, "ls /").contains(String(repeating: "n", count: 255)))
+    }
+
     /// readDirectory resumes from a cookie with neither loss nor repetition.
     func testReadDirectoryCookiesResume() throws {
         let image = try makeImage()
