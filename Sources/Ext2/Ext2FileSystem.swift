@@ -21,6 +21,9 @@ public final class Ext2FileSystem: FileSystem {
     /// Groups whose descriptor changed since the table was last written.
     var dirtyDescriptorBlocks = Set<Int>()
     var mounted = true
+    /// Inodes whose last name went in this mount and that are not evicted yet. The VFS evicts
+    /// each before unmount; unmount frees any it missed so the image stays consistent.
+    var unlinkedInodes = Set<InodeNumber>()
 
     /// Write-through cache of metadata blocks, dropped wholesale when it grows past its limit.
     var cache: [UInt32: [UInt8]] = [:]
@@ -324,6 +327,10 @@ public final class Ext2FileSystem: FileSystem {
     public func unmount() throws(FSError) {
         try checkMounted()
         if !isReadOnly {
+            for number in unlinkedInodes.sorted() {
+                log("ext2: inode \(number) was unlinked but never evicted; freeing it at unmount")
+                do throws(FSError) { try evict(number) } catch { log("ext2: could not free inode \(number): \(error)") }
+            }
             try flushMetadata()
             // Cleanly unmounted (ext2 s_state EXT2_VALID_FS).
             superblock.state |= Superblock.validFS

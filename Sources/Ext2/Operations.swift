@@ -440,6 +440,7 @@ extension Ext2FileSystem {
             try removeEntry(location, in: directory, &parent)
             inode = try loadInode(number)
             if inode.linksCount > 0 { inode.linksCount -= 1 }
+            if inode.linksCount == 0 { unlinkedInodes.insert(number) }
             inode.changeTime = Self.now()
             try storeInode(number, inode)
             return number
@@ -462,6 +463,7 @@ extension Ext2FileSystem {
             try removeEntry(location, in: directory, &parent)
             inode = try loadInode(number)
             inode.linksCount = 0
+            unlinkedInodes.insert(number)
             inode.changeTime = Self.now()
             try storeInode(number, inode)
             return number
@@ -550,6 +552,7 @@ extension Ext2FileSystem {
                 } else if inode.linksCount > 0 {
                     inode.linksCount -= 1
                 }
+                if inode.linksCount == 0 { unlinkedInodes.insert(number) }
                 inode.changeTime = Self.now()
                 try storeInode(number, inode)
             }
@@ -577,6 +580,7 @@ extension Ext2FileSystem {
         guard !isReadOnly else { return }
         try change { () throws(FSError) in
             try checkInodeNumber(number)
+            unlinkedInodes.remove(number)
             var inode = try loadInode(number)
             guard inode.linksCount == 0, inode.mode != 0, number >= InodeNumber(geometry.firstInode) else { return }
             // Only files, directories and slow symlinks hold block pointers in i_block; fast

@@ -26,12 +26,14 @@ struct Ext2Command: ParsableCommand {
     var firstIteration: UInt64 = 0
     @Option(help: "Block size of the image (1024, 2048 or 4096).")
     var blockSize = 1024
+    @Option(help: "Image size in KiB (above 8192 with 1 KiB blocks, the image has several groups).")
+    var imageKib = 1024
 
     func run() throws {
         let seed = self.seed ?? randomSeed()
         guard [1024, 2048, 4096].contains(blockSize) else { throw ValidationError("--block-size: 1024, 2048 or 4096") }
         let template: Ext2Template
-        do { template = try Ext2Template(blockSize: blockSize) } catch {
+        do { template = try Ext2Template(blockSize: blockSize, kib: imageKib) } catch {
             print("limitless-fuzz ext2: setup failed: \(error)")
             throw ExitCode(2)
         }
@@ -43,7 +45,7 @@ struct Ext2Command: ParsableCommand {
             var random = SplitMix64(seed: seed, iteration: iteration)
             if let violation = fuzz.iterate(&random) {
                 print("INVARIANT VIOLATION: \(violation)")
-                print("reproduce: limitless-fuzz ext2 --seed \(seed) --first-iteration \(iteration) --iterations 1 --block-size \(blockSize)")
+                print("reproduce: limitless-fuzz ext2 --seed \(seed) --first-iteration \(iteration) --iterations 1 --block-size \(blockSize) --image-kib \(imageKib)")
                 throw ExitCode(1)
             }
         }
@@ -62,7 +64,7 @@ struct Ext2Template {
     /// Superblock to the end of the first inode table, plus every directory and indirect block.
     let metadataBlocks: [Int]
 
-    init(blockSize: Int) throws {
+    init(blockSize: Int, kib: Int) throws {
         let mke2fs = ["/usr/sbin/mke2fs", "/sbin/mke2fs", "/usr/bin/mke2fs"].first { FileManager.default.isExecutableFile(atPath: $0) }
         guard let mke2fs else { throw FuzzSetupError("mke2fs not found (install e2fsprogs)") }
         let directory = NSTemporaryDirectory() + "limitless-fuzz-ext2-\(getpid())"
@@ -81,7 +83,7 @@ struct Ext2Template {
         let path = directory + "/image"
         let process = Process()
         process.executableURL = URL(fileURLWithPath: mke2fs)
-        process.arguments = ["-q", "-t", "ext2", "-b", "\(blockSize)", "-I", "128", "-N", "128", "-d", tree, "-F", path, "1024k"]
+        process.arguments = ["-q", "-t", "ext2", "-b", "\(blockSize)", "-I", "128", "-N", "128", "-d", tree, "-F", path, "\(kib)k"]
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
