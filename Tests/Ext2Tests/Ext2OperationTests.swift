@@ -118,6 +118,25 @@ final class Ext2OperationTests: Ext2TestCase {
         XCTAssertTrue(try debugfs(image, "ls /").contains(String(repeating: "n", count: 255)))
     }
 
+    /// A directory of more than 12 blocks maps its later blocks through an indirect block.
+    func testDirectoryBeyondTheDirectBlocks() throws {
+        let image = try makeImage(blockSize: 1024, kib: 8192)
+        let fs = try mount(image)
+        let dir = try fs.makeDirectory("big", in: fs.rootInode, permissions: 0o755, uid: 0, gid: 0)
+        let names = (0..<600).map { String(repeating: "q", count: 56) + String(format: "%04d", $0) }
+        for name in names { _ = try fs.create(try FileName(name), in: dir, type: .regular, permissions: 0o644, uid: 0, gid: 0) }
+        XCTAssertGreaterThan(try fs.attributes(of: dir).size, 12 * 1024)
+        XCTAssertEqual(try fs.entries(dir).count, 602)
+        XCTAssertNoThrow(try fs.lookup(try FileName(names[599]), in: dir))
+        try fs.sync()
+        try assertClean(image)
+        for name in names { try fs.evict(try fs.unlink(try FileName(name), in: dir)) }
+        XCTAssertEqual(try fs.removeDirectory("big", in: fs.rootInode), dir)
+        try fs.evict(dir)
+        try fs.unmount()
+        try assertClean(image)
+    }
+
     /// readDirectory resumes from a cookie with neither loss nor repetition.
     func testReadDirectoryCookiesResume() throws {
         let image = try makeImage()
@@ -410,6 +429,13 @@ final class Ext2OperationTests: Ext2TestCase {
         XCTAssertEqual(changed.permissions, 0o4751)
         XCTAssertEqual(changed.uid, 70000)
         XCTAssertEqual(changed.modificationTime, FileTime(seconds: 1_234_567_890, nanoseconds: 123_456_789))
+        // Times before 1970 and past 2038 round-trip in 256-byte inodes (epoch bits); absurd ones
+        // are stored truncated, not trapped on.
+        for seconds: Int64 in [-1, -2_000_000_000, 5_000_000_000, Int64.max, Int64.min] {
+            let set = try fs.setAttributes(of: file, AttributeChanges(modificationTime: FileTime(seconds: seconds, nanoseconds: 999_999_999)))
+            if seconds > -(1 << 33) && seconds < 1 << 33 { XCTAssertEqual(set.modificationTime, FileTime(seconds: seconds, nanoseconds: 999_999_999)) }
+        }
+        _ = try fs.setAttributes(of: file, AttributeChanges(modificationTime: FileTime(seconds: 1_234_567_890, nanoseconds: 123_456_789)))
         let node = try fs.create("pipe", in: fs.rootInode, type: .fifo, permissions: 0o600, uid: 1, gid: 1)
         XCTAssertEqual(try fs.attributes(of: node).type, .fifo)
         XCTAssertFSError(.invalidArgument, try fs.create("d", in: fs.rootInode, type: .directory, permissions: 0o600, uid: 1, gid: 1))
