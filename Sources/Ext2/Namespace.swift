@@ -167,7 +167,8 @@ extension Ext2FileSystem {
             if current == ancestor { return true }
             if current == rootInode { return false }
             guard seen.insert(current).inserted else { throw corrupt("directory \(directory): the \"..\" chain loops at \(current)") }
-            let inode = try self.directory(current)
+            let inode = try liveInode(current)
+            guard inode.isDirectory else { throw corrupt("a \"..\" entry names inode \(current), which is not a directory") }
             guard let location = try findEntry(.dotDot, in: current, inode) else {
                 throw corrupt("directory \(current) has no \"..\" entry")
             }
