@@ -485,6 +485,37 @@ final class Ext2OperationTests: Ext2TestCase {
         XCTAssertEqual(try debugfsContents(image, "/small"), chunk)
     }
 
+    /// Running out of inodes is ENOSPC too, and nothing leaks on the way.
+    func testInodeExhaustion() throws {
+        let image = try makeImage(blockSize: 1024, kib: 2048, options: ["-N", "32"])
+        let fs = try mount(image)
+        var made: [FileName] = []
+        while true {
+            let name = try FileName("n\(made.count)")
+            do {
+                if made.count % 3 == 0 {
+                    _ = try fs.makeDirectory(name, in: fs.rootInode, permissions: 0o755, uid: 0, gid: 0)
+                } else {
+                    _ = try fs.create(name, in: fs.rootInode, type: .regular, permissions: 0o644, uid: 0, gid: 0)
+                }
+                made.append(name)
+            } catch {
+                XCTAssertEqual(error.errno, .noSpace)
+                break
+            }
+        }
+        XCTAssertEqual(try fs.statistics().freeInodes, 0)
+        XCTAssertGreaterThan(made.count, 10)
+        try fs.sync()
+        try assertClean(image)
+        for (index, name) in made.enumerated() {
+            try fs.evict(index % 3 == 0 ? try fs.removeDirectory(name, in: fs.rootInode) : try fs.unlink(name, in: fs.rootInode))
+        }
+        XCTAssertEqual(try fs.statistics().freeInodes, 32 - 11)
+        try fs.unmount()
+        try assertClean(image)
+    }
+
     func testStatisticsAgreeWithDumpe2fs() throws {
         let image = try makeImage(blockSize: 2048, kib: 8192)
         let fs = try mount(image)
