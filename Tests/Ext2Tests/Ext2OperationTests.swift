@@ -204,6 +204,23 @@ final class Ext2OperationTests: Ext2TestCase {
         }
     }
 
+    /// 64 KiB blocks: a record spanning a whole block stores rec_len 65535 (ext2 EXT2_MAX_REC_LEN).
+    func testSixtyFourKiBBlocks() throws {
+        let image = try makeImage(blockSize: 65536, kib: 32768)
+        let fs = try mount(image)
+        let dir = try fs.makeDirectory("d", in: fs.rootInode, permissions: 0o755, uid: 0, gid: 0)
+        for index in 0..<100 { _ = try fs.create(try FileName("f\(index)"), in: dir, type: .regular, permissions: 0o644, uid: 0, gid: 0) }
+        for index in 0..<100 where index % 2 == 1 { try fs.evict(try fs.unlink(try FileName("f\(index)"), in: dir)) }
+        let file = try fs.lookup("f0", in: dir)
+        let data = pattern(200_000, seed: 64)
+        XCTAssertEqual(try fs.write(file, at: 70_000, data), data.count)
+        XCTAssertEqual(try fs.read(file, at: 70_000, count: data.count), data)
+        XCTAssertEqual(try fs.entries(dir).count, 52)
+        try fs.unmount()
+        try assertClean(image)
+        XCTAssertEqual(Array(try debugfsContents(image, "/d/f0").suffix(data.count)), data)
+    }
+
     /// 1 KiB blocks: 12 direct, 256 single, 65536 double, then triple indirect blocks.
     func testLargeAndSparseFilesReachTripleIndirectBlocks() throws {
         let image = try makeImage(blockSize: 1024, kib: 16384, options: ["-I", "128"])
