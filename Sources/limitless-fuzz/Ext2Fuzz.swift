@@ -92,7 +92,12 @@ struct Ext2Template {
         let path = directory + "/image"
         let process = Process()
         process.executableURL = URL(fileURLWithPath: mke2fs)
-        process.arguments = ["-q", "-t", "ext2", "-b", "\(blockSize)", "-I", "128", "-N", "256", "-d", tree, "-F", path, "\(kib)k"]
+        // A fixed UUID, hash seed and creation time, so the image (and an iteration's damage)
+        // is the same on every run: --seed and --first-iteration reproduce a failure.
+        let uuid = "6e1f9c3a-1d2b-4c5d-8e9f-0a1b2c3d4e5f"
+        process.arguments = ["-q", "-t", "ext2", "-b", "\(blockSize)", "-I", "128", "-N", "256", "-U", uuid, "-E", "hash_seed=\(uuid)",
+                             "-d", tree, "-F", path, "\(kib)k"]
+        process.environment = ProcessInfo.processInfo.environment.merging(["E2FSPROGS_FAKE_TIME": "1700000000"]) { $1 }
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
