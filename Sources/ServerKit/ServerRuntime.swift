@@ -66,6 +66,8 @@ public final class ServerRuntime: @unchecked Sendable {
     /// a second, so under a flood the warnings do not take the places of the records themselves.
     private let lastDropReport = Atomic<UInt64>(0)
     private let registered = Atomic<Bool>(false)
+    /// Notices about the servers this one depends on (`onDependencyChange`).
+    let dependencies = DependencyWatch()
 
     /// Reads the environment and the inherited descriptors (`ServerEnvironment.current`), and
     /// sets up the runtime. `standaloneName` names the server when no supervisor started it.
@@ -206,6 +208,15 @@ public final class ServerRuntime: @unchecked Sendable {
         switch received.message.type {
         case .supervisorCapabilityGrant where !received.message.flags.contains(.reply):
             applyGrant(received.message, payload: received.payload, descriptor: received.descriptor)
+        case .supervisorDependencyState:
+            if received.descriptor >= 0 { _ = Glibc.close(received.descriptor) }
+            let notice = received.payload.withUnsafeBytes { DependencyNotice(message: received.message, payload: $0) }
+            guard let notice else {
+                log(.warning, "ignored a malformed dependency notice (state \(received.message.param1))")
+                return
+            }
+            log(notice.state == .up ? .info : .warning, "\(notice)")
+            dependencies.deliver(notice)
         default:
             if received.descriptor >= 0 { _ = Glibc.close(received.descriptor) }
             log(.debug, "ignored \(received.message.type) from the supervisor")
@@ -375,6 +386,9 @@ public final class ServerRuntime: @unchecked Sendable {
                 if stopRequested.load(ordering: .relaxed) { return .requested }
                 if entries[0].revents != 0 {
                     drainStop()
+                    // What the supervisor sent before the signal (a dependency's "failed" notice
+                    // comes just before SIGTERM) is handled first, not lost.
+                    if entries.count > 1 { try? pollSupervisor() }
                     return .signal
                 }
                 if entries.count > 1, entries[1].revents != 0 {

@@ -320,6 +320,7 @@ public final class Supervisor: @unchecked Sendable {
                 defer { header.deallocate() }
                 reply.encode(into: header)
                 _ = CL_ipc_send(server.channel, header.baseAddress, Message.headerSize, nil, 0, nil, 0, CL_MSG_NOSIGNAL | CL_MSG_DONTWAIT)
+                notifyDependents(of: server, .up)
             case .supervisorHeartbeat:
                 server.lastHeartbeat = .now
             case .supervisorLog:

@@ -54,6 +54,9 @@ extension Supervisor {
         server.stopRequested = false
         server.lastExit = requested ? "stopped on request (\(text))" : text
         note(server, requested || !exit.isFailure ? .info : .error, "instance \(server.instance) \(server.lastExit!)")
+        // Dependents still running are told (a stop on request has stopped them first, unless it
+        // is a restart of this server alone).
+        notifyDependents(of: server, .down)
 
         if server.restartRequested {
             server.restartRequested = false
@@ -81,6 +84,7 @@ extension Supervisor {
             let dependents = configuration.dependencies.dependents(of: server.name)
             note(server, .critical, "failed: \(count) restarts in \(DurationText.format(period)); not restarting"
                 + (dependents.isEmpty ? "" : "; stopping \(dependents.joined(separator: ", "))"))
+            notifyDependents(of: server, .failed)
             for name in dependents {
                 guard let dependent = byName[name] else { continue }
                 dependent.wanted = false
@@ -295,6 +299,7 @@ extension Supervisor {
         case .failed:
             server.wanted = false
             server.state = .failed
+            notifyDependents(of: server, .failed)
             for name in configuration.dependencies.dependents(of: server.name) { byName[name]?.wanted = false }
         }
     }

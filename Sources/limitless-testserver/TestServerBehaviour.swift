@@ -66,6 +66,11 @@ struct TestServerBehaviour {
             if fd >= 0 { close(fd) }
         }
 
+        // Dependencies going down and up: this server keeps running and says so.
+        runtime.onDependencyChange { notice in
+            print("dependency: \(notice.name) \(notice.state)")
+            fflush(nil)
+        }
         try runtime.register()
         say("registered: \(runtime.name) instance \(runtime.instance)")
         runtime.log(.info, "limitless-testserver instance \(runtime.instance) serving")
