@@ -253,6 +253,12 @@ public final class IPCClient {
         return (header, Self.copy(received, into: reply))
     }
 
+    /// `awaitReply` into the caller's buffer (the allocation-free form; for `ReconnectingIPCClient`).
+    func awaitReply(sequence: UInt32, into reply: UnsafeMutableRawBufferPointer, timeout: Duration?) throws(IPCError) -> (Message, Int) {
+        let (header, received) = try replyTo(sequence: sequence, timeout: timeout)
+        return (header, Self.copy(received, into: reply))
+    }
+
     func awaitReply(sequence: UInt32, timeout: Duration?) throws(IPCError) -> Reply {
         let (message, payload) = try replyTo(sequence: sequence, timeout: timeout)
         return Reply(message: message, payload: Array(payload))
