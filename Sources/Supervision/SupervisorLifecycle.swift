@@ -34,6 +34,8 @@ extension Supervisor {
         server.registered = false
         server.deadline = nil
         server.killSent = false
+        // The descriptors went with the process: nothing left to confirm.
+        server.pendingRevokes = [:]
 
         var exit: ServerExit
         var text: String
@@ -96,6 +98,7 @@ extension Supervisor {
 
     func checkDeadlines() {
         let now = ContinuousClock.now
+        checkRevokeDeadlines(now: now)
         for server in servers {
             switch server.state {
             case .starting where server.isAlive:
@@ -183,7 +186,7 @@ extension Supervisor {
     }
 
     func launch(_ server: ServerProcess) {
-        let config = server.configuration
+        let config = server.effectiveConfiguration
         // Device capabilities first: a server whose devices cannot be opened does not start.
         var provided = options.capabilityDescriptors(config)
         if let provider = options.capabilityProvider {

@@ -43,6 +43,8 @@ struct LimitlessTestServer: ParsableCommand {
     var corruptCheckpoint = false
     @Flag(help: "Ignore SIGTERM (the supervisor must SIGKILL).")
     var ignoreSigterm = false
+    @Flag(help: "Do not confirm capability revokes (the supervisor must restart it without them).")
+    var ignoreRevoke = false
     @Option(help: "Save TEXT as the checkpoint before registering.")
     var saveCheckpoint: String?
     @Flag(help: "Print the checkpoint and exit 0 without registering.")
@@ -65,6 +67,7 @@ struct LimitlessTestServer: ParsableCommand {
     func run() throws {
         var options = ServerRuntime.Options()
         if ignoreSigterm { options.stopSignals = [SIGINT] }
+        if ignoreRevoke { options.acknowledgeRevocations = false }
         let runtime: ServerRuntime
         do {
             runtime = try ServerRuntime(standaloneName: name, options: options)

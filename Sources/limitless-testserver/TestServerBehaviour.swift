@@ -66,6 +66,16 @@ struct TestServerBehaviour {
             if fd >= 0 { close(fd) }
         }
 
+        if !runtime.capabilityNames.isEmpty {
+            say("capabilities: " + runtime.capabilityNames.joined(separator: ","))
+        }
+        // Grants and revokes at run time: what the descriptor is, to show it is the real thing.
+        runtime.onCapabilityChange { change in
+            var line = "capability: \(change.name) " + (change.granted ? "granted" : "revoked")
+            if change.fd >= 0 { line += " fd \(change.fd) (\(Self.describe(descriptor: change.fd)))" }
+            print(line)
+            fflush(nil)
+        }
         // Dependencies going down and up: this server keeps running and says so.
         runtime.onDependencyChange { notice in
             print("dependency: \(notice.name) \(notice.state)")
@@ -94,6 +104,13 @@ struct TestServerBehaviour {
         runtime.shutdown()
         endpoint?.stop()
         return 0
+    }
+
+    /// What /proc/self/fd/N points at (`/dev/null`, `/memfd:NAME (deleted)`, `anon_inode:[eventfd]`).
+    static func describe(descriptor: Int32) -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        let count = readlink("/proc/self/fd/\(descriptor)", &buffer, buffer.count - 1)
+        return count > 0 ? String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self) : "unknown"
     }
 
     private func crash() -> Never {
