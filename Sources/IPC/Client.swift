@@ -52,6 +52,13 @@ public final class IPCClient {
     private var overflow: [Reply] = []
     private var overflowCount = 0  // overflow.count, read without touching the array
 
+    // Ring hooks (ClientRing.swift).
+    /// The attached shared-memory ring; unmanaged so the per-message path touches no count.
+    var ringChannel: Unmanaged<ClientRing>?
+    /// While set, a descriptor arriving with a reply is kept in `keptDescriptor`, not closed.
+    var keepDescriptors = false
+    var keptDescriptor: Int32 = -1
+
     private init(endpoint: IPCEndpoint, fd: Int32) {
         self.endpoint = endpoint
         self.fd = fd
@@ -70,6 +77,8 @@ public final class IPCClient {
     }
 
     deinit {
+        ringChannel?.release()
+        closeDescriptor(keptDescriptor)
         closeDescriptor(fd)
         receiveBuffer.deallocate()
         headerBuffer.deallocate()
@@ -112,7 +121,7 @@ public final class IPCClient {
         return UInt32((base + UInt64(offset) % period) % period + 1)
     }
 
-    private func nextSequence() -> UInt32 {
+    func nextSequence() -> UInt32 {
         lastSequence = Self.sequence(after: lastSequence)
         return lastSequence
     }
@@ -237,6 +246,7 @@ public final class IPCClient {
     /// answer. Thrown: transport failures, `.timedOut`.
     public func sendReceive(_ message: Message, payload: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
                             timeout: Duration? = .seconds(10)) throws(IPCError) -> Reply {
+        if ringChannel != nil, let reply = try ringSendReceive(message, payload: payload, timeout: timeout) { return reply }
         let sequence = try send(message, payload: payload)
         return try awaitReply(sequence: sequence, timeout: timeout)
     }
@@ -248,6 +258,7 @@ public final class IPCClient {
     public func sendReceive(_ message: Message, payload: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
                             into reply: UnsafeMutableRawBufferPointer,
                             timeout: Duration? = .seconds(10)) throws(IPCError) -> (Message, Int) {
+        if ringChannel != nil, let result = try ringSendReceive(message, payload: payload, into: reply, timeout: timeout) { return result }
         let sequence = try send(message, payload: payload)
         let (header, received) = try replyTo(sequence: sequence, timeout: timeout)
         return (header, Self.copy(received, into: reply))
@@ -265,7 +276,7 @@ public final class IPCClient {
     }
 
     /// Copies what fits; returns the full length.
-    private static func copy(_ payload: UnsafeRawBufferPointer, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+    static func copy(_ payload: UnsafeRawBufferPointer, into buffer: UnsafeMutableRawBufferPointer) -> Int {
         let count = min(payload.count, buffer.count)
         if count > 0 { buffer.baseAddress!.copyMemory(from: payload.baseAddress!, byteCount: count) }
         return payload.count
@@ -280,7 +291,7 @@ public final class IPCClient {
     }
 
     /// The reply with `sequence`, stashed or received (stashing others); view as `nextReply`.
-    private func replyTo(sequence: UInt32, timeout: Duration?) throws(IPCError) -> (Message, UnsafeRawBufferPointer) {
+    func replyTo(sequence: UInt32, timeout: Duration?) throws(IPCError) -> (Message, UnsafeRawBufferPointer) {
         if let stashed = takeStashed(sequence: sequence) { return stashed }
         let deadline = deadline(timeout)
         while true {
@@ -418,8 +429,16 @@ public final class IPCClient {
                 CL_ipc_recv(fd, receiveBuffer.baseAddress, receiveBuffer.count, raw.baseAddress!.assumingMemoryBound(to: Int32.self),
                             2, &fdCount, &flags, CL_MSG_DONTWAIT)
             }
-            // Servers send no descriptors in replies; any that come are closed, never leaked.
-            if fdCount > 0 { closeDescriptor(fds.0) }
+            // Servers send no descriptors in replies (but the ring attach's); any others that come
+            // are closed, never leaked.
+            if fdCount > 0 {
+                if keepDescriptors {
+                    closeDescriptor(keptDescriptor)
+                    keptDescriptor = fds.0
+                } else {
+                    closeDescriptor(fds.0)
+                }
+            }
             if fdCount > 1 { closeDescriptor(fds.1) }
             if count < 0 {
                 let code = CL_errno()
