@@ -152,6 +152,29 @@ public final class IPCClient {
         return message.sequence
     }
 
+    /// One attempt to send that never blocks (the async API's): the sequence number, or nil when
+    /// the socket buffer is full (then no sequence number is used up).
+    func trySendNow(_ message: Message, payload: UnsafeRawBufferPointer) throws(IPCError) -> UInt32? {
+        guard payload.count <= Message.maxInlinePayload else { throw .payloadTooLarge(payload.count) }
+        let previous = lastSequence
+        var message = message
+        message.sequence = nextSequence()
+        message.senderPID = 0
+        message.senderUID = 0
+        message.senderGID = 0
+        message.encode(into: headerBuffer)
+        let sent = retryingEINTR {
+            CL_ipc_send(fd, headerBuffer.baseAddress, Message.headerSize, payload.baseAddress, payload.count, nil, 0,
+                        CL_MSG_NOSIGNAL | CL_MSG_DONTWAIT)
+        }
+        if case .failure(let errno) = sent, errno == .resourceTemporarilyUnavailable || errno == .noBufferSpace {
+            lastSequence = previous
+            return nil
+        }
+        try check(sent, "sendmsg")
+        return message.sequence
+    }
+
     /// Sends bytes exactly as given (tests use it to play a misbehaving client).
     func sendRaw(_ bytes: UnsafeRawBufferPointer, descriptors: [Int32] = []) throws(IPCError) {
         let sent = descriptors.withUnsafeBufferPointer { fds in
@@ -301,7 +324,7 @@ public final class IPCClient {
         }
     }
 
-    private func receivedPayload(_ count: Int) -> UnsafeRawBufferPointer {
+    func receivedPayload(_ count: Int) -> UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: receiveBuffer.baseAddress! + Message.headerSize, count: count)
     }
 
@@ -309,7 +332,7 @@ public final class IPCClient {
 
     /// Keeps the reply just received into `receiveBuffer`: in a slot while one is free and
     /// nothing has spilled (so slots always hold older replies than `overflow`), else in `overflow`.
-    private func stash(_ message: Message, payloadCount: Int) {
+    func stash(_ message: Message, payloadCount: Int) {
         let payload = receivedPayload(payloadCount)
         guard overflowCount == 0, stashFreeCount > 0 else {
             overflow.append(Reply(message: message, payload: Array(payload)))
@@ -336,7 +359,7 @@ public final class IPCClient {
 
     /// Removes and returns the oldest stashed reply (with `sequence`, if given). The payload view
     /// is valid until the next `stash`.
-    private func takeStashed(sequence: UInt32?) -> (Message, UnsafeRawBufferPointer)? {
+    func takeStashed(sequence: UInt32?) -> (Message, UnsafeRawBufferPointer)? {
         if stashCount == 0 && overflowCount == 0 { return nil }
         for position in 0..<stashCount {
             let slot = stashOrder[position]
@@ -423,6 +446,14 @@ public final class IPCClient {
                 throw .systemCall("poll", Errno(rawValue: CL_errno()))
             }
             if ready == 0 { continue }  // the deadline check above decides
+            if let received = try receiveAvailable() { return received }
+        }
+    }
+
+    /// One datagram if one is there (never waits): decoded into `receiveBuffer`, returning the
+    /// header and the inline payload length; nil when there is none yet.
+    func receiveAvailable() throws(IPCError) -> (Message, Int)? {
+        while true {
             var fds: (Int32, Int32) = (-1, -1)
             var fdCount: Int32 = 0, flags: Int32 = 0
             let count = withUnsafeMutableBytes(of: &fds) { raw in
@@ -442,7 +473,8 @@ public final class IPCClient {
             if fdCount > 1 { closeDescriptor(fds.1) }
             if count < 0 {
                 let code = CL_errno()
-                if code == EAGAIN || code == EINTR { continue }
+                if code == EINTR { continue }
+                if code == EAGAIN { return nil }
                 if code == ECONNRESET { throw .disconnected }
                 throw .systemCall("recvmsg", Errno(rawValue: code))
             }

@@ -41,8 +41,21 @@ final class ChildServer {
         env.append(strdup("LIMITLESS_RUNTIME_DIR=\(directory)"))
         env.append(nil)
         defer { env.forEach { free($0) } }
+        // An empty signal mask and default dispositions: a test thread (a Swift concurrency
+        // worker, say) may block SIGTERM, and the child would inherit that and never stop.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for signal in [SIGTERM, SIGINT, SIGPIPE, SIGCHLD] { sigaddset(&defaults, signal) }
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var pid = pid_t()
-        let result = posix_spawn(&pid, program, &actions, nil, argv, env)
+        let result = posix_spawn(&pid, program, &actions, &attributes, argv, env)
         guard result == 0 else { throw XCTSkip("posix_spawn(limitless-testserver) failed: \(result)") }
         self.pid = pid
     }
@@ -54,11 +67,24 @@ final class ChildServer {
         wait()
     }
 
-    /// SIGTERM (an orderly stop), then reaps it.
-    func terminate() {
+    /// SIGTERM (an orderly stop), then reaps it; SIGKILL (and a test failure) if it has not
+    /// exited within a generous guard time, so a server deaf to SIGTERM fails the test instead of
+    /// hanging it.
+    func terminate(file: StaticString = #filePath, line: UInt = #line) {
         guard !reaped else { return }
         _ = Glibc.kill(pid, SIGTERM)
-        wait()
+        let deadline = ContinuousClock.now + .seconds(60)
+        var status: Int32 = 0
+        while ContinuousClock.now < deadline {
+            let result = waitpid(pid, &status, WNOHANG)
+            if result == pid || (result < 0 && errno == ECHILD) {
+                reaped = true
+                return
+            }
+            usleep(10_000)
+        }
+        XCTFail("limitless-testserver \(pid) did not exit within 60 s of SIGTERM", file: file, line: line)
+        kill()
     }
 
     private func wait() {
