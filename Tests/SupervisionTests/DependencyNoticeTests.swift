@@ -8,12 +8,14 @@ import XCTest
 /// running meanwhile: the real supervisor and two real limitless-testserver processes.
 extension SupervisorIntegrationTests {
     func testDependentStaysUpAndIsToldItsDependencyWentDownAndCameBack() throws {
-        // base crashes once, well after registering (the dependent is spawned in the same loop
-        // pass as base registers, so it is alive when base goes down); its second instance stays.
+        // base is killed once both run (a crash, as far as anyone can tell); its second
+        // instance stays.
         try run([
             server("user", [], depends: ["base"]),
-            server("base", first: ["--crash-after-ms", "1500"], later: []),
+            server("base", []),
         ])
+        waitFor("both running") { isRunning("user") && isRunning("base") }
+        kill(state("base").pid, SIGKILL)
         waitFor("base's second instance running") { isRunning("base", instance: 2) }
         waitFor("user told base is up again") { lines("user", .stdout).contains("dependency: base up") }
         let out = lines("user", .stdout)
@@ -38,10 +40,13 @@ extension SupervisorIntegrationTests {
     func testDependentIsToldItsDependencyFailedAndIsThenStoppedInOrder() throws {
         let policy = RestartPolicy(mode: .onFailure, initialBackoff: .milliseconds(10), maximumBackoff: .milliseconds(20),
                                    intensity: .init(restarts: 2, period: .seconds(60)))
+        // base's first instance is killed once both run; every later one exits at once.
         try run([
             server("user", [], depends: ["base"]),
-            server("base", first: ["--crash-after-ms", "1500"], later: ["--exit-code", "3"], restart: policy),
+            server("base", first: [], later: ["--exit-code", "3"], restart: policy),
         ])
+        waitFor("both running") { isRunning("user") && isRunning("base") }
+        kill(state("base").pid, SIGKILL)
         waitFor("base failed") { state("base").state == .failed }
         waitFor("user stopped") { state("user").pid == 0 && state("user").state == .inactive }
         let out = lines("user", .stdout)
