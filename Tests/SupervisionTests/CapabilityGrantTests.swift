@@ -67,7 +67,8 @@ extension SupervisorIntegrationTests {
         let revoked = respond(.revoke, ["CAP_ACPI_READ"])
         XCTAssertEqual(revoked.status, .ok, revoked.text)
         XCTAssertEqual(ServerStatus(encoded: Substring(revoked.text))?.capabilities, [])
-        XCTAssertTrue(lines("svc", .stdout).contains("capability: CAP_ACPI_READ revoked"), logText("svc"))
+        // Printed after the confirmation was sent; stdout is read in its own time.
+        waitFor("the server's revoke line") { lines("svc", .stdout).contains("capability: CAP_ACPI_READ revoked") }
         XCTAssertTrue(lines("svc", .supervisor).contains("confirmed: CAP_ACPI_READ revoked"), logText("svc"))
         // Confirmed: no restart.
         XCTAssertEqual(state("svc").instance, 1)
@@ -83,7 +84,7 @@ extension SupervisorIntegrationTests {
         try runWithGrantableCapability([configuration], revokeTimeout: .milliseconds(500))
         waitFor("svc running") { isRunning("svc") }
         XCTAssertEqual(state("svc").capabilities.map { String($0.prefix { $0 != "=" }) }, ["CAP_ACPI_READ"])
-        XCTAssertTrue(lines("svc", .stdout).contains("capabilities: CAP_ACPI_READ"), logText("svc"))
+        waitFor("the first instance's capabilities line") { lines("svc", .stdout).contains("capabilities: CAP_ACPI_READ") }
 
         try supervisor!.revoke(["CAP_ACPI_READ"], from: "svc", timeout: .seconds(90))
         waitFor("the second instance running") { isRunning("svc", instance: 2) }
@@ -91,7 +92,7 @@ extension SupervisorIntegrationTests {
         let text = logText("svc")
         XCTAssertTrue(text.contains("ignored the revoke of CAP_ACPI_READ"), text)
         XCTAssertTrue(text.contains("did not confirm revoking CAP_ACPI_READ within 500ms; restarting it without"), text)
-        XCTAssertTrue(lines("svc", .stdout).contains("registered: svc instance 2"), text)
+        waitFor("the second instance's registered line") { lines("svc", .stdout).contains("registered: svc instance 2") }
         // Only the first instance was started with it.
         XCTAssertEqual(lines("svc", .stdout).filter { $0 == "capabilities: CAP_ACPI_READ" }.count, 1, text)
         // A grant brings it back, to the running second instance.

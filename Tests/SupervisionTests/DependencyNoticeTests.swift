@@ -32,9 +32,11 @@ extension SupervisorIntegrationTests {
         let notes = lines("user", .supervisor)
         XCTAssertTrue(notes.contains("told: dependency base down (instance 1)"), logText("user"))
         XCTAssertTrue(notes.contains("told: dependency base up (instance 2)"), logText("user"))
-        let structured = lines("user", .structured)
-        XCTAssertTrue(structured.contains("dependency base down (instance 1)"), logText("user"))
-        XCTAssertTrue(structured.contains("dependency base up (instance 2)"), logText("user"))
+        // The structured records come on the channel, read beside stdout in no fixed order.
+        waitFor("ServerKit's records of both notices") {
+            let structured = lines("user", .structured)
+            return structured.contains("dependency base down (instance 1)") && structured.contains("dependency base up (instance 2)")
+        }
     }
 
     func testDependentIsToldItsDependencyFailedAndIsThenStoppedInOrder() throws {
