@@ -58,7 +58,9 @@ public final class ReconnectingIPCClient {
     /// and `.refused(type, .ENOTCONN)` for an unanswered request that is not idempotent.
     public func sendReceive(_ message: Message, payload: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
                             idempotent: Bool, timeout: Duration? = .seconds(10)) throws(IPCError) -> IPCClient.Reply {
-        try perform(message, payload: payload, idempotent: idempotent) { (client, sequence) throws(IPCError) -> IPCClient.Reply in
+        try perform(message, payload: payload, idempotent: idempotent, viaRing: { (client) throws(IPCError) -> IPCClient.Reply? in
+            try client.ringSendReceive(message, payload: payload, timeout: timeout)
+        }) { (client, sequence) throws(IPCError) -> IPCClient.Reply in
             try client.awaitReply(sequence: sequence, timeout: timeout)
         }
     }
@@ -67,7 +69,9 @@ public final class ReconnectingIPCClient {
     public func sendReceive(_ message: Message, payload: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
                             into reply: UnsafeMutableRawBufferPointer, idempotent: Bool,
                             timeout: Duration? = .seconds(10)) throws(IPCError) -> (Message, Int) {
-        try perform(message, payload: payload, idempotent: idempotent) { (client, sequence) throws(IPCError) -> (Message, Int) in
+        try perform(message, payload: payload, idempotent: idempotent, viaRing: { (client) throws(IPCError) -> (Message, Int)? in
+            try client.ringSendReceive(message, payload: payload, into: reply, timeout: timeout)
+        }) { (client, sequence) throws(IPCError) -> (Message, Int) in
             try client.awaitReply(sequence: sequence, into: reply, timeout: timeout)
         }
     }
@@ -89,7 +93,12 @@ public final class ReconnectingIPCClient {
     /// break while sending means the server never got the message (a SEQPACKET datagram is
     /// queued whole or not at all), so it is sent again whatever it is; a break while waiting
     /// replays only an idempotent request.
+    ///
+    /// With a shared-memory ring attached (`IPCClient.attachRing`, say from `onReconnect`), a
+    /// request that fits a slot goes over the ring; a break there cannot tell "not delivered"
+    /// from "not answered", so it counts as the latter.
     private func perform<T>(_ message: Message, payload: UnsafeRawBufferPointer, idempotent: Bool,
+                            viaRing: (IPCClient) throws(IPCError) -> T?,
                             _ awaitReply: (IPCClient, UInt32) throws(IPCError) -> T) throws(IPCError) -> T {
         var deadline: Int64?  // set at the first break: this request's reconnect budget
         while true {
@@ -102,6 +111,16 @@ public final class ReconnectingIPCClient {
                 if deadline != nil && monotonicNanoseconds() >= limit { throw .disconnected }
                 deadline = limit
                 client = try reconnect(deadline: limit)
+            }
+            if client.isRingAttached {
+                do throws(IPCError) {
+                    if let reply = try viaRing(client) { return reply }
+                } catch .disconnected {
+                    self.client = nil
+                    if !idempotent { throw .refused(message.type, .ENOTCONN) }
+                    replays += 1
+                    continue
+                }
             }
             let sequence: UInt32
             do throws(IPCError) {

@@ -131,4 +131,28 @@ final class ReconnectingClientTests: RuntimeDirectoryTestCase {
         XCTAssertNil(client.client)
         XCTAssertEqual(client.reconnects, 0)
     }
+
+    func testARingIsAttachedAgainOnReconnectAndUsedAcrossTheRestart() throws {
+        let log = directory + "/server.log"
+        var server: ChildServer? = try ChildServer(name: "ringed", directory: directory, log: log, extraArguments: ["--echo", "--rings", "2"])
+        let client = try ReconnectingIPCClient(name: "ringed", directory: directory, options: options)
+        try client.client?.attachRing()
+        client.onReconnect = { (fresh) throws(IPCError) in try fresh.attachRing() }
+        let first = try client.sendReceive(Message(type: .vfsRead, param1: 4), idempotent: true)
+        XCTAssertEqual(first.payload, [0, 1, 2, 3])
+        XCTAssertEqual(client.client?.ringExchanges, 1)
+        let firstPID = first.message.param2
+
+        server?.kill()
+        server = try ChildServer(name: "ringed", directory: directory, log: log, extraArguments: ["--echo", "--rings", "2"])
+        // Idempotent: replayed over the new connection's ring, answered by the new process.
+        let again = try client.sendReceive(Message(type: .vfsRead, param1: 4), idempotent: true, timeout: .seconds(60))
+        XCTAssertEqual(again.payload, [0, 1, 2, 3])
+        XCTAssertNotEqual(again.message.param2, firstPID)
+        XCTAssertEqual(again.message.param2, UInt64(server!.pid))
+        XCTAssertEqual(client.reconnects, 1)
+        XCTAssertEqual(client.client?.isRingAttached, true)
+        XCTAssertEqual(client.client?.ringExchanges, 1)
+        server?.terminate()
+    }
 }
