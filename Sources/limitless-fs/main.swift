@@ -1,1 +1,1 @@
-print("limitless-fs: not built yet")
+print("placeholder")
