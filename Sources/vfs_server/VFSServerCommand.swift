@@ -54,7 +54,8 @@ struct VFSServerCommand: ParsableCommand {
     var cachePages: Int = 4096
 
     func validate() throws {
-        if (image == nil) == (storage == nil) { throw ValidationError("give the root file system: --image PATH or --storage NAME") }
+        let roots = (image == nil ? 0 : 1) + (storage == nil ? 0 : 1) + (tmpfsMounts.contains("/") ? 1 : 0)
+        if roots != 1 { throw ValidationError("give one root file system: --image PATH, --storage NAME or --tmpfs /") }
         if MountSources.parseDuration(writebackInterval) == nil { throw ValidationError("--writeback-interval: not a duration: \(writebackInterval)") }
         for mount in imageMounts where MountSources.parseMountOption(mount) == nil {
             throw ValidationError("--mount wants /dir=IMAGE, got \(mount)")
@@ -78,6 +79,8 @@ struct VFSServerCommand: ParsableCommand {
             let root: MountSources.Mounted
             if let image {
                 root = try MountSources.image(image, readOnly: readOnly, cachePages: pages, log: log)
+            } else if storage == nil {
+                root = MountSources.tmpfs()
             } else {
                 root = try MountSources.storage(name: storage!, directory: directory, nsid: nsid, readOnly: readOnly,
                                                 cachePages: pages, log: log)
@@ -88,7 +91,7 @@ struct VFSServerCommand: ParsableCommand {
                 let mounted = try MountSources.image(path, readOnly: readOnly, cachePages: pages, log: log)
                 try service.mount(mounted.fileSystem, at: mountPoint, cache: mounted.cache, readOnly: readOnly, source: mounted.description)
             }
-            for mountPoint in tmpfsMounts {
+            for mountPoint in tmpfsMounts where mountPoint != "/" {
                 let mounted = MountSources.tmpfs()
                 try service.mount(mounted.fileSystem, at: mountPoint, source: mounted.description)
             }
