@@ -117,7 +117,7 @@ public enum DescriptorCheckpoint {
             let pid = Int32(bitPattern: try reader.u32())
             let descriptor = Int32(bitPattern: try reader.u32())
             let flags = try reader.u32()
-            let isDirectory = try reader.bytes(1)[0] != 0
+            let isDirectory = try reader.bytes(1).first != 0
             let offset = try reader.u64()
             let inode = try reader.u64()
             let length = Int(try reader.u16())

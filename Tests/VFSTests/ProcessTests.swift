@@ -1,0 +1,162 @@
+import SystemPackage
+import VFS
+import VFSCore
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The real executables: vfs_server as a process, limitless-fs as its client.
+final class ProcessTests: XCTestCase {
+    /// .build/debug (or release), where the test bundle sits next to the executables.
+    private var binaries: String {
+        let me = CommandLine.arguments.first { $0.contains(".xctest") } ?? CommandLine.arguments[0]
+        var parts = me.split(separator: "/", omittingEmptySubsequences: false)
+        while let last = parts.last, !last.hasSuffix(".xctest") { parts.removeLast() }
+        parts.removeLast()
+        return parts.joined(separator: "/")
+    }
+
+    private func executable(_ name: String) throws -> String {
+        let path = binaries + "/" + name
+        guard access(path, X_OK) == 0 else { throw XCTSkip("\(path) not built") }
+        return path
+    }
+
+    /// Starts vfs_server with `arguments`; returns its pid once the socket exists.
+    private func startServer(_ arguments: [String], directory: String) throws -> pid_t {
+        let server = try executable("vfs_server")
+        let log = directory + "/server.log"
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        let argv = ([server] + arguments + ["--runtime-dir", directory]).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        XCTAssertEqual(posix_spawn(&pid, server, &actions, nil, argv, environ), 0)
+        posix_spawn_file_actions_destroy(&actions)
+        for _ in 0..<200 {
+            if access(directory + "/vfs.sock", F_OK) == 0 { return pid }
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid {
+                throw XCTSkip("vfs_server exited at start: \(readText(log))")
+            }
+            usleep(25_000)
+        }
+        kill(pid, SIGTERM)
+        XCTFail("vfs_server did not listen: \(readText(log))")
+        return pid
+    }
+
+    private func stop(_ pid: pid_t) -> Int32 {
+        kill(pid, SIGTERM)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        return (status & 0x7F) == 0 ? (status >> 8) & 0xFF : -(status & 0x7F)
+    }
+
+    private func readText(_ path: String) -> String {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { return "" }
+        defer { close(fd) }
+        var data: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { return String(decoding: data, as: UTF8.self) }
+            data += buffer[..<n]
+        }
+    }
+
+    private func writeText(_ path: String, _ bytes: [UInt8]) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+    }
+
+    private func fsTool(_ directory: String, _ arguments: String...) throws -> (Int32, String) {
+        runProgram(try executable("limitless-fs"), arguments + ["--runtime-dir", directory])
+    }
+
+    /// limitless-fs commands against a running server; `root` is where to work.
+    private func exerciseTool(_ directory: String, under base: String) throws {
+        var generator = SystemRandomNumberGenerator()
+        let local = directory + "/local.bin"
+        let content = (0..<300_000).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        writeText(local, content)
+        XCTAssertEqual(try fsTool(directory, "mkdir", "-p", "\(base)/x/y/z").0, 0)
+        XCTAssertEqual(try fsTool(directory, "mkdir", "-p", "\(base)/x/y").0, 0, "mkdir -p of an existing directory")
+        XCTAssertEqual(try fsTool(directory, "put", local, "\(base)/x/y/").0, 0)
+        XCTAssertEqual(try fsTool(directory, "get", "\(base)/x/y/local.bin", directory + "/back.bin").0, 0)
+        XCTAssertEqual(runProgram("/usr/bin/cmp", [local, directory + "/back.bin"]).0, 0, "put then get is byte-identical")
+        let listing = try fsTool(directory, "ls", "-l", "\(base)/x/y")
+        XCTAssertEqual(listing.0, 0)
+        XCTAssertTrue(listing.1.contains("300000 ") && listing.1.contains("local.bin") && listing.1.contains("drwxr-xr-x"), listing.1)
+        XCTAssertEqual(try fsTool(directory, "mv", "\(base)/x/y/local.bin", "\(base)/x/moved.bin").0, 0)
+        XCTAssertEqual(try fsTool(directory, "ls", "\(base)/x").1, "moved.bin\ny\n")
+        XCTAssertEqual(try fsTool(directory, "ln", "-s", "moved.bin", "\(base)/x/link").0, 0)
+        XCTAssertTrue(try fsTool(directory, "ls", "-l", "\(base)/x").1.contains("link -> moved.bin"))
+        XCTAssertEqual(try fsTool(directory, "chmod", "600", "\(base)/x/moved.bin").0, 0)
+        XCTAssertTrue(try fsTool(directory, "stat", "\(base)/x/moved.bin").1.contains("(600/-rw-------)"))
+        let removeMissing = try fsTool(directory, "rm", "\(base)/nope")
+        XCTAssertEqual(removeMissing.0, 1)
+        XCTAssertEqual(removeMissing.1, "limitless-fs: cannot remove '\(base)/nope': No such file or directory\n")
+        XCTAssertEqual(try fsTool(directory, "rmdir", "\(base)/x").1, "limitless-fs: failed to remove '\(base)/x': Directory not empty\n")
+        XCTAssertEqual(try fsTool(directory, "cat", "\(base)/x/y").1, "limitless-fs: \(base)/x/y: Is a directory\n")
+        let df = try fsTool(directory, "df", base.isEmpty ? "/" : base)
+        XCTAssertEqual(df.0, 0)
+        XCTAssertTrue(df.1.hasPrefix("Filesystem     1K-blocks"), df.1)
+        XCTAssertEqual(try fsTool(directory, "rm", "\(base)/x/moved.bin", "\(base)/x/link").0, 0)
+        XCTAssertEqual(try fsTool(directory, "rmdir", "\(base)/x/y/z", "\(base)/x/y", "\(base)/x").0, 0)
+    }
+
+    func testServerAndToolOnTmpfs() throws {
+        let directory = makeTemporaryDirectory(self)
+        let pid = try startServer(["--tmpfs", "/", "--writeback-interval", "100ms"], directory: directory)
+        try exerciseTool(directory, under: "")
+        for command in ["ls", "cat", "put", "get", "mkdir", "rm", "rmdir", "mv", "stat", "df", "ln", "chmod"] {
+            let (status, help) = try fsTool(directory, command, "--help")
+            XCTAssertEqual(status, 0, command)
+            XCTAssertTrue(help.contains("USAGE: limitless-fs \(command)"), help)
+        }
+        XCTAssertEqual(stop(pid), 0, "SIGTERM stops it cleanly")
+        let log = readText(directory + "/server.log")
+        XCTAssertTrue(log.contains("mounted tmpfs at /") && log.contains("everything unmounted cleanly"), log)
+        XCTAssertEqual(try fsTool(directory, "ls", "/").0, 1, "no server: an error, not a hang")
+    }
+
+    func testBadImageIsRefusedWithAMessage() throws {
+        let directory = makeTemporaryDirectory(self)
+        let server = try executable("vfs_server")
+        let (status, output) = runProgram(server, ["--image", directory + "/missing.img", "--runtime-dir", directory])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(output.contains("missing.img"), output)
+        writeText(directory + "/garbage.img", [UInt8](repeating: 0xA5, count: 1 << 20))
+        let (garbageStatus, garbageOutput) = runProgram(server, ["--image", directory + "/garbage.img", "--runtime-dir", directory])
+        XCTAssertNotEqual(garbageStatus, 0)
+        XCTAssertTrue(garbageOutput.contains("garbage.img") && garbageOutput.contains("ext2"), garbageOutput)
+        let (usageStatus, usage) = runProgram(server, ["--runtime-dir", directory])
+        XCTAssertEqual(usageStatus, 64)
+        XCTAssertTrue(usage.contains("give one root file system"), usage)
+    }
+
+    /// vfs_server on an mke2fs image, the tool through it, a clean stop, then e2fsck.
+    func testServerOnAnExt2ImagePassesE2fsck() throws {
+        let image = try makeExt2Image(self, blocks: 16384)
+        _ = try mountExt2OrSkip(try ImageFileStore(path: FilePath(image), readOnly: true))
+        let directory = makeTemporaryDirectory(self)
+        let pid = try startServer(["--image", image, "--tmpfs", "/tmp", "--writeback-interval", "200ms"], directory: directory)
+        try exerciseTool(directory, under: "")
+        try exerciseTool(directory, under: "/tmp")
+        XCTAssertEqual(try fsTool(directory, "mkdir", "/keep").0, 0)
+        writeText(directory + "/k", Array("kept".utf8))
+        XCTAssertEqual(try fsTool(directory, "put", directory + "/k", "/keep/k").0, 0)
+        XCTAssertEqual(stop(pid), 0)
+        guard let e2fsck = tool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
+        let (status, output) = runProgram(e2fsck, ["-fn", image])
+        XCTAssertEqual(status, 0, output)
+        if let debugfs = tool("debugfs") {
+            XCTAssertEqual(runProgram(debugfs, ["-R", "cat /keep/k", image]).1.contains("kept"), true)
+        }
+    }
+}
