@@ -7,6 +7,6 @@ public enum Ext2 {
     /// is forced read-only where reading is safe). `log` receives notes worth a line in the
     /// server's log (forced read-only, errors found in the image).
     public static func mount(store: BlockStore, readOnly: Bool, log: @escaping (String) -> Void) throws(FSError) -> FileSystem {
-        throw FSError(.notSupported, "ext2 is not built yet")
+        try Ext2FileSystem(store: store, readOnly: readOnly, log: log)
     }
 }
