@@ -98,7 +98,12 @@ public final class VFSService {
                       source: String) throws(FSError) -> Mount {
         var covered: VNode?
         if mounts.root != nil {
-            let vnode = try resolve(Array(path.utf8), .root)
+            let vnode: VNode
+            do {
+                vnode = try resolve(Array(path.utf8), .root)
+            } catch {
+                throw FSError(error.errno, "mount point \(path): \(error.errno)")
+            }
             guard try attributes(vnode).type == .directory else { throw FSError(.notDirectory, "mount point \(path) is not a directory") }
             guard vnode != (try rootVNode()) else { throw FSError(.resourceBusy, "/ is already mounted") }
             covered = vnode

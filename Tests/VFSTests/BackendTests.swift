@@ -94,7 +94,7 @@ final class BackendTests: XCTestCase {
         let fs = try mountExt2OrSkip(cache)
         let service = VFSService()
         try service.mount(fs, at: "/", cache: cache, source: "image")
-        try service.mkdir("/d".bytes, mode: 0o755, root)
+        try service.mkdir("/d".bytes, mode: 0o777, root)
         let marker = "WRITE-BACK-MARKER-" + String(repeating: "z", count: 3000)
         let fd = try service.open("/d/f".bytes, flags: OpenFlags([.create, .writeOnly]).rawValue, mode: 0o644, root)
         _ = try marker.bytes.withUnsafeBytes { try service.write(fd, from: $0, root) }

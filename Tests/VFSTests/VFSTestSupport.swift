@@ -121,9 +121,9 @@ func makeExt2Image(_ test: XCTestCase, blocks: Int = 8192, blockSize: Int = 1024
 
 /// Ext2.mount on `store`, or a skip while the ext2 library is not there yet (branch ext2 not
 /// merged: its mount throws ENOTSUP).
-func mountExt2OrSkip(_ store: BlockStore) throws -> FileSystem {
+func mountExt2OrSkip(_ store: BlockStore, readOnly: Bool = false) throws -> FileSystem {
     do {
-        return try Ext2Mount.mount(store)
+        return try Ext2Mount.mount(store, readOnly: readOnly)
     } catch let error as FSError where error.errno == .notSupported {
         throw XCTSkip("ext2 is not built on this branch yet: \(error)")
     }
@@ -131,7 +131,7 @@ func mountExt2OrSkip(_ store: BlockStore) throws -> FileSystem {
 
 import Ext2
 enum Ext2Mount {
-    static func mount(_ store: BlockStore) throws -> FileSystem {
-        try Ext2.mount(store: store, readOnly: false, log: { _ in })
+    static func mount(_ store: BlockStore, readOnly: Bool) throws -> FileSystem {
+        try Ext2.mount(store: store, readOnly: readOnly, log: { _ in })
     }
 }
