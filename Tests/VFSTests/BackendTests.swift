@@ -77,9 +77,7 @@ final class BackendTests: XCTestCase {
 
         var after = [UInt8](repeating: 0, count: bytes.count)
         try after.withUnsafeMutableBytes { try device.read(nsid: 1, lba: 0, blocks: blocks, into: $0) }
-        let checked = makeTemporaryDirectory(self) + "/device.img"
-        let out = try ImageFileStore.create(checked, after)
-        _ = out
+        let checked = try ImageFileStore.create(makeTemporaryDirectory(self) + "/device.img", after)
         guard let e2fsck = tool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
         let (status, output) = runProgram(e2fsck, ["-fn", checked])
         XCTAssertEqual(status, 0, output)
@@ -112,6 +110,47 @@ final class BackendTests: XCTestCase {
         XCTAssertEqual(service.unmountAll(), [])
         guard let e2fsck = tool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
         let (status, output) = runProgram(e2fsck, ["-fn", imagePath])
+        XCTAssertEqual(status, 0, output)
+    }
+}
+
+extension BackendTests {
+    /// Write-back observed on a MemoryBlockStore under the page cache: file data reaches the
+    /// store on the periodic tick (not before), and the rest on unmount.
+    func testPeriodicWriteBackAndUnmountReachTheStore() throws {
+        let imagePath = try makeExt2Image(self, blocks: 4096)
+        let image = try ImageFileStore(path: FilePath(imagePath), readOnly: true)
+        var bytes = [UInt8](repeating: 0, count: Int(image.capacity))
+        try bytes.withUnsafeMutableBytes { try image.read(at: 0, into: $0) }
+        let backing = MemoryBlockStore(bytes: bytes)
+        let cache = PageCache(backing: backing, pageCount: 256)
+        let service = VFSService()
+        try service.mount(try mountExt2OrSkip(cache), at: "/", cache: cache, source: "memory")
+        func onStore(_ marker: String) -> Bool {
+            let needle = Array(marker.utf8)
+            return backing.bytes.withUnsafeBufferPointer { haystack in
+                (0...(haystack.count - needle.count)).contains { start in
+                    haystack[start] == needle[0] && Array(haystack[start..<(start + needle.count)]) == needle
+                }
+            }
+        }
+        try service.writeFile("/timer", "TIMER-MARKER-" + String(repeating: "t", count: 2000))
+        XCTAssertFalse(onStore("TIMER-MARKER-"), "still only in the page cache")
+        XCTAssertGreaterThan(cache.dirtyPageCount, 0)
+        service.tick()
+        XCTAssertTrue(onStore("TIMER-MARKER-"), "the periodic write-back wrote it")
+        XCTAssertEqual(cache.dirtyPageCount, 0)
+        let flushes = backing.flushCount
+        service.tick()
+        XCTAssertEqual(backing.flushCount, flushes, "nothing written since: no write-back, no flush")
+
+        try service.writeFile("/unmount", "UNMOUNT-MARKER-" + String(repeating: "u", count: 2000))
+        XCTAssertFalse(onStore("UNMOUNT-MARKER-"))
+        XCTAssertEqual(service.unmountAll(), [])
+        XCTAssertTrue(onStore("UNMOUNT-MARKER-"), "unmount writes everything back")
+        guard let e2fsck = tool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
+        let checked = try ImageFileStore.create(makeTemporaryDirectory(self) + "/after.img", backing.bytes)
+        let (status, output) = runProgram(e2fsck, ["-fn", checked])
         XCTAssertEqual(status, 0, output)
     }
 }
