@@ -35,7 +35,7 @@ extension Ext2FileSystem {
             guard descriptors[group].freeBlocks > 0 else { continue }
             let start = geometry.groupStart(group)
             let count = Int(geometry.blocksInGroup(group))
-            var bitmap = try metaBlock(descriptors[group].blockBitmap)
+            var bitmap = try takeMetaBlock(descriptors[group].blockBitmap)
             var from = step == 0 ? Int(goal - start) : 0
             var wrapped = false
             while true {
@@ -71,13 +71,19 @@ extension Ext2FileSystem {
         }
         let group = groupOf(block: block)
         let bit = Int(block - geometry.groupStart(group))
-        var bitmap = try metaBlock(descriptors[group].blockBitmap)
+        var bitmap = try takeMetaBlock(descriptors[group].blockBitmap)
         guard bitmap[bit >> 3] & (1 << UInt8(bit & 7)) != 0 else {
             log("ext2: corrupted: block \(block) freed twice")
             return
         }
         bitmap[bit >> 3] &= ~(1 << UInt8(bit & 7))
         try writeMetaRange(descriptors[group].blockBitmap, bitmap, offset: bit >> 3, count: 1)
+        cache.removeValue(forKey: block)
+        // A count that already says the whole group is free disagrees with the bitmap.
+        guard UInt32(descriptors[group].freeBlocks) < geometry.blocksInGroup(group) else {
+            log("ext2: corrupted: group \(group) free block count exceeds the group")
+            return
+        }
         descriptors[group].freeBlocks &+= 1
         superblock.freeBlocksCount &+= 1
         descriptorChanged(group)
@@ -102,7 +108,7 @@ extension Ext2FileSystem {
         for step in 0..<geometry.groupCount { order.append((parentGroup + step) % geometry.groupCount) }
         for group in order {
             guard descriptors[group].freeInodes > 0 else { continue }
-            var bitmap = try metaBlock(descriptors[group].inodeBitmap)
+            var bitmap = try takeMetaBlock(descriptors[group].inodeBitmap)
             // Inodes below s_first_ino are reserved (root, bad blocks, resize, journal ...).
             let groupFirst = group * Int(geometry.inodesPerGroup) + 1
             let from = max(0, Int(geometry.firstInode) - groupFirst)
@@ -125,13 +131,17 @@ extension Ext2FileSystem {
         let index = Int(number - 1)
         let group = index / Int(geometry.inodesPerGroup)
         let bit = index % Int(geometry.inodesPerGroup)
-        var bitmap = try metaBlock(descriptors[group].inodeBitmap)
+        var bitmap = try takeMetaBlock(descriptors[group].inodeBitmap)
         guard bitmap[bit >> 3] & (1 << UInt8(bit & 7)) != 0 else {
             log("ext2: corrupted: inode \(number) freed twice")
             return
         }
         bitmap[bit >> 3] &= ~(1 << UInt8(bit & 7))
         try writeMetaRange(descriptors[group].inodeBitmap, bitmap, offset: bit >> 3, count: 1)
+        guard UInt32(descriptors[group].freeInodes) < geometry.inodesPerGroup else {
+            log("ext2: corrupted: group \(group) free inode count exceeds the group")
+            return
+        }
         descriptors[group].freeInodes &+= 1
         if directory && descriptors[group].usedDirectories > 0 { descriptors[group].usedDirectories -= 1 }
         superblock.freeInodesCount &+= 1

@@ -67,9 +67,8 @@ extension Ext2FileSystem {
         while depth > 0 {
             try checkFileBlock(block, "inode \(number) indirect block")
             let parent = block
-            var bytes = try metaBlock(parent)
             let offset = Int(remaining / span) * 4
-            block = bytes.le32(offset)
+            block = try metaBlock(parent).le32(offset)
             fresh = false
             if block == 0 {
                 try account()
@@ -77,6 +76,7 @@ extension Ext2FileSystem {
                 inode.blocks512 += unit
                 fresh = true
                 if depth > 1 { try writeMetaBlock(block, [UInt8](repeating: 0, count: blockSize)) }
+                var bytes = try takeMetaBlock(parent)
                 bytes.setLE32(offset, block)
                 try writeMetaRange(parent, bytes, offset: offset, count: 4)
             }

@@ -21,6 +21,9 @@ public final class Ext2FileSystem: FileSystem {
     /// Groups whose descriptor changed since the table was last written.
     var dirtyDescriptorBlocks = Set<Int>()
     var mounted = true
+    /// Inodes whose last name went in this mount and that are not evicted yet. The VFS evicts
+    /// each before unmount; unmount frees any it missed so the image stays consistent.
+    var unlinkedInodes = Set<InodeNumber>()
 
     /// Write-through cache of metadata blocks, dropped wholesale when it grows past its limit.
     var cache: [UInt32: [UInt8]] = [:]
@@ -196,6 +199,14 @@ public final class Ext2FileSystem: FileSystem {
         return bytes
     }
 
+    /// A metadata block to change: taken out of the cache so the caller holds the only reference
+    /// and changes it in place (no copy per bit set); writeMetaBlock / writeMetaRange put it back.
+    func takeMetaBlock(_ block: UInt32) throws(FSError) -> [UInt8] {
+        let bytes = try metaBlock(block)
+        cache.removeValue(forKey: block)
+        return bytes
+    }
+
     /// Replaces a metadata block in the cache and on the store.
     func writeMetaBlock(_ block: UInt32, _ bytes: [UInt8]) throws(FSError) {
         try checkBlock(block, "metadata write")
@@ -248,7 +259,7 @@ public final class Ext2FileSystem: FileSystem {
     func storeInode(_ number: InodeNumber, _ inode: Inode) throws(FSError) {
         try checkInodeNumber(number)
         let (block, offset) = inodeLocation(number)
-        var bytes = try metaBlock(block)
+        var bytes = try takeMetaBlock(block)
         bytes.replaceSubrange(offset..<(offset + geometry.inodeSize), with: inode.raw)
         try writeMetaRange(block, bytes, offset: offset, count: geometry.inodeSize)
     }
@@ -316,6 +327,10 @@ public final class Ext2FileSystem: FileSystem {
     public func unmount() throws(FSError) {
         try checkMounted()
         if !isReadOnly {
+            for number in unlinkedInodes.sorted() {
+                log("ext2: inode \(number) was unlinked but never evicted; freeing it at unmount")
+                do throws(FSError) { try evict(number) } catch { log("ext2: could not free inode \(number): \(error)") }
+            }
             try flushMetadata()
             // Cleanly unmounted (ext2 s_state EXT2_VALID_FS).
             superblock.state |= Superblock.validFS

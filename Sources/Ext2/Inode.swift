@@ -84,7 +84,9 @@ struct Inode {
         if offset >= 128 && offset - 128 + 4 > extraSize { return }
         raw.setLE32(offset, UInt32(truncatingIfNeeded: time.seconds))
         if extra - 128 + 4 <= extraSize, extra + 4 <= raw.count {
-            let epoch = UInt32(truncatingIfNeeded: (time.seconds - Int64(Int32(truncatingIfNeeded: time.seconds))) >> 32) & 3
+            // ext4-style extra epoch: the seconds word is signed, the two epoch bits extend it
+            // (wrapping arithmetic: a client may hand in any Int64).
+            let epoch = UInt32(truncatingIfNeeded: (time.seconds &- Int64(Int32(truncatingIfNeeded: time.seconds))) >> 32) & 3
             raw.setLE32(extra, epoch | (min(time.nanoseconds, 999_999_999) << 2))
         }
     }

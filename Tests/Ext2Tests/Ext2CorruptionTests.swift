@@ -131,6 +131,33 @@ final class Ext2CorruptionTests: Ext2TestCase {
         try fs.unmount()
     }
 
+    /// A store with 4096-byte sectors under 1 KiB blocks (every access widened and merged), and
+    /// one whose writes fail: EIO, no trap, and what was written before stays consistent.
+    func testLargeSectorsAndFailingWrites() throws {
+        let path = try populatedImage()
+        let store = MemoryBlockStore(bytes: try [UInt8](Data(contentsOf: URL(fileURLWithPath: path))), sectorSize: 4096)
+        let fs = try Ext2.mount(store: store, readOnly: false) { _ in }
+        let file = try fs.create("new", in: fs.rootInode, type: .regular, permissions: 0o644, uid: 0, gid: 0)
+        let data = pattern(50_000, seed: 4)
+        XCTAssertEqual(try fs.write(file, at: 333, data), data.count)
+        XCTAssertEqual(try fs.read(file, at: 333, count: data.count), data)
+        XCTAssertEqual(try fs.readAll(fs.resolve("/a/big")), pattern(300_000, seed: 1))
+        _ = try fs.makeSymbolicLink("slow2", in: fs.rootInode, target: [UInt8](repeating: 0x62, count: 300), uid: 0, gid: 0)
+        XCTAssertNil(try fs.rename("new", in: fs.rootInode, to: "moved", in: fs.resolve("/a/b")))
+        try fs.unmount()
+        try Data(store.bytes).write(to: URL(fileURLWithPath: path))
+        try assertClean(path)
+        XCTAssertEqual(try debugfsContents(path, "/a/b/moved"), [UInt8](repeating: 0, count: 333) + data)
+
+        let failing = MemoryBlockStore(bytes: store.bytes)
+        let second = try Ext2.mount(store: failing, readOnly: false) { _ in }
+        failing.failWrites = true
+        XCTAssertFSError(.ioError, try second.create("x", in: second.rootInode, type: .regular, permissions: 0o644, uid: 0, gid: 0))
+        XCTAssertFSError(.ioError, try second.write(second.resolve("/a/b/moved"), at: 0, [1, 2, 3]))
+        XCTAssertFSError(.ioError, try second.unmount())
+        failing.failWrites = false
+    }
+
     /// Random byte flips over the metadata area (superblock, descriptors, bitmaps, inode table,
     /// directory and indirect blocks): every outcome is an FSError or success, never a trap.
     func testRandomByteFlipsNeverTrap() throws {

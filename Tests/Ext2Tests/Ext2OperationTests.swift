@@ -46,6 +46,97 @@ final class Ext2OperationTests: Ext2TestCase {
         }
     }
 
+    /// A directory with an htree index (dir_index; e2fsck -D builds one) reads linearly, and
+    /// changing it drops the index flag so e2fsck and the kernel read it linearly too.
+    func testIndexedDirectoryIsReadAndChangedLinearly() throws {
+        let source = directory + "/indexed"
+        try FileManager.default.createDirectory(atPath: source + "/sub", withIntermediateDirectories: true)
+        for index in 0..<200 { try Data("\(index)".utf8).write(to: URL(fileURLWithPath: source + "/sub/file-with-a-long-name-\(index)")) }
+        let image = try makeImage(blockSize: 1024, kib: 4096, populate: source)
+        let optimize = try runTool("/usr/sbin/e2fsck", ["-fyD", image])
+        XCTAssertLessThanOrEqual(optimize.status, 1, optimize.output)
+        XCTAssertTrue(try debugfs(image, "stat /sub").contains("Flags: 0x1000"), "e2fsck -D did not index the directory")
+        let fs = try mount(image)
+        let sub = try fs.resolve("/sub")
+        XCTAssertEqual(try fs.entries(sub).count, 202)
+        XCTAssertEqual(try fs.readAll(fs.lookup("file-with-a-long-name-123", in: sub)), Array("123".utf8))
+        for index in 0..<50 { try fs.evict(try fs.unlink(try FileName("file-with-a-long-name-\(index)"), in: sub)) }
+        for index in 0..<80 { _ = try fs.create(try FileName("added-\(index)"), in: sub, type: .regular, permissions: 0o644, uid: 0, gid: 0) }
+        XCTAssertEqual(try fs.entries(sub).count, 202 - 50 + 80)
+        try fs.unmount()
+        try assertClean(image)
+        XCTAssertTrue(try debugfs(image, "stat /sub").contains("Flags: 0x0"))
+        let listing = try debugfs(image, "ls /sub")
+        XCTAssertTrue(listing.contains("added-79"))
+        XCTAssertFalse(listing.contains("file-with-a-long-name-7 "))
+    }
+
+    /// Revision 0 (128-byte inodes, no features) and revision 1 without any optional feature
+    /// (no filetype byte in entries, no large_file: 2 GiB - 1 is the largest file).
+    func testRevisionZeroAndFeaturelessImages() throws {
+        for options in [["-r", "0"], ["-O", "^filetype,^large_file,^resize_inode,^dir_index,^ext_attr,^sparse_super"]] {
+            let image = try makeImage("plain-\(options[0]).img", blockSize: 1024, kib: 4096, options: options)
+            let fs = try mount(image)
+            let dir = try fs.makeDirectory("dir", in: fs.rootInode, permissions: 0o755, uid: 1, gid: 2)
+            let file = try fs.create("file", in: dir, type: .regular, permissions: 0o600, uid: 1, gid: 2)
+            let data = pattern(300_000, seed: 11)
+            XCTAssertEqual(try fs.write(file, at: 0, data), data.count)
+            _ = try fs.makeSymbolicLink("link", in: dir, target: Array(String(repeating: "z", count: 100).utf8), uid: 0, gid: 0)
+            XCTAssertNil(try fs.rename("file", in: dir, to: "renamed", in: fs.rootInode))
+            XCTAssertEqual(try fs.entries(dir).map(\.type), [.unknown, .unknown, .unknown], "no filetype byte: types unknown")
+            XCTAssertFSError(.fileTooLarge, try fs.write(file, at: UInt64(Int32.max), [1]))
+            XCTAssertFSError(.fileTooLarge, try fs.truncate(file, to: 1 << 31))
+            try fs.unmount()
+            try assertClean(image)
+            XCTAssertEqual(try debugfsContents(image, "/renamed"), data)
+        }
+    }
+
+    /// EXT2_LINK_MAX (32000): one more name or subdirectory is EMLINK. The counts are set near the
+    /// limit with debugfs rather than made one by one.
+    func testLinkLimit() throws {
+        let image = try makeImage()
+        let setup = try mount(image)
+        _ = try setup.create("f", in: setup.rootInode, type: .regular, permissions: 0o644, uid: 0, gid: 0)
+        _ = try setup.makeDirectory("d", in: setup.rootInode, permissions: 0o755, uid: 0, gid: 0)
+        try setup.unmount()
+        _ = try runTool("/usr/sbin/debugfs", ["-w", "-R", "sif /f links_count 31999", image])
+        _ = try runTool("/usr/sbin/debugfs", ["-w", "-R", "sif /d links_count 32000", image])
+        let fs = try mount(image)
+        let f = try fs.resolve("/f")
+        try fs.link(f, as: "g", in: fs.rootInode)
+        XCTAssertEqual(try fs.attributes(of: f).linkCount, 32000)
+        XCTAssertFSError(.tooManyLinks, try fs.link(f, as: "h", in: fs.rootInode))
+        XCTAssertFSError(.tooManyLinks, try fs.makeDirectory("sub", in: fs.resolve("/d"), permissions: 0o755, uid: 0, gid: 0))
+        // A 255-byte name is the longest ext2 stores.
+        let longest = try FileName(String(repeating: "n", count: 255))
+        let node = try fs.create(longest, in: fs.rootInode, type: .characterDevice, permissions: 0o600, uid: 0, gid: 0)
+        XCTAssertEqual(try fs.lookup(longest, in: fs.rootInode), node)
+        XCTAssertEqual(try fs.attributes(of: node).type, .characterDevice)
+        XCTAssertFSError(.fileNameTooLong, try FileName(String(repeating: "n", count: 256)))
+        try fs.unmount()
+        XCTAssertTrue(try debugfs(image, "ls /").contains(String(repeating: "n", count: 255)))
+    }
+
+    /// A directory of more than 12 blocks maps its later blocks through an indirect block.
+    func testDirectoryBeyondTheDirectBlocks() throws {
+        let image = try makeImage(blockSize: 1024, kib: 8192)
+        let fs = try mount(image)
+        let dir = try fs.makeDirectory("big", in: fs.rootInode, permissions: 0o755, uid: 0, gid: 0)
+        let names = (0..<600).map { String(repeating: "q", count: 56) + String(format: "%04d", $0) }
+        for name in names { _ = try fs.create(try FileName(name), in: dir, type: .regular, permissions: 0o644, uid: 0, gid: 0) }
+        XCTAssertGreaterThan(try fs.attributes(of: dir).size, 12 * 1024)
+        XCTAssertEqual(try fs.entries(dir).count, 602)
+        XCTAssertNoThrow(try fs.lookup(try FileName(names[599]), in: dir))
+        try fs.sync()
+        try assertClean(image)
+        for name in names { try fs.evict(try fs.unlink(try FileName(name), in: dir)) }
+        XCTAssertEqual(try fs.removeDirectory("big", in: fs.rootInode), dir)
+        try fs.evict(dir)
+        try fs.unmount()
+        try assertClean(image)
+    }
+
     /// readDirectory resumes from a cookie with neither loss nor repetition.
     func testReadDirectoryCookiesResume() throws {
         let image = try makeImage()
@@ -111,6 +202,23 @@ final class Ext2OperationTests: Ext2TestCase {
             XCTAssertEqual(try again.readAll(again.resolve("/docs/notes.txt")), expected)
             try again.unmount()
         }
+    }
+
+    /// 64 KiB blocks: a record spanning a whole block stores rec_len 65535 (ext2 EXT2_MAX_REC_LEN).
+    func testSixtyFourKiBBlocks() throws {
+        let image = try makeImage(blockSize: 65536, kib: 32768)
+        let fs = try mount(image)
+        let dir = try fs.makeDirectory("d", in: fs.rootInode, permissions: 0o755, uid: 0, gid: 0)
+        for index in 0..<100 { _ = try fs.create(try FileName("f\(index)"), in: dir, type: .regular, permissions: 0o644, uid: 0, gid: 0) }
+        for index in 0..<100 where index % 2 == 1 { try fs.evict(try fs.unlink(try FileName("f\(index)"), in: dir)) }
+        let file = try fs.lookup("f0", in: dir)
+        let data = pattern(200_000, seed: 64)
+        XCTAssertEqual(try fs.write(file, at: 70_000, data), data.count)
+        XCTAssertEqual(try fs.read(file, at: 70_000, count: data.count), data)
+        XCTAssertEqual(try fs.entries(dir).count, 52)
+        try fs.unmount()
+        try assertClean(image)
+        XCTAssertEqual(Array(try debugfsContents(image, "/d/f0").suffix(data.count)), data)
     }
 
     /// 1 KiB blocks: 12 direct, 256 single, 65536 double, then triple indirect blocks.
@@ -210,11 +318,16 @@ final class Ext2OperationTests: Ext2TestCase {
         try fs.evict(file)
         XCTAssertEqual(try fs.statistics().freeBlocks, free0.freeBlocks)
         XCTAssertEqual(try fs.statistics().freeInodes, free0.freeInodes)
+        // One left unevicted is freed by unmount (and logged), so the image stays clean.
+        let forgotten = try fs.create("forgotten", in: fs.rootInode, type: .regular, permissions: 0o644, uid: 0, gid: 0)
+        try fs.write(forgotten, at: 0, data)
+        _ = try fs.unlink("forgotten", in: fs.rootInode)
         // Evict of a linked inode is a no-op.
         let kept = try fs.create("kept", in: fs.rootInode, type: .regular, permissions: 0o644, uid: 0, gid: 0)
         try fs.evict(kept)
         XCTAssertEqual(try fs.lookup("kept", in: fs.rootInode), kept)
         try fs.unmount()
+        XCTAssertTrue(logLines.contains { $0.contains("inode \(forgotten) was unlinked but never evicted") }, "\(logLines)")
         try assertClean(image)
     }
 
@@ -333,6 +446,13 @@ final class Ext2OperationTests: Ext2TestCase {
         XCTAssertEqual(changed.permissions, 0o4751)
         XCTAssertEqual(changed.uid, 70000)
         XCTAssertEqual(changed.modificationTime, FileTime(seconds: 1_234_567_890, nanoseconds: 123_456_789))
+        // Times before 1970 and past 2038 round-trip in 256-byte inodes (epoch bits); absurd ones
+        // are stored truncated, not trapped on.
+        for seconds: Int64 in [-1, -2_000_000_000, 5_000_000_000, Int64.max, Int64.min] {
+            let set = try fs.setAttributes(of: file, AttributeChanges(modificationTime: FileTime(seconds: seconds, nanoseconds: 999_999_999)))
+            if seconds > -(1 << 33) && seconds < 1 << 33 { XCTAssertEqual(set.modificationTime, FileTime(seconds: seconds, nanoseconds: 999_999_999)) }
+        }
+        _ = try fs.setAttributes(of: file, AttributeChanges(modificationTime: FileTime(seconds: 1_234_567_890, nanoseconds: 123_456_789)))
         let node = try fs.create("pipe", in: fs.rootInode, type: .fifo, permissions: 0o600, uid: 1, gid: 1)
         XCTAssertEqual(try fs.attributes(of: node).type, .fifo)
         XCTAssertFSError(.invalidArgument, try fs.create("d", in: fs.rootInode, type: .directory, permissions: 0o600, uid: 1, gid: 1))
@@ -361,7 +481,7 @@ final class Ext2OperationTests: Ext2TestCase {
                 let n = try fs.write(file, at: total, chunk)
                 total += UInt64(n)
                 if n < chunk.count { sawShortWrite = true }
-            } catch let error as FSError {
+            } catch {
                 XCTAssertEqual(error.errno, .noSpace)
                 break
             }
@@ -380,6 +500,37 @@ final class Ext2OperationTests: Ext2TestCase {
         try fs.unmount()
         try assertClean(image)
         XCTAssertEqual(try debugfsContents(image, "/small"), chunk)
+    }
+
+    /// Running out of inodes is ENOSPC too, and nothing leaks on the way.
+    func testInodeExhaustion() throws {
+        let image = try makeImage(blockSize: 1024, kib: 2048, options: ["-N", "32"])
+        let fs = try mount(image)
+        var made: [FileName] = []
+        while true {
+            let name = try FileName("n\(made.count)")
+            do {
+                if made.count % 3 == 0 {
+                    _ = try fs.makeDirectory(name, in: fs.rootInode, permissions: 0o755, uid: 0, gid: 0)
+                } else {
+                    _ = try fs.create(name, in: fs.rootInode, type: .regular, permissions: 0o644, uid: 0, gid: 0)
+                }
+                made.append(name)
+            } catch {
+                XCTAssertEqual(error.errno, .noSpace)
+                break
+            }
+        }
+        XCTAssertEqual(try fs.statistics().freeInodes, 0)
+        XCTAssertGreaterThan(made.count, 10)
+        try fs.sync()
+        try assertClean(image)
+        for (index, name) in made.enumerated() {
+            try fs.evict(index % 3 == 0 ? try fs.removeDirectory(name, in: fs.rootInode) : try fs.unlink(name, in: fs.rootInode))
+        }
+        XCTAssertEqual(try fs.statistics().freeInodes, 32 - 11)
+        try fs.unmount()
+        try assertClean(image)
     }
 
     func testStatisticsAgreeWithDumpe2fs() throws {
