@@ -190,6 +190,11 @@ public final class VFSService {
     // MARK: Descriptors
 
     public func open(_ path: [UInt8], flags rawFlags: UInt32, mode: UInt32, _ credentials: Credentials) throws(FSError) -> Int32 {
+        try open(path, flags: rawFlags, mode: mode, credentials, danglingLinksFollowed: 0)
+    }
+
+    private func open(_ path: [UInt8], flags rawFlags: UInt32, mode: UInt32, _ credentials: Credentials,
+                      danglingLinksFollowed: Int) throws(FSError) -> Int32 {
         let flags = OpenFlags(rawValue: rawFlags)
         guard flags.accessMode != 3 else { throw FSError(.invalidArgument, "access mode 3") }
         var vnode: VNode
@@ -204,7 +209,19 @@ public final class VFSService {
                 vnode = existing
                 if try attributes(existing).type == .symbolicLink {
                     if flags.contains(.noFollow) { throw FSError(.tooManySymbolicLinkLevels, "\(name) is a symlink (O_NOFOLLOW)") }
-                    vnode = try resolve(path, followFinal: true, credentials)
+                    do {
+                        vnode = try resolve(path, followFinal: true, credentials)
+                    } catch where error.errno == .noSuchFileOrDirectory {
+                        // A dangling symlink: Linux creates its target (open(2), O_CREAT). The
+                        // target is taken from the link's directory, as resolution would.
+                        guard danglingLinksFollowed < PathLimits.maxSymlinkFollows else {
+                            throw FSError(.tooManySymbolicLinkLevels, "dangling symlinks chained")
+                        }
+                        let target = try fileSystem(of: existing).readSymbolicLink(existing.inode)
+                        let directoryPart = path[..<(path.lastIndex(of: 0x2F).map { $0 + 1 } ?? 0)]
+                        let next = target.first == 0x2F ? target : Array(directoryPart) + target
+                        return try open(next, flags: rawFlags, mode: mode, credentials, danglingLinksFollowed: danglingLinksFollowed + 1)
+                    }
                 }
             } else {
                 try requireWritable(target.directory)

@@ -21,6 +21,11 @@ final class PathResolutionTests: XCTestCase {
         XCTAssertErrno(.tooManySymbolicLinkLevels, try service.stat("/loop1/x".bytes, root))
         // lstat does not follow: the loop itself is fine to look at.
         XCTAssertEqual(try service.stat("/loop1".bytes, followSymlinks: false, root).0.type, .symbolicLink)
+        // O_CREAT through a dangling symlink creates its target, as on Linux.
+        try service.symlink(target: "d/created".bytes, at: "/dangling".bytes, root)
+        let created = try service.open("/dangling".bytes, flags: OpenFlags([.create, .writeOnly]).rawValue, mode: 0o600, root)
+        try service.close(created, root)
+        XCTAssertEqual(try service.stat("/d/created".bytes, root).0.permissions, 0o600)
         // O_NOFOLLOW on a symlink: ELOOP, as Linux.
         XCTAssertErrno(.tooManySymbolicLinkLevels, try service.open("/rel".bytes, flags: OpenFlags.noFollow.rawValue, mode: 0, root))
     }
