@@ -64,6 +64,7 @@ public final class VFSClient {
         return reply
     }
 
+    @discardableResult
     private func pathMessage(_ type: MessageType, _ path: String, param1: UInt64 = 0, param2: UInt64 = 0) throws(VFSError) -> IPCClient.Reply {
         try call(Message(type: type, param1: param1, param2: param2), Array(path.utf8))
     }
