@@ -25,9 +25,10 @@ public final class Ext2FileSystem: FileSystem {
     /// each before unmount; unmount frees any it missed so the image stays consistent.
     var unlinkedInodes = Set<InodeNumber>()
 
-    /// Write-through cache of metadata blocks, dropped wholesale when it grows past its limit.
+    /// Write-through cache of metadata blocks, dropped wholesale when it grows past its limit
+    /// (8 MiB of blocks).
     var cache: [UInt32: [UInt8]] = [:]
-    let cacheLimit = 2048
+    let cacheLimit: Int
     /// One block of scratch space for partial-block data reads and writes.
     let scratch: UnsafeMutableRawBufferPointer
     let blockSize: Int
@@ -45,6 +46,7 @@ public final class Ext2FileSystem: FileSystem {
         }
         self.geometry = geometry
         blockSize = geometry.blockSize
+        cacheLimit = max(64, (8 << 20) / geometry.blockSize)
         directIO = geometry.blockSize % store.sectorSize == 0
 
         let unknownIncompat = sb.featureIncompat & ~Features.incompatSupported
@@ -286,12 +288,11 @@ public final class Ext2FileSystem: FileSystem {
     /// kernel's ext2 does; backups are e2fsck's and resize2fs's business).
     func flushMetadata() throws(FSError) {
         for tableBlock in dirtyDescriptorBlocks.sorted() {
-            var bytes = [UInt8](repeating: 0, count: blockSize)
             let perBlock = blockSize / GroupDescriptor.size
             let first = tableBlock * perBlock
             // Bytes past the last group keep what the table block had.
             let block = geometry.firstDataBlock + 1 + UInt32(tableBlock)
-            bytes = try Self.readBytes(store, at: UInt64(block) * UInt64(blockSize), count: blockSize)
+            var bytes = try Self.readBytes(store, at: UInt64(block) * UInt64(blockSize), count: blockSize)
             for group in first..<min(first + perBlock, descriptors.count) {
                 descriptors[group].store(into: &bytes, at: (group - first) * GroupDescriptor.size)
             }

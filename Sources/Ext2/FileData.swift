@@ -83,10 +83,11 @@ extension Ext2FileSystem {
             let oldSize = try checkedSize(inode, number)
             guard buffer.count > 0 else { return 0 }
             let limit = geometry.maxFileSize
-            guard offset < limit, UInt64(buffer.count) <= limit - offset else {
-                throw FSError(.fileTooLarge, "write of \(buffer.count) bytes at \(offset) passes the largest file (\(limit) bytes)")
+            guard offset < limit else {
+                throw FSError(.fileTooLarge, "write at \(offset) is past the largest file (\(limit) bytes)")
             }
-            let end = offset + UInt64(buffer.count)
+            // A write crossing the limit writes up to it (POSIX: EFBIG only when nothing fits).
+            let end = offset + min(UInt64(buffer.count), limit - offset)
             let bs = UInt64(blockSize)
             var position = offset
             var goal = goalBlock(for: number)

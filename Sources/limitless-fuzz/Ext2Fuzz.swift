@@ -19,7 +19,7 @@ struct Ext2Command: ParsableCommand {
         """)
 
     @Option(help: "Damaged images to try.")
-    var iterations = 10_000
+    var iterations = 5000
     @Option(help: "Seed (default: random, printed).")
     var seed: UInt64?
     @Option(help: "Index of the first iteration (to reproduce one).")
@@ -78,12 +78,26 @@ struct Ext2Template {
         try fill(20_000, 2).write(to: URL(fileURLWithPath: tree + "/a/b/medium"))
         for index in 0..<60 { try fill(index * 37, UInt8(index)).write(to: URL(fileURLWithPath: tree + "/a/b/c/file-\(index)")) }
         try fill(5, 3).write(to: URL(fileURLWithPath: tree + "/d/e/tiny"))
+        // A sparse file whose data sits past 64 MiB: triple-indirect blocks with 1 KiB blocks.
+        let sparse = FileManager.default.createFile(atPath: tree + "/d/sparse", contents: nil)
+        guard sparse, let handle = FileHandle(forWritingAtPath: tree + "/d/sparse") else { throw FuzzSetupError("cannot make the sparse file") }
+        try handle.seek(toOffset: 70 << 20)
+        try handle.write(contentsOf: fill(3000, 9))
+        try handle.close()
+        // A directory of more than 12 blocks (an indirect block) with 1 KiB blocks.
+        try fm.createDirectory(atPath: tree + "/wide", withIntermediateDirectories: true)
+        for index in 0..<150 { try Data().write(to: URL(fileURLWithPath: tree + "/wide/" + String(repeating: "w", count: 100) + "\(index)")) }
         try fm.createSymbolicLink(atPath: tree + "/fast", withDestinationPath: "a/big")
         try fm.createSymbolicLink(atPath: tree + "/d/slow", withDestinationPath: String(repeating: "long/", count: 30))
         let path = directory + "/image"
         let process = Process()
         process.executableURL = URL(fileURLWithPath: mke2fs)
-        process.arguments = ["-q", "-t", "ext2", "-b", "\(blockSize)", "-I", "128", "-N", "128", "-d", tree, "-F", path, "\(kib)k"]
+        // A fixed UUID, hash seed and creation time, so the image (and an iteration's damage)
+        // is the same on every run: --seed and --first-iteration reproduce a failure.
+        let uuid = "6e1f9c3a-1d2b-4c5d-8e9f-0a1b2c3d4e5f"
+        process.arguments = ["-q", "-t", "ext2", "-b", "\(blockSize)", "-I", "128", "-N", "256", "-U", uuid, "-E", "hash_seed=\(uuid)",
+                             "-d", tree, "-F", path, "\(kib)k"]
+        process.environment = ProcessInfo.processInfo.environment.merging(["E2FSPROGS_FAKE_TIME": "1700000000"]) { $1 }
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
@@ -114,11 +128,19 @@ struct Ext2Template {
             let inode = inodeTable * blockSize + index * inodeSize
             let mode = le16(inode) & 0o170000
             guard mode == 0o040000 || mode == 0o100000 else { continue }
-            // Directories: every block is metadata; files: the indirect blocks.
-            let slots = mode == 0o040000 ? Array(0..<15) : [12, 13, 14]
-            for slot in slots {
-                let block = le32(inode + 40 + 4 * slot)
-                if block > 0 && block * blockSize < image.count { blocks.append(block) }
+            // Directories: every block is metadata; files: the indirect blocks, all levels.
+            func indirect(_ block: Int, depth: Int, data: Bool) {
+                guard block > 0, (block + 1) * blockSize <= image.count else { return }
+                if depth == 0 {
+                    if data { blocks.append(block) }
+                    return
+                }
+                blocks.append(block)
+                for index in 0..<(blockSize / 4) { indirect(le32(block * blockSize + 4 * index), depth: depth - 1, data: data) }
+            }
+            let directory = mode == 0o040000
+            for slot in 0..<15 {
+                indirect(le32(inode + 40 + 4 * slot), depth: max(0, slot - 11), data: directory)
             }
         }
         return blocks
@@ -254,8 +276,9 @@ final class Walker {
             for entry in entries where !entry.name.isDotOrDotDot {
                 budget -= 1
                 if budget <= 0 { break }
-                // lookup finds the first record of a name, as readDirectory lists it.
-                if let found = attempt("lookup", { () throws(FSError) in try fs.lookup(entry.name, in: directory) }) {
+                // lookup finds the first record of a name, as readDirectory lists it (checked
+                // for a sample of a big directory: each lookup is a linear scan).
+                if entries.count <= 40 || entry.inode % 8 == 0, let found = attempt("lookup", { () throws(FSError) in try fs.lookup(entry.name, in: directory) }) {
                     check(found == firstByName[entry.name], "lookup \(entry.name) in \(directory) gave \(found), readDirectory \(String(describing: firstByName[entry.name]))")
                 }
                 guard let attributes = attempt("attributes", { () throws(FSError) in try fs.attributes(of: entry.inode) }) else { continue }
@@ -266,7 +289,14 @@ final class Walker {
                     _ = attempt("readSymbolicLink") { () throws(FSError) in try fs.readSymbolicLink(entry.inode) }
                 case .regular:
                     files.append((directory, entry.name, entry.inode))
+                    // The first MiB and the last 64 KiB (past the indirect levels of big files).
                     var offset: UInt64 = 0
+                    if attributes.size > 1 << 20 {
+                        let tail = attributes.size - 65536
+                        if let count = attempt("read tail", { () throws(FSError) in try fs.read(entry.inode, at: tail, into: buffer) }) {
+                            check(count == 65536, "read of the last 64 KiB of inode \(entry.inode) gave \(count) bytes")
+                        }
+                    }
                     while offset < min(attributes.size, 1 << 20) {
                         guard let count = attempt("read", { () throws(FSError) in try fs.read(entry.inode, at: offset, into: buffer) }) else { break }
                         check(UInt64(count) == min(UInt64(buffer.count), attributes.size - offset),

@@ -85,6 +85,9 @@ final class Ext2OperationTests: Ext2TestCase {
             XCTAssertNil(try fs.rename("file", in: dir, to: "renamed", in: fs.rootInode))
             XCTAssertEqual(try fs.entries(dir).map(\.type), [.unknown, .unknown, .unknown], "no filetype byte: types unknown")
             XCTAssertFSError(.fileTooLarge, try fs.write(file, at: UInt64(Int32.max), [1]))
+            XCTAssertEqual(try fs.write(file, at: UInt64(Int32.max) - 2, [1, 2, 3, 4, 5]), 2, "up to the limit")
+            XCTAssertEqual(try fs.attributes(of: file).size, UInt64(Int32.max))
+            try fs.truncate(file, to: UInt64(data.count))
             XCTAssertFSError(.fileTooLarge, try fs.truncate(file, to: 1 << 31))
             try fs.unmount()
             try assertClean(image)
@@ -456,6 +459,9 @@ final class Ext2OperationTests: Ext2TestCase {
         let node = try fs.create("pipe", in: fs.rootInode, type: .fifo, permissions: 0o600, uid: 1, gid: 1)
         XCTAssertEqual(try fs.attributes(of: node).type, .fifo)
         XCTAssertFSError(.invalidArgument, try fs.create("d", in: fs.rootInode, type: .directory, permissions: 0o600, uid: 1, gid: 1))
+        for (name, type) in [("chr", FileType.characterDevice), ("blk", .blockDevice), ("sock", .socket)] {
+            XCTAssertEqual(try fs.attributes(of: fs.create(try FileName(name), in: fs.rootInode, type: type, permissions: 0o600, uid: 0, gid: 0)).type, type)
+        }
         try fs.unmount()
         try assertClean(image)
         let stat = try debugfs(image, "stat /f")
@@ -529,6 +535,35 @@ final class Ext2OperationTests: Ext2TestCase {
             try fs.evict(index % 3 == 0 ? try fs.removeDirectory(name, in: fs.rootInode) : try fs.unlink(name, in: fs.rootInode))
         }
         XCTAssertEqual(try fs.statistics().freeInodes, 32 - 11)
+        try fs.unmount()
+        try assertClean(image)
+    }
+
+    /// Files with an extended-attribute block (ext_attr, i_file_acl; 128-byte inodes keep
+    /// attributes there): shared blocks lose one reference per evicted inode, the last frees it.
+    func testExtendedAttributeBlocksAreReleased() throws {
+        let image = try makeImage(blockSize: 1024, kib: 2048, options: ["-I", "128"])
+        let setup = try mount(image)
+        for name in ["one", "two"] {
+            let file = try setup.create(try FileName(name), in: setup.rootInode, type: .regular, permissions: 0o644, uid: 0, gid: 0)
+            try setup.write(file, at: 0, pattern(3000, seed: 1))
+        }
+        try setup.unmount()
+        for name in ["one", "two"] {
+            _ = try runTool("/usr/sbin/debugfs", ["-w", "-R", "ea_set /\(name) user.note same-value", image])
+        }
+        try assertClean(image)
+        let acl = try XCTUnwrap(statField(try debugfs(image, "stat /one"), "File ACL"))
+        let shared = statField(try debugfs(image, "stat /two"), "File ACL") == acl
+        XCTAssertNotEqual(acl, "0", "debugfs put the attribute in a block")
+        let fs = try mount(image)
+        let before = try fs.statistics().freeBlocks
+        let one = try fs.resolve("/one")
+        XCTAssertEqual(try fs.attributes(of: one).blocks512, 3 * 2 + 2, "three data blocks and the attribute block")
+        try fs.evict(try fs.unlink("one", in: fs.rootInode))
+        try fs.evict(try fs.unlink("two", in: fs.rootInode))
+        // Six data blocks, and one attribute block if the two inodes shared it (else two).
+        XCTAssertEqual(try fs.statistics().freeBlocks - before, shared ? 7 : 8)
         try fs.unmount()
         try assertClean(image)
     }

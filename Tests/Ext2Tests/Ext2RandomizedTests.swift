@@ -30,6 +30,12 @@ final class Ext2RandomizedTests: Ext2TestCase {
         fs = try mount(image)
         // lost+found exists on the image only; leave it out of the comparison.
         for index in 0..<operations {
+            // Every 500 operations: unmount, check, mount again (state must survive a remount).
+            if index > 0 && index % 500 == 0 {
+                try fs.unmount()
+                try assertClean(image)
+                fs = try mount(image)
+            }
             if let description = try step(index) {
                 XCTFail("seed \(seed), step \(index): \(description)")
                 return
