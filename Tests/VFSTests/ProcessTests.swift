@@ -51,6 +51,7 @@ final class ProcessTests: XCTestCase {
     }
 
     private func stop(_ pid: pid_t) -> Int32 {
+        guard pid > 0 else { return 0 }
         kill(pid, SIGTERM)
         var status: Int32 = 0
         waitpid(pid, &status, 0)
@@ -140,6 +141,70 @@ final class ProcessTests: XCTestCase {
         let (usageStatus, usage) = runProgram(server, ["--runtime-dir", directory])
         XCTAssertEqual(usageStatus, 64)
         XCTAssertTrue(usage.contains("give one root file system"), usage)
+    }
+
+    /// Under limitless-supervisor: vfs_server is killed with SIGKILL, restarted, restores its
+    /// descriptor checkpoint, and this process (same pid) reads on from where it was; fsync'd
+    /// data is on disk. After the supervisor stops everything, e2fsck finds the image clean.
+    func testSupervisedRestartKeepsDescriptorsAndFsyncedData() throws {
+        let image = try makeExt2Image(self, blocks: 8192)
+        try mountExt2OrSkip(try ImageFileStore(path: FilePath(image), readOnly: true), readOnly: true).unmount()
+        let supervisor = try executable("limitless-supervisor")
+        let server = try executable("vfs_server")
+        let directory = makeTemporaryDirectory(self)
+        writeText(directory + "/servers.conf", Array("""
+            start_server vfs \(server) --image \(image) --runtime-dir \(directory) --writeback-interval 200ms
+                restart always backoff=50ms max-backoff=1s limit=10/60s
+                checkpoint 1s
+
+            """.utf8))
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawn_file_actions_addopen(&actions, 1, directory + "/supervisor.log", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        let arguments: [String] = [supervisor, "--config", directory + "/servers.conf", "--runtime-dir", directory,
+                                   "--log-dir", directory + "/logs"]
+        let argv = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var supervisorPID: pid_t = 0
+        XCTAssertEqual(posix_spawn(&supervisorPID, supervisor, &actions, nil, argv, environ), 0)
+        posix_spawn_file_actions_destroy(&actions)
+        defer { _ = stop(supervisorPID) }
+
+        func serverPID() -> pid_t? {
+            guard access(directory + "/vfs.sock", F_OK) == 0 else { return nil }
+            return pid_t(String(readText(directory + "/vfs.pid").filter(\.isNumber)))
+        }
+        func waitForServer(otherThan old: pid_t?) -> pid_t? {
+            for _ in 0..<800 {
+                if let pid = serverPID(), pid != old, kill(pid, 0) == 0 { return pid }
+                usleep(25_000)
+            }
+            return nil
+        }
+        guard let first = waitForServer(otherThan: nil) else {
+            return XCTFail("vfs_server did not start under the supervisor: \(readText(directory + "/supervisor.log"))")
+        }
+        let client = try VFSClient.connect(name: "vfs", directory: directory)
+        try client.writeFile("/kept", Array("0123456789".utf8))
+        let fd = try client.open("/kept")
+        XCTAssertEqual(try client.read(fd, count: 3), Array("012".utf8))
+        usleep(1_500_000)  // the server checkpoints its descriptors within half a second
+        XCTAssertEqual(kill(first, SIGKILL), 0)
+        guard waitForServer(otherThan: first) != nil else {
+            return XCTFail("vfs_server was not restarted: \(readText(directory + "/supervisor.log"))")
+        }
+        let again = try VFSClient.connect(name: "vfs", directory: directory)
+        XCTAssertEqual(try again.read(fd, count: 100), Array("3456789".utf8), "the same descriptor, at the same position")
+        try again.close(fd)
+        XCTAssertEqual(try again.readFile("/kept"), Array("0123456789".utf8), "fsync'd data survived SIGKILL")
+        XCTAssertEqual(stop(supervisorPID), 0)
+        supervisorPID = 0
+        let restoredLine = runProgram("/bin/grep", ["-rh", "restored 1 descriptors", directory + "/logs", directory + "/supervisor.log"])
+        XCTAssertEqual(restoredLine.0, 0, "the restarted server logs the restore")
+        guard let e2fsck = tool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
+        let (status, output) = runProgram(e2fsck, ["-fn", image])
+        XCTAssertEqual(status, 0, output)
     }
 
     /// vfs_server on an mke2fs image, the tool through it, a clean stop, then e2fsck.
