@@ -198,13 +198,14 @@ public final class IPCServer: @unchecked Sendable {
     /// Stops serving (from any thread), waits for the serving thread, disconnects every client
     /// and removes the socket and pid files. Idempotent.
     public func stop() {
+        // After the first stop the eventfd's number may already belong to someone else.
+        guard !closed else { return }
         var one: UInt64 = 1
         _ = write(stopFD, &one, 8)
         if let thread {
             pthread_join(thread, nil)
             self.thread = nil
         }
-        guard !closed else { return }
         closed = true
         for slot in clients.indices where clients[slot] != nil { disconnect(slot) }
         closeDescriptor(listenFD)
