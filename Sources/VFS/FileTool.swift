@@ -1,4 +1,7 @@
 import VFSCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What limitless-fs does beyond parsing arguments: the output formats (ls -l, stat, df) and
 /// the multi-step commands (mkdir -p, rm of several paths), on a `VFSClient`. Errors come out as
@@ -47,10 +50,27 @@ public enum FileTool {
         return String(letters)
     }
 
-    /// One `ls -l` line: mode, links, uid, gid, size, mtime (seconds since the epoch), name.
+    /// A time as `ls --time-style=long-iso` shows it ("2026-11-27 17:20"), or with seconds,
+    /// nanoseconds and zone as `stat` does; local time, like coreutils.
+    public static func timestamp(_ time: FileTime, precise: Bool = false) -> String {
+        var seconds = time_t(time.seconds)
+        var parts = tm()
+        guard localtime_r(&seconds, &parts) != nil else { return String(time.seconds) }
+        var buffer = [CChar](repeating: 0, count: 64)
+        let count = strftime(&buffer, buffer.count, precise ? "%Y-%m-%d %H:%M:%S" : "%Y-%m-%d %H:%M", &parts)
+        let text = String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard precise else { return text }
+        var zone = [CChar](repeating: 0, count: 16)
+        let zoneCount = strftime(&zone, zone.count, "%z", &parts)
+        let fraction = String(time.nanoseconds)
+        return text + "." + String(repeating: "0", count: max(0, 9 - fraction.count)) + fraction + " "
+            + String(decoding: zone.prefix(zoneCount).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// One `ls -l` line: mode, links, uid, gid, size, mtime, name.
     public static func longListing(_ attributes: FileAttributes, name: String, linkTarget: String? = nil) -> String {
         var line = "\(modeString(attributes)) \(pad(attributes.linkCount, 3)) \(pad(attributes.uid, 5)) \(pad(attributes.gid, 5)) "
-            + "\(pad(attributes.size, 10)) \(attributes.modificationTime.seconds) \(name)"
+            + "\(pad(attributes.size, 10)) \(timestamp(attributes.modificationTime)) \(name)"
         if let linkTarget { line += " -> \(linkTarget)" }
         return line
     }
@@ -88,8 +108,9 @@ public enum FileTool {
           Size: \(attributes.size)\tBlocks: \(attributes.blocks512)\t\(attributes.type)
          Inode: \(attributes.inode)\tLinks: \(attributes.linkCount)
         Access: (\(String(attributes.permissions, radix: 8))/\(modeString(attributes)))\tUid: \(attributes.uid)\tGid: \(attributes.gid)
-        Modify: \(attributes.modificationTime.seconds).\(attributes.modificationTime.nanoseconds)
-        Change: \(attributes.changeTime.seconds).\(attributes.changeTime.nanoseconds)
+        Access: \(timestamp(attributes.accessTime, precise: true))
+        Modify: \(timestamp(attributes.modificationTime, precise: true))
+        Change: \(timestamp(attributes.changeTime, precise: true))
 
         """
     }
