@@ -1,4 +1,5 @@
 import IPC
+import Platform
 
 /// The block protocol's server logic (see `BlockProtocol` for the table): decodes and validates a
 /// request, checks the client's access, runs it on the `BlockDevice`, and builds the reply.
@@ -10,22 +11,53 @@ public final class BlockServer: @unchecked Sendable {
     /// Requests served (any status), for statistics.
     public private(set) var requests: UInt64 = 0
     public private(set) var deviceErrors: UInt64 = 0
+    /// Registered client buffers (zero copy), and transfers that went straight to one.
+    public private(set) var registered = RegisteredBuffers()
+    public private(set) var zeroCopyTransfers: UInt64 = 0
+    /// Registered buffers unmapped because their client vanished (not by unregister or stop).
+    public private(set) var vanishedBuffersUnmapped: UInt64 = 0
+    /// The device as a `DirectBlockDevice` when it is one (looked up once, not per request).
+    private let direct: (any DirectBlockDevice)?
 
     public init(device: any BlockDevice, policy: BlockAccessPolicy = .acceptAll, log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.device = device
         self.policy = policy
         self.log = log
+        direct = device as? any DirectBlockDevice
     }
 
     /// An IPC server at `directory/name.sock` answering with `handle`. Call `start()` on it.
     public func makeIPCServer(name: String, directory: String) throws(IPCError) -> IPCServer {
-        try IPCServer(name: name, directory: directory) { [self] message, payload, connection in
-            handle(message, payload, connection.credentials.uid)
+        try makeIPCServer(name: name, directory: directory, configuration: Self.ipcConfiguration)
+    }
+
+    /// The same with the IPC server's limits spelled out.
+    public func makeIPCServer(name: String, directory: String, configuration: IPCServer.Configuration) throws(IPCError) -> IPCServer {
+        try IPCServer(name: name, directory: directory, configuration: configuration) { [self] message, payload, connection in
+            handle(message, payload, uid: connection.credentials.uid, client: connection.id, pid: connection.credentials.pid)
         }
     }
 
+    /// IPC limits for a block server: a client may keep 64 requests queued (the IPC default is
+    /// 16), so a client at queue depth 32 (fio's usual deep setting, `limitless-storage bench
+    /// --queue-depth 32`) is never answered EBUSY.
+    public static var ipcConfiguration: IPCServer.Configuration {
+        var configuration = IPCServer.Configuration()
+        configuration.queueDepth = 64
+        return configuration
+    }
+
+    /// `handle` for a caller without connection identities: every request counts as client 0.
     public func handle(_ message: Message, _ payload: IPCPayload, _ uid: UInt32) -> IPCReply {
+        handle(message, payload, uid: uid, client: 0, pid: 0)
+    }
+
+    /// Serves one request from connection `client` (its IPC connection id; process `pid`).
+    public func handle(_ message: Message, _ payload: IPCPayload, uid: UInt32, client: UInt64, pid: Int32) -> IPCReply {
         requests &+= 1
+        if message.type == .blockRegisterBuffer || message.type == .blockUnregisterBuffer {
+            return registration(message, payload, uid: uid, client: client, pid: pid)
+        }
         let sharedWritable: Bool
         if case .shared = message.data { sharedWritable = payload.writableData != nil } else { sharedWritable = true }
         let request: BlockRequest
@@ -49,6 +81,12 @@ public final class BlockServer: @unchecked Sendable {
                 let bytes = blocks * geometry.blockSize
                 if toShared {
                     let target = UnsafeMutableRawBufferPointer(rebasing: payload.writableData![..<bytes])
+                    if registered.count > 0, let direct,
+                       let dma = registered.find(client: client, pointer: target.baseAddress!, bytes: bytes) {
+                        try direct.read(nsid: nsid, lba: lba, blocks: blocks, dma: dma)
+                        zeroCopyTransfers &+= 1
+                        return IPCReply(param1: UInt64(bytes), param2: 1)
+                    }
                     try device.read(nsid: nsid, lba: lba, blocks: blocks, into: target)
                     return IPCReply(param1: UInt64(bytes))
                 }
@@ -56,6 +94,12 @@ public final class BlockServer: @unchecked Sendable {
                 try device.read(nsid: nsid, lba: lba, blocks: blocks, into: target)
                 return IPCReply(param1: UInt64(bytes), payloadCount: bytes)
             case .write(let nsid, let lba, let blocks):
+                if case .shared = message.data, registered.count > 0, let direct, let base = payload.data.baseAddress,
+                   let dma = registered.find(client: client, pointer: base, bytes: payload.data.count) {
+                    try direct.write(nsid: nsid, lba: lba, blocks: blocks, dma: dma)
+                    zeroCopyTransfers &+= 1
+                    return IPCReply(param1: UInt64(payload.data.count), param2: 1)
+                }
                 try device.write(nsid: nsid, lba: lba, blocks: blocks, from: payload.data)
                 return IPCReply(param1: UInt64(payload.data.count))
             case .flush(let nsid):
@@ -69,6 +113,72 @@ public final class BlockServer: @unchecked Sendable {
             deviceErrors &+= 1
             log("\(message.type) nsid \(request.nsid) failed: \(error.detail) -> \(error.status)")
             return .error(error.status)
+        }
+    }
+
+    // MARK: Registered buffers (zero copy)
+
+    /// MSG_BLOCK_REGISTER_BUFFER / MSG_BLOCK_UNREGISTER_BUFFER (see `BlockProtocol`).
+    private func registration(_ message: Message, _ payload: IPCPayload, uid: UInt32, client: UInt64, pid: Int32) -> IPCReply {
+        guard let direct else { return .error(.ENOTSUP) }
+        guard policy.readers.allows(uid) || policy.writers.allows(uid) else {
+            log("uid \(uid) refused \(message.type) (neither CAP_BLOCK_READ nor CAP_BLOCK_WRITE allowed)")
+            return .error(.EACCES)
+        }
+        if message.type == .blockUnregisterBuffer {
+            guard message.param1 > 0, message.param1 <= UInt64(UInt32.max),
+                  let entry = registered.remove(client: client, handle: UInt32(message.param1)) else { return .error(.EBADF) }
+            do throws(BlockDeviceError) {
+                try direct.unmapClientMemory(entry.mapping)
+            } catch {
+                log("unregister handle \(entry.handle) of client \(client): \(error)")
+                return .error(error.status)
+            }
+            return .ok
+        }
+        guard case .shared(let handle, _, _) = message.data else { return .error(.EINVAL) }
+        // The device writes into the buffer on reads: it must be writable, and PRPs want whole
+        // pages (NVMe 2.0 4.1.1: every PRP entry after the first is page aligned).
+        guard let memory = payload.writableData, let base = memory.baseAddress, memory.count > 0,
+              UInt(bitPattern: base) & 4095 == 0, memory.count & 4095 == 0 else { return .error(.EINVAL) }
+        guard registered.entry(client: client, handle: handle) == nil else { return .error(.EEXIST) }
+        sweepVanishedClients()
+        guard !registered.isFull else { return .error(.ENOSPC) }
+        let mapping: DMABuffer
+        do throws(BlockDeviceError) {
+            mapping = try direct.mapClientMemory(memory)
+        } catch {
+            log("register \(memory.count) bytes (handle \(handle)) for client \(client): \(error)")
+            return .error(error.status)
+        }
+        _ = registered.add(RegisteredBuffers.Entry(client: client, pid: pid, handle: handle, mapping: mapping))
+        return IPCReply(param1: UInt64(handle), param2: UInt64(memory.count))
+    }
+
+    /// Unmaps the buffers of clients that have vanished (process gone, or the IPC server has
+    /// unmapped their region: disconnected or released). `connectionCount` 0 means every client
+    /// is gone. Call from the serving thread (storage_server does between IPC wakeups). Returns
+    /// how many were unmapped.
+    @discardableResult
+    public func sweepVanishedClients(connectionCount: Int? = nil) -> Int {
+        guard registered.count > 0 else { return 0 }
+        let everyone = connectionCount == 0
+        let gone = registered.removeAll { everyone || RegisteredBuffers.clientVanished($0) }
+        for entry in gone { unmap(entry, why: "client \(entry.client) (pid \(entry.pid)) vanished") }
+        vanishedBuffersUnmapped &+= UInt64(gone.count)
+        return gone.count
+    }
+
+    /// Unmaps every registered buffer (at shutdown).
+    public func unregisterAll() {
+        for entry in registered.removeAll(where: { _ in true }) { unmap(entry, why: "server stopping") }
+    }
+
+    private func unmap(_ entry: RegisteredBuffers.Entry, why: String) {
+        do throws(BlockDeviceError) {
+            try direct?.unmapClientMemory(entry.mapping)
+        } catch {
+            log("unmapping handle \(entry.handle) (\(why)): \(error)")
         }
     }
 }

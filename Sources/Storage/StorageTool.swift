@@ -406,18 +406,29 @@ public enum StorageTool {
         case read, write, mixed
     }
 
+    /// How the bench's data travels: in the messages (copied through the socket and the
+    /// server's bounce buffer), through a shared region (copied by the server between the region
+    /// and its bounce buffer), or through a registered shared region (zero copy: the device
+    /// reads and writes the client's pages).
+    public enum BenchDataPath: String, Sendable, CaseIterable {
+        case inline, shared, zeroCopy = "zero-copy"
+    }
+
     public struct BenchOptions: Equatable, Sendable {
         public var nsid: UInt32
         public var seconds: Double
         public var queueDepth: Int
         public var ioSize: Int
         public var mode: BenchMode
-        public init(nsid: UInt32, seconds: Double = 5, queueDepth: Int = 1, ioSize: Int = 4096, mode: BenchMode = .read) {
+        public var dataPath: BenchDataPath
+        public init(nsid: UInt32, seconds: Double = 5, queueDepth: Int = 1, ioSize: Int = 4096, mode: BenchMode = .read,
+                    dataPath: BenchDataPath = .inline) {
             self.nsid = nsid
             self.seconds = seconds
             self.queueDepth = queueDepth
             self.ioSize = ioSize
             self.mode = mode
+            self.dataPath = dataPath
         }
         /// Runs are bounded: 0.1 s to 10 min, queue depth 1…32.
         public static let secondsRange = 0.1...600.0
@@ -443,13 +454,14 @@ public enum StorageTool {
         public func format(json: Bool) -> String {
             func micro(_ ns: Int64) -> String { oneDecimal(Double(ns) / 1000) }
             if json {
-                return "{\"nsid\":\(options.nsid),\"mode\":\"\(options.mode.rawValue)\",\"io_size\":\(options.ioSize),"
+                return "{\"nsid\":\(options.nsid),\"mode\":\"\(options.mode.rawValue)\",\"data_path\":\"\(options.dataPath.rawValue)\",\"io_size\":\(options.ioSize),"
                     + "\"queue_depth\":\(options.queueDepth),\"seconds\":\(oneDecimal(elapsedSeconds)),\"operations\":\(operations),"
                     + "\"reads\":\(reads),\"writes\":\(writes),\"iops\":\(Int(iops.rounded())),\"mb_per_s\":\(oneDecimal(megabytesPerSecond)),"
                     + "\"latency_p50_us\":\(micro(p50Nanoseconds)),\"latency_p99_us\":\(micro(p99Nanoseconds)),\"latency_max_us\":\(micro(maxNanoseconds))}\n"
             }
             return """
                 bench: namespace \(options.nsid), random \(options.mode.rawValue) of \(options.ioSize) B, queue depth \(options.queueDepth), \
+                data \(options.dataPath.rawValue), \
                 \(oneDecimal(elapsedSeconds)) s over \(geometry.blockCount) blocks of \(geometry.blockSize) B
                   operations      \(operations) (\(reads) reads, \(writes) writes)
                   IOPS            \(Int(iops.rounded()))
@@ -487,9 +499,42 @@ public enum StorageTool {
         guard geometry.blockCount >= blocksPerIO else { throw Failure("namespace \(options.nsid) is smaller than one I/O") }
         let slots = geometry.blockCount / blocksPerIO
         let payload = pattern(seed: 0xBE7C4, count: options.ioSize)
+        // Shared data paths: one region with a piece of ioSize bytes per request in flight
+        // (rounded up to whole pages: a registered buffer must be).
+        var region: SharedMemory?
+        var handle: UInt32 = 0
+        if options.dataPath != .inline {
+            let bytes = (options.queueDepth * options.ioSize + 4095) & ~4095
+            do {
+                let memory = try SharedMemory(size: bytes, name: "limitless-bench")
+                let base = UnsafeMutableRawPointer(mutating: memory.bytes.baseAddress!)
+                for piece in 0..<options.queueDepth {
+                    payload.withUnsafeBytes { (base + piece * options.ioSize).copyMemory(from: $0.baseAddress!, byteCount: options.ioSize) }
+                }
+                handle = try client.connection.share(memory)
+                region = consume memory
+            } catch {
+                throw transport(error, "sharing a \(bytes)-byte bench buffer")
+            }
+            if options.dataPath == .zeroCopy {
+                let result: Result<UInt32, IPCStatus>
+                do { result = try client.registerBuffer(sharedHandle: handle, count: UInt32(bytes)) } catch {
+                    throw transport(error, "registering the bench buffer")
+                }
+                if case .failure(let status) = result {
+                    throw Failure(explain(status, nsid: options.nsid, what: "registering the bench buffer for zero copy"))
+                }
+            }
+        }
+        defer {
+            if options.dataPath == .zeroCopy { _ = try? client.unregisterBuffer(sharedHandle: handle) }
+            if options.dataPath != .inline { try? client.connection.release(handle: handle) }
+            _ = region?.size  // the client mapping lives until the server let go of it
+        }
+        var freePieces = Array((0..<options.queueDepth).reversed())
         var rng = SystemRandomNumberGenerator()
         let clock = ContinuousClock()
-        var inFlight: [UInt32: (start: ContinuousClock.Instant, isWrite: Bool)] = [:]
+        var inFlight: [UInt32: (start: ContinuousClock.Instant, isWrite: Bool, piece: Int)] = [:]
         var latencies: [Int64] = []
         latencies.reserveCapacity(1 << 16)
         var reads = 0, writes = 0
@@ -505,16 +550,20 @@ public enum StorageTool {
             }
             let lba = UInt64.random(in: 0..<slots, using: &rng) * blocksPerIO
             var message = Message(type: isWrite ? .blockWrite : .blockRead, param1: UInt64(options.nsid), param2: lba, param3: blocksPerIO)
+            let piece = freePieces.removeLast()
             let began = clock.now
             do {
                 let sequence: UInt32
-                if isWrite {
+                if options.dataPath != .inline {
+                    message.setSharedData(handle: handle, offset: UInt32(piece * options.ioSize), count: UInt32(options.ioSize))
+                    sequence = try client.connection.send(message)
+                } else if isWrite {
                     message.setInlineData(count: UInt32(payload.count))
                     sequence = try payload.withUnsafeBytes { (bytes) throws(IPCError) -> UInt32 in try client.connection.send(message, payload: bytes) }
                 } else {
                     sequence = try client.connection.send(message)
                 }
-                inFlight[sequence] = (began, isWrite)
+                inFlight[sequence] = (began, isWrite, piece)
             } catch {
                 throw transport(error, "bench request")
             }
@@ -527,6 +576,7 @@ public enum StorageTool {
             do { reply = try client.connection.receive(timeout: client.timeout) } catch { throw transport(error, "bench reply") }
             guard let request = inFlight.removeValue(forKey: reply.sequence) else { continue }
             let elapsed = clock.now - request.start
+            freePieces.append(request.piece)
             guard reply.status.isOK else {
                 throw Failure(explain(reply.status, nsid: options.nsid, what: "bench \(request.isWrite ? "write" : "read")"))
             }

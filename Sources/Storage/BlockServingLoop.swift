@@ -1,0 +1,68 @@
+import IPC
+import Platform
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Serves a block server's IPC endpoint on its own thread (as `IPCServer.start()` does) and, on
+/// the same thread between wakeups, unmaps the registered buffers of clients that vanished: at
+/// once when the connection count drops (a client went away), and at least once a second (a
+/// client released a registered region, or died while others connected). The device and the
+/// registration table are only ever touched from this one thread.
+public final class BlockServingLoop: @unchecked Sendable {
+    public let server: BlockServer
+    public let endpoint: IPCServer
+    private let stopping = Atomic<Bool>(false)
+    private var thread: pthread_t?
+    /// How long one wait for IPC activity lasts before the loop looks around.
+    public var wakeInterval: Duration = .milliseconds(250)
+
+    public init(server: BlockServer, endpoint: IPCServer) {
+        self.server = server
+        self.endpoint = endpoint
+    }
+
+    /// Starts the serving thread.
+    public func start() {
+        precondition(thread == nil, "BlockServingLoop.start called twice")
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var handle = pthread_t()
+        let result = pthread_create(&handle, nil, { context in
+            let loop = Unmanaged<BlockServingLoop>.fromOpaque(context!).takeRetainedValue()
+            loop.run()
+            return nil
+        }, context)
+        precondition(result == 0, "pthread_create failed: \(result)")
+        thread = handle
+    }
+
+    private func run() {
+        let clock = MonotonicClock()
+        var lastSweep = clock.now()
+        var lastConnections = endpoint.connectionCount
+        while !stopping.load(ordering: .acquiring) {
+            guard endpoint.serveOnce(timeout: wakeInterval) else { break }
+            let connections = endpoint.connectionCount
+            defer { lastConnections = connections }
+            guard server.registered.count > 0 else { continue }
+            let now = clock.now()
+            if connections < lastConnections || now &- lastSweep >= 1_000_000_000 {
+                server.sweepVanishedClients(connectionCount: connections)
+                lastSweep = now
+            }
+        }
+    }
+
+    /// Stops serving: the thread ends within `wakeInterval`, every registered buffer is
+    /// unmapped, then the endpoint disconnects its clients and removes its socket.
+    public func stop() {
+        stopping.store(true, ordering: .releasing)
+        if let thread {
+            pthread_join(thread, nil)
+            self.thread = nil
+        }
+        server.unregisterAll()
+        endpoint.stop()
+    }
+}
