@@ -118,7 +118,8 @@ public struct StorageServerSuite {
             let handle = try first.connection.share(region)
             let registered = try first.registerBuffer(sharedHandle: handle, count: UInt32(size))
             try expect(registered == .success(handle), "register: \(registered)")
-            let item = Acknowledged(nsid: 2, lba: geometry.blockCount / 3, blocks: size / geometry.blockSize, variant: 41)
+            // Clear of the seeded ranges (0, 1/3 + 1, 1/2, the end) and the shared-memory one (1/4).
+            let item = Acknowledged(nsid: 2, lba: geometry.blockCount / 8 * 5, blocks: size / geometry.blockSize, variant: 41)
             let data = pattern(item, blockSize: geometry.blockSize)
             let base = UnsafeMutableRawPointer(mutating: region.bytes.baseAddress!)
             data.withUnsafeBytes { base.copyMemory(from: $0.baseAddress!, byteCount: size) }
