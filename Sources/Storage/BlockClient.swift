@@ -82,4 +82,15 @@ public final class BlockClient {
     public func unregisterBuffer(sharedHandle handle: UInt32) throws(IPCError) -> IPCStatus {
         try connection.sendReceive(Message(type: .blockUnregisterBuffer, param1: UInt64(handle)), timeout: timeout).status
     }
+
+    /// Attaches a `BlockRingClient`'s region (shared as `handle`, the whole region) as a ring:
+    /// registered for zero copy like `registerBuffer`, and polled by the server's loop from then
+    /// on. End it with `unregisterBuffer(sharedHandle:)`.
+    public func attachRing(sharedHandle handle: UInt32, count: UInt32) throws(IPCError) -> Result<UInt32, IPCStatus> {
+        var message = Message(type: .blockRegisterBuffer, param1: BlockRing.registerFlag)
+        message.setSharedData(handle: handle, offset: 0, count: count)
+        let reply = try connection.sendReceive(message, timeout: timeout)
+        guard reply.status.isOK else { return .failure(reply.status) }
+        return .success(UInt32(truncatingIfNeeded: reply.message.param1))
+    }
 }

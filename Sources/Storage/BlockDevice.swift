@@ -39,6 +39,10 @@ public final class MemoryBlockDevice: BlockDevice {
     var nextDeviceAddress: UInt64 = 0x10_0000_0000
     public internal(set) var directTransfers = 0
     public var failNextMapping: String?
+    /// `QueuedBlockDevice` state: completions not yet reaped, and batches ended.
+    var queuedCompletions: [(UInt64, IPCStatus)] = []
+    var batchDepth = 0
+    public internal(set) var batches = 0
 
     public init(namespaces: [UInt32: BlockGeometry]) {
         for (nsid, geometry) in namespaces {

@@ -18,12 +18,21 @@ public final class BlockServer: @unchecked Sendable {
     public private(set) var vanishedBuffersUnmapped: UInt64 = 0
     /// The device as a `DirectBlockDevice` when it is one (looked up once, not per request).
     private let direct: (any DirectBlockDevice)?
+    /// The same as a `QueuedBlockDevice` (rings need it).
+    private let queued: (any QueuedBlockDevice)?
+    /// Attached rings (`BlockRing`), served by `pollRings`. A device tag is ring index << 32 |
+    /// the ring's slot; the array changes only when no ring command is in flight.
+    private var rings: [BlockRingServerState] = []
+    /// Requests served through rings, and ring commands reaped.
+    public private(set) var ringRequests: UInt64 = 0
+    public var ringCount: Int { rings.count }
 
     public init(device: any BlockDevice, policy: BlockAccessPolicy = .acceptAll, log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.device = device
         self.policy = policy
         self.log = log
         direct = device as? any DirectBlockDevice
+        queued = device as? any QueuedBlockDevice
     }
 
     /// An IPC server at `directory/name.sock` answering with `handle`. Call `start()` on it.
@@ -55,6 +64,8 @@ public final class BlockServer: @unchecked Sendable {
     /// Serves one request from connection `client` (its IPC connection id; process `pid`).
     public func handle(_ message: Message, _ payload: IPCPayload, uid: UInt32, client: UInt64, pid: Int32) -> IPCReply {
         requests &+= 1
+        // The blocking paths below want the device idle: finish ring commands in flight first.
+        if !rings.isEmpty { drainRings() }
         if message.type == .blockRegisterBuffer || message.type == .blockUnregisterBuffer {
             return registration(message, payload, uid: uid, client: client, pid: pid)
         }
@@ -128,6 +139,7 @@ public final class BlockServer: @unchecked Sendable {
         if message.type == .blockUnregisterBuffer {
             guard message.param1 > 0, message.param1 <= UInt64(UInt32.max),
                   let entry = registered.remove(client: client, handle: UInt32(message.param1)) else { return .error(.EBADF) }
+            detachRing(entry)
             do throws(BlockDeviceError) {
                 try direct.unmapClientMemory(entry.mapping)
             } catch {
@@ -142,6 +154,15 @@ public final class BlockServer: @unchecked Sendable {
         guard let memory = payload.writableData, let base = memory.baseAddress, memory.count > 0,
               UInt(bitPattern: base) & 4095 == 0, memory.count & 4095 == 0 else { return .error(.EINVAL) }
         guard registered.entry(client: client, handle: handle) == nil else { return .error(.EEXIST) }
+        let asRing = message.param1 == BlockRing.registerFlag
+        var ringEntries = 0
+        if asRing {
+            guard queued != nil else { return .error(.ENOTSUP) }
+            guard let entries = BlockRing.validEntries(base, size: memory.count) else { return .error(.EINVAL) }
+            ringEntries = entries
+        } else if message.param1 != 0 {
+            return .error(.EINVAL)
+        }
         sweepVanishedClients()
         guard !registered.isFull else { return .error(.ENOSPC) }
         let mapping: DMABuffer
@@ -152,6 +173,9 @@ public final class BlockServer: @unchecked Sendable {
             return .error(error.status)
         }
         _ = registered.add(RegisteredBuffers.Entry(client: client, pid: pid, handle: handle, mapping: mapping))
+        if asRing {
+            rings.append(BlockRingServerState(client: client, handle: handle, uid: uid, entries: ringEntries, mapping: mapping))
+        }
         return IPCReply(param1: UInt64(handle), param2: UInt64(memory.count))
     }
 
@@ -175,10 +199,111 @@ public final class BlockServer: @unchecked Sendable {
     }
 
     private func unmap(_ entry: RegisteredBuffers.Entry, why: String) {
+        detachRing(entry)
         do throws(BlockDeviceError) {
             try direct?.unmapClientMemory(entry.mapping)
         } catch {
             log("unmapping handle \(entry.handle) (\(why)): \(error)")
         }
+    }
+
+    // MARK: Rings (BlockRing)
+
+    /// Stops serving `entry`'s ring if it is one: its commands in flight finish first (the
+    /// device must not DMA into pages about to be unmapped).
+    private func detachRing(_ entry: RegisteredBuffers.Entry) {
+        guard let index = rings.firstIndex(where: { $0.client == entry.client && $0.handle == entry.handle }) else { return }
+        drainRings()
+        rings.remove(at: index)
+    }
+
+    /// Waits (polling) until no ring command is in flight, posting their completions. A device
+    /// that stops answering for 10 s leaves them (logged); the caller goes on.
+    public func drainRings() {
+        guard let queued, queued.commandsInFlight > 0 else { return }
+        let clock = MonotonicClock()
+        let deadline = clock.now() + 10_000_000_000
+        while queued.commandsInFlight > 0 {
+            if reapRings() == 0, clock.now() > deadline {
+                log("ring commands still in flight after 10 s: \(queued.commandsInFlight)")
+                return
+            }
+        }
+    }
+
+    @inline(__always)
+    private func reapRings() -> Int {
+        guard let queued else { return 0 }
+        let count = queued.reapCompleted { [rings] tag, status in
+            let index = Int(tag >> 32)
+            guard index < rings.count else { return }
+            rings[index].complete(slot: Int(tag & 0xFFFF_FFFF), status: status)
+        }
+        if count > 0 {
+            for ring in rings { ring.publishCompletions() }
+            ringRequests &+= UInt64(count)
+        }
+        return count
+    }
+
+    /// One pass over every attached ring: completions reaped and posted; every request the
+    /// clients published (as far as the device queue and each CQ have room) checked and
+    /// submitted, all under one doorbell. Returns the work done (requests taken + completions),
+    /// 0 when idle. Call from the serving thread (`BlockServingLoop` does, in a polling loop,
+    /// while rings are attached).
+    @discardableResult
+    public func pollRings() -> Int {
+        guard let queued, !rings.isEmpty else { return 0 }
+        var work = reapRings()
+        queued.beginBatch()
+        for (index, ring) in rings.enumerated() {
+            guard let available = ring.published(), available > 0 else { continue }
+            var room = ring.completionRoom()
+            var taken = 0, refused = 0
+            while taken < available, room > 0, queued.freeCommandSlots > 0 {
+                let request = ring.take()
+                taken += 1
+                room -= 1
+                let status = submitRingRequest(request, ring: ring, index: index, device: queued)
+                if !status.isOK {
+                    ring.post(tag: request.tag, status: status, bytes: 0)
+                    refused += 1
+                }
+            }
+            if taken > 0 { ring.publishHead() }
+            if refused > 0 { ring.publishCompletions() }
+            work += taken
+        }
+        queued.endBatch()
+        return work
+    }
+
+    /// Checks one ring request (read once from shared memory by `take`) and submits it. Returns
+    /// ok when submitted (its completion comes from the device), else the status to post.
+    @inline(__always)
+    private func submitRingRequest(_ request: (opcode: UInt8, nsid: UInt32, lba: UInt64, blocks: UInt32, dataOffset: UInt32, tag: UInt64),
+                                   ring: BlockRingServerState, index: Int, device: any QueuedBlockDevice) -> IPCStatus {
+        guard request.opcode == BlockRing.opcodeRead || request.opcode == BlockRing.opcodeWrite else { return .EINVAL }
+        guard let geometry = device.geometry(request.nsid) else { return .ENOENT }
+        guard request.blocks > 0 else { return .EINVAL }
+        guard request.lba < geometry.blockCount, UInt64(request.blocks) <= geometry.blockCount - request.lba else { return .ERANGE }
+        let bytes = Int(request.blocks) * geometry.blockSize
+        guard bytes <= device.maximumCommandBytes else { return .EMSGSIZE }
+        let offset = Int(request.dataOffset)
+        guard offset & 3 == 0, offset <= ring.data.size, bytes <= ring.data.size - offset else { return .EINVAL }
+        let write = request.opcode == BlockRing.opcodeWrite
+        guard policy.allows(write ? .write(nsid: request.nsid, lba: request.lba, blocks: Int(request.blocks))
+                                  : .read(nsid: request.nsid, lba: request.lba, blocks: Int(request.blocks), toShared: true),
+                            uid: ring.uid) else { return .EACCES }
+        let slot = ring.hold(tag: request.tag, bytes: UInt32(bytes))
+        do throws(BlockDeviceError) {
+            try device.submit(write: write, nsid: request.nsid, lba: request.lba, blocks: Int(request.blocks),
+                              dma: ring.data.slice(offset: offset, size: bytes), tag: UInt64(index) << 32 | UInt64(slot))
+        } catch {
+            ring.complete(slot: slot, status: error.status)
+            ring.publishCompletions()
+            deviceErrors &+= 1
+        }
+        return .ok
     }
 }

@@ -1,3 +1,4 @@
+import CLimitless
 import IPC
 import Platform
 import Synchronization
@@ -8,8 +9,9 @@ import Glibc
 /// Serves a block server's IPC endpoint on its own thread (as `IPCServer.start()` does) and, on
 /// the same thread between wakeups, unmaps the registered buffers of clients that vanished: at
 /// once when the connection count drops (a client went away), and at least once a second (a
-/// client released a registered region, or died while others connected). The device and the
-/// registration table are only ever touched from this one thread.
+/// client released a registered region, or died while others connected). While rings
+/// (`BlockRing`) are attached it also polls them. The device, the registration table and the
+/// rings are only ever touched from this one thread.
 public final class BlockServingLoop: @unchecked Sendable {
     public let server: BlockServer
     public let endpoint: IPCServer
@@ -41,8 +43,30 @@ public final class BlockServingLoop: @unchecked Sendable {
         let clock = MonotonicClock()
         var lastSweep = clock.now()
         var lastConnections = endpoint.connectionCount
+        var idleSince: UInt64 = 0
+        var passes = 0
         while !stopping.load(ordering: .acquiring) {
-            guard endpoint.serveOnce(timeout: wakeInterval) else { break }
+            // With rings attached the loop polls them (no system call per I/O, like an NVMe
+            // driver polling its completion queue) and looks at the socket every 256 passes; a
+            // ring idle for 20 ms lets the loop sleep in epoll up to 1 ms at a time instead.
+            var timeout = wakeInterval
+            if server.ringCount > 0 {
+                let work = server.pollRings()
+                if work > 0 { idleSince = 0 }
+                passes &+= 1
+                if passes & 255 != 0 {
+                    if work == 0 { CL_cpu_relax() }
+                    continue
+                }
+                if work == 0 {
+                    let now = clock.now()
+                    if idleSince == 0 { idleSince = now }
+                    if now &- idleSince > 20_000_000 { timeout = .milliseconds(1) } else { timeout = .zero }
+                } else {
+                    timeout = .zero
+                }
+            }
+            guard endpoint.serveOnce(timeout: timeout) else { break }
             let connections = endpoint.connectionCount
             defer { lastConnections = connections }
             guard server.registered.count > 0 else { continue }

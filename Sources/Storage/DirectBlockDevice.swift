@@ -110,3 +110,78 @@ extension MemoryBlockDevice: DirectBlockDevice {
         directTransfers += 1
     }
 }
+
+/// A `DirectBlockDevice` that can also keep many commands in flight without blocking: what the
+/// ring path (`BlockRing`) needs to take every published request, submit them all under one
+/// doorbell, and post completions as they come. Tags are the caller's.
+public protocol QueuedBlockDevice: DirectBlockDevice {
+    /// Commands that may be submitted right now.
+    var freeCommandSlots: Int { get }
+    var commandsInFlight: Int { get }
+    /// The largest transfer one command may move.
+    var maximumCommandBytes: Int { get }
+    /// Between these, submissions are written but the device hears of them once, at `endBatch`.
+    func beginBatch()
+    func endBatch()
+    /// Submits one read or write straight to or from `dma` (inside a client mapping). The range
+    /// must be valid and fit one command.
+    func submit(write: Bool, nsid: UInt32, lba: UInt64, blocks: Int, dma: DMABuffer, tag: UInt64) throws(BlockDeviceError)
+    /// Every completion so far, without waiting: (tag, status). Returns how many.
+    @discardableResult
+    func reapCompleted(_ body: (UInt64, IPCStatus) -> Void) -> Int
+}
+
+extension NVMeBlockDevice: QueuedBlockDevice {
+    public var freeCommandSlots: Int { queue.freeSlotCount }
+    public var commandsInFlight: Int { queue.outstanding }
+    public var maximumCommandBytes: Int { min(queue.maximumTransferBytes, 65536 * 512) }
+    public func beginBatch() { queue.beginBatch() }
+    public func endBatch() { queue.endBatch() }
+
+    public func submit(write: Bool, nsid: UInt32, lba: UInt64, blocks: Int, dma: DMABuffer, tag: UInt64) throws(BlockDeviceError) {
+        let namespace = try namespace(nsid)
+        do throws(NVMeError) {
+            try queue.submitTransfer(opcode: write ? NVMeIOOpcode.write : NVMeIOOpcode.read, namespace: namespace, lba: lba,
+                                     blocks: blocks, data: dma.deviceAddress, tag: tag)
+        } catch {
+            throw mapped(error, "ring \(write ? "write" : "read") nsid \(nsid) LBA \(lba) x \(blocks)")
+        }
+    }
+
+    @discardableResult
+    public func reapCompleted(_ body: (UInt64, IPCStatus) -> Void) -> Int {
+        queue.reap { completion in
+            let status: IPCStatus = completion.status.isSuccess ? .ok : (completion.status.isLBAOutOfRange ? .ERANGE : .EIO)
+            body(completion.tag, status)
+        }
+    }
+}
+
+extension MemoryBlockDevice: QueuedBlockDevice {
+    /// The RAM device completes a command at submission; `reapCompleted` hands the results out,
+    /// like a device that is very fast. 64 commands at most in flight.
+    public var freeCommandSlots: Int { 64 - queuedCompletions.count }
+    public var commandsInFlight: Int { queuedCompletions.count }
+    public var maximumCommandBytes: Int { 128 << 10 }
+    public func beginBatch() { batchDepth += 1 }
+    public func endBatch() { batchDepth -= 1; batches += 1 }
+
+    public func submit(write: Bool, nsid: UInt32, lba: UInt64, blocks: Int, dma: DMABuffer, tag: UInt64) throws(BlockDeviceError) {
+        guard freeCommandSlots > 0 else { throw BlockDeviceError(.EBUSY, "queue full") }
+        var status = IPCStatus.ok
+        do throws(BlockDeviceError) {
+            if write { try self.write(nsid: nsid, lba: lba, blocks: blocks, dma: dma) } else { try read(nsid: nsid, lba: lba, blocks: blocks, dma: dma) }
+        } catch {
+            status = error.status
+        }
+        queuedCompletions.append((tag, status))
+    }
+
+    @discardableResult
+    public func reapCompleted(_ body: (UInt64, IPCStatus) -> Void) -> Int {
+        let count = queuedCompletions.count
+        for (tag, status) in queuedCompletions { body(tag, status) }
+        queuedCompletions.removeAll(keepingCapacity: true)
+        return count
+    }
+}

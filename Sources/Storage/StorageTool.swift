@@ -1,4 +1,5 @@
 import IPC
+import Platform
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -412,6 +413,9 @@ public enum StorageTool {
     /// reads and writes the client's pages).
     public enum BenchDataPath: String, Sendable, CaseIterable {
         case inline, shared, zeroCopy = "zero-copy"
+        /// A `BlockRing`: requests and completions in shared memory, data zero copy, no message
+        /// per I/O (both sides poll).
+        case ring
     }
 
     public struct BenchOptions: Equatable, Sendable {
@@ -499,6 +503,9 @@ public enum StorageTool {
         guard geometry.blockCount >= blocksPerIO else { throw Failure("namespace \(options.nsid) is smaller than one I/O") }
         let slots = geometry.blockCount / blocksPerIO
         let payload = pattern(seed: 0xBE7C4, count: options.ioSize)
+        if options.dataPath == .ring {
+            return try benchRing(client, options: options, geometry: geometry, blocksPerIO: blocksPerIO, slots: slots, payload: payload)
+        }
         // Shared data paths: one region with a piece of ioSize bytes per request in flight
         // (rounded up to whole pages: a registered buffer must be).
         var region: SharedMemory?
@@ -588,6 +595,89 @@ public enum StorageTool {
         return BenchResult(
             options: options, geometry: geometry, operations: latencies.count, reads: reads, writes: writes,
             elapsedSeconds: Double(total.components.seconds) + Double(total.components.attoseconds) / 1e18,
+            p50Nanoseconds: percentile(latencies, 0.50), p99Nanoseconds: percentile(latencies, 0.99),
+            maxNanoseconds: latencies.last ?? 0)
+    }
+
+    /// The bench over a `BlockRing`: `queueDepth` requests kept in the ring, completions polled.
+    static func benchRing(_ client: BlockClient, options: BenchOptions, geometry: BlockGeometry, blocksPerIO: UInt64, slots: UInt64,
+                          payload: [UInt8]) throws(Failure) -> BenchResult {
+        var entries = 2
+        while entries < options.queueDepth { entries *= 2 }
+        let ring: BlockRingClient
+        let handle: UInt32
+        do {
+            ring = try BlockRingClient(entries: entries, dataBytes: options.queueDepth * options.ioSize)
+            for piece in 0..<options.queueDepth {
+                payload.withUnsafeBytes { (ring.data.baseAddress! + piece * options.ioSize).copyMemory(from: $0.baseAddress!, byteCount: options.ioSize) }
+            }
+            handle = try client.connection.share(ring.memory)
+        } catch {
+            throw transport(error, "sharing the bench ring")
+        }
+        let attached: Result<UInt32, IPCStatus>
+        do { attached = try client.attachRing(sharedHandle: handle, count: UInt32(ring.memory.size)) } catch {
+            throw transport(error, "attaching the bench ring")
+        }
+        if case .failure(let status) = attached {
+            throw Failure(explain(status, nsid: options.nsid, what: "attaching the bench ring"))
+        }
+        defer {
+            _ = try? client.unregisterBuffer(sharedHandle: handle)
+            try? client.connection.release(handle: handle)
+        }
+        var rng = SystemRandomNumberGenerator()
+        let clock = MonotonicClock()
+        var started = [UInt64](repeating: 0, count: options.queueDepth)
+        var isWrite = [Bool](repeating: false, count: options.queueDepth)
+        var freePieces = Array((0..<options.queueDepth).reversed())
+        var latencies: [Int64] = []
+        latencies.reserveCapacity(1 << 20)
+        var reads = 0, writes = 0
+        var failure: IPCStatus?
+        let start = clock.now()
+        let end = start + UInt64(options.seconds * 1e9)
+        let timeout = UInt64(client.timeout.components.seconds) * 1_000_000_000
+        var lastProgress = start
+        while true {
+            var now = clock.now()
+            if now < end, failure == nil {
+                while let piece = freePieces.popLast() {
+                    let write: Bool
+                    switch options.mode {
+                    case .read: write = false
+                    case .write: write = true
+                    case .mixed: write = Bool.random(using: &rng)
+                    }
+                    let lba = UInt64.random(in: 0..<slots, using: &rng) * blocksPerIO
+                    isWrite[piece] = write
+                    started[piece] = now
+                    _ = ring.enqueue(write: write, nsid: options.nsid, lba: lba, blocks: UInt32(blocksPerIO),
+                                     dataOffset: UInt32(piece * options.ioSize), tag: UInt64(piece))
+                }
+                ring.publish()
+            } else if ring.inFlight == 0 {
+                break
+            }
+            let reaped = ring.reap { tag, status, _ in
+                let piece = Int(tag)
+                guard piece < options.queueDepth else { return }
+                if !status.isOK, failure == nil { failure = status }
+                latencies.append(Int64(clock.now() &- started[piece]))
+                if isWrite[piece] { writes += 1 } else { reads += 1 }
+                freePieces.append(piece)
+            }
+            now = clock.now()
+            if reaped > 0 { lastProgress = now } else if now &- lastProgress > timeout {
+                throw Failure("bench over the ring: no completion for \(client.timeout) with \(ring.inFlight) requests in flight")
+            }
+        }
+        if let failure { throw Failure(explain(failure, nsid: options.nsid, what: "bench over the ring")) }
+        let total = clock.now() &- start
+        latencies.sort()
+        return BenchResult(
+            options: options, geometry: geometry, operations: latencies.count, reads: reads, writes: writes,
+            elapsedSeconds: Double(total) / 1e9,
             p50Nanoseconds: percentile(latencies, 0.50), p99Nanoseconds: percentile(latencies, 0.99),
             maxNanoseconds: latencies.last ?? 0)
     }
