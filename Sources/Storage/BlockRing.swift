@@ -182,6 +182,11 @@ final class BlockRingServerState {
         return count <= entries ? count : nil
     }
 
+    /// Whether the client has completions posted that it has not read yet.
+    var hasUnreadCompletions: Bool {
+        UInt32(littleEndian: CL_dma_read32(base + BlockRing.cqHeadOffset)) != cqTail
+    }
+
     /// Room for completions: the CQ holds `entries`; taken requests will each post one.
     func completionRoom() -> Int {
         let head = UInt32(littleEndian: CL_dma_read32(base + BlockRing.cqHeadOffset))

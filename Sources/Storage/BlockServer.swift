@@ -246,6 +246,16 @@ public final class BlockServer: @unchecked Sendable {
         return count
     }
 
+    /// Whether an idle polling pass should keep spinning rather than yield the CPU: commands
+    /// are on the device and every completion posted so far has been read by its client, so
+    /// the next thing to happen is the device's (NVMe polled completion, as the in-process
+    /// driver waits). Otherwise a client has work to do, or nothing is in flight: yield.
+    public var ringsAwaitDevice: Bool {
+        guard let queued, queued.commandsInFlight > 0 else { return false }
+        for ring in rings where ring.hasUnreadCompletions { return false }
+        return true
+    }
+
     /// One pass over every attached ring: completions reaped and posted; every request the
     /// clients published (as far as the device queue and each CQ have room) checked and
     /// submitted, all under one doorbell. Returns the work done (requests taken + completions),

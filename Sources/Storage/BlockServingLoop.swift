@@ -17,6 +17,10 @@ public final class BlockServingLoop: @unchecked Sendable {
     public let endpoint: IPCServer
     private let stopping = Atomic<Bool>(false)
     private var thread: pthread_t?
+    /// With rings: spin (rather than yield) while only the device can make progress. Off by
+    /// default: measured under TCG, a server and its client sharing one CPU and yielding to each
+    /// other beat both spinning (see Scripts/storage-bench.sh).
+    public var spinWhileAwaitingDevice = false
     /// How long one wait for IPC activity lasts before the loop looks around.
     public var wakeInterval: Duration = .milliseconds(250)
 
@@ -55,7 +59,13 @@ public final class BlockServingLoop: @unchecked Sendable {
                 if work > 0 { idleSince = 0 }
                 passes &+= 1
                 if passes & 255 != 0 {
-                    if work == 0 { CL_cpu_relax() }
+                    // Idle pass: spin while only the device can make progress; otherwise yield,
+                    // so a client polling its completions on the same CPU runs at once (a
+                    // wakeup across CPUs costs far more, and two pollers on two CPUs starve
+                    // whoever else needs a core, e.g. an emulator).
+                    if work == 0 {
+                        if spinWhileAwaitingDevice && server.ringsAwaitDevice { CL_cpu_relax() } else { sched_yield() }
+                    }
                     continue
                 }
                 if work == 0 {

@@ -40,6 +40,11 @@ struct StorageServerCommand: ParsableCommand {
     @Flag(help: "Poll the I/O completion queue instead of sleeping on its MSI-X vector (lower latency, one core busy while requests are in flight).")
     var poll = false
 
+    enum RingWait: String, ExpressibleByArgument { case spin, yield }
+
+    @Option(help: "With rings attached, while only the device can make progress: yield the CPU (default: a client polling on the same CPU runs at once) or spin on it.")
+    var ringWait: RingWait = .yield
+
     func run() throws {
         let runtime: ServerRuntime
         do {
@@ -80,6 +85,7 @@ struct StorageServerCommand: ParsableCommand {
         // Served on the loop's thread, which also unmaps the registered buffers of vanished
         // clients (zero copy).
         let loop = BlockServingLoop(server: server, endpoint: endpoint)
+        loop.spinWhileAwaitingDevice = ringWait == .spin
         loop.start()
         runtime.log(.info, "listening on \(endpoint.endpoint.socketPath)"
             + (allowUIDs.isEmpty ? " (every uid accepted)" : " (uids \(allowUIDs.map(String.init).joined(separator: ",")))"))
