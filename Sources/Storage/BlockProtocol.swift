@@ -14,7 +14,7 @@ import IPC
 /// | MSG_BLOCK_WRITE            | nsid   | LBA    | blocks | exactly blocks × block size, inline or shared    | ok; param1 = bytes written                                      |
 /// | MSG_BLOCK_FLUSH            | nsid   | -      | -      | none                                             | ok (everything acknowledged before is on stable media)          |
 /// | MSG_BLOCK_TRIM             | nsid   | LBA    | blocks | none                                             | ok (the range is deallocated; reads return what DLFEAT says)    |
-/// | MSG_BLOCK_REGISTER_BUFFER  | -      | -      | -      | shared: the region (range) to register: writable, page aligned, whole pages | ok; param1 = the share handle, param2 = bytes registered |
+/// | MSG_BLOCK_REGISTER_BUFFER  | 0 or 1 | -      | -      | shared: the region (range) to register: writable, page aligned, whole pages; param1 1: the region is a `BlockRing` | ok; param1 = the share handle, param2 = bytes registered |
 /// | MSG_BLOCK_UNREGISTER_BUFFER| handle | -      | -      | none                                             | ok (the pages are unmapped from the device)                      |
 ///
 /// Zero copy: after MSG_BLOCK_REGISTER_BUFFER the server has the client's pages mapped in the
@@ -27,6 +27,9 @@ import IPC
 /// closes: the serving loop sweeps at once when the connection count drops, and every second),
 /// or when the server stops; each end unmaps. Unregister before releasing the share
 /// (MSG_IPC_RELEASE): until then the IOMMU keeps the old pages pinned and reachable.
+/// With param1 = 1 (`BlockRing.registerFlag`) the region holds a submission/completion ring
+/// pair and a data area (`BlockRing` has the layout): the server polls it, and requests and
+/// completions travel through shared memory with no message per I/O.
 /// Registration errors: EINVAL (no shared region, read-only, not whole pages), EEXIST (already
 /// registered), ENOSPC (the server's table is full), ENOMEM (the IOMMU mapping failed), ENOTSUP
 /// (the device cannot map client memory: UIO), EBADF (unregister of an unknown handle).
