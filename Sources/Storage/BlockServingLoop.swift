@@ -61,8 +61,8 @@ public final class BlockServingLoop: @unchecked Sendable {
                 if passes & 255 != 0 {
                     // Idle pass: spin while only the device can make progress; otherwise yield,
                     // so a client polling its completions on the same CPU runs at once (a
-                    // wakeup across CPUs costs far more, and two pollers on two CPUs starve
-                    // whoever else needs a core, e.g. an emulator).
+                    // wakeup across CPUs costs far more; measured under TCG, a server and a
+                    // client polling on two CPUs did worse than the two sharing one).
                     if work == 0 {
                         if spinWhileAwaitingDevice && server.ringsAwaitDevice { CL_cpu_relax() } else { sched_yield() }
                     }
