@@ -28,6 +28,7 @@
 # The ratio column is ours / the best kernel engine of the same workload and depth. Under TCG the
 # absolute figures are emulation-bound; only the side-by-side comparison means anything.
 # Figures only: the suite passes when every engine ran and printed figures.
+# shellcheck disable=SC2001 # sed indents multi-line output
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 
@@ -80,7 +81,7 @@ result $? "fio is installed ($(fio --version 2>/dev/null))" || finish
 # The kernel's block device for the second controller (the nvme probe finishes asynchronously).
 dev=""
 for _ in $(seq 1 300); do
-	for n in /sys/bus/pci/devices/$kernel_bdf/nvme/nvme*/nvme*n1; do
+	for n in "/sys/bus/pci/devices/$kernel_bdf"/nvme/nvme*/nvme*n1; do
 		[[ -e $n ]] && dev=/dev/${n##*/}
 	done
 	[[ -n $dev && -b $dev ]] && break
@@ -93,7 +94,7 @@ echo "     poll_queues=$(cat /sys/module/nvme/parameters/poll_queues 2>/dev/null
 	"io_poll=$(cat "/sys/block/$bdev/queue/io_poll" 2>/dev/null)" \
 	"logical_block_size=$(cat "/sys/block/$bdev/queue/logical_block_size")" \
 	"size=$(($(cat "/sys/block/$bdev/size") * 512 >> 20)) MiB" \
-	"queues=$(ls "/sys/block/$bdev/mq" | wc -l)"
+	"hardware queues=$(set -- "/sys/block/$bdev/mq"/*; echo $#)"
 region_mib=$(($(cat "/sys/block/$bdev/size") * 512 >> 20))
 
 # record ENGINE RW QD IOPS P50_US P99_US
@@ -113,6 +114,7 @@ print("%d %.1f %.1f" % (round(job["iops"]), lat["50.000000"] / 1000, lat["99.000
 EOF
 		)
 		if [[ -n $line ]]; then
+			# shellcheck disable=SC2086 # three fields on purpose
 			record "$label" "$rw" "$qd" $line
 			result 0 "$label $rw QD$qd: $line (IOPS p50_us p99_us)"
 			return
@@ -123,72 +125,74 @@ EOF
 	record "$label" "$rw" "$qd" failed - -
 }
 
+run_driver() { # RW QD: ours in-process (no IPC)
+	local rw=$1 qd=$2 out line iops p50 p99
+	out=$("$bin/limitless-hil" nvme-bench --device "$ours" --nsid 1 --seconds "$seconds" --queue-depth "$qd" --rw "$rw" 2>&1)
+	line=$(grep '^bench engine=driver' <<<"$out" | tail -1)
+	if [[ -n $line ]]; then
+		iops=$(sed -E 's/.* iops=([0-9]+).*/\1/' <<<"$line")
+		p50=$(sed -E 's/.* p50_us=([0-9.]+).*/\1/' <<<"$line")
+		p99=$(sed -E 's/.* p99_us=([0-9.]+).*/\1/' <<<"$line")
+		record ours-driver "$rw" "$qd" "$iops" "$p50" "$p99"
+		result 0 "ours-driver $rw QD$qd: $iops $p50 $p99 (IOPS p50_us p99_us)"
+	else
+		record ours-driver "$rw" "$qd" failed - -
+		result 1 "ours-driver $rw QD$qd: limitless-hil nvme-bench printed:"
+		sed 's/^/     /' <<<"$out" | tail -20
+	fi
+}
+
+run_server() { # RW QD: ours behind storage_server over IPC (what clients really use), three data paths
+	local rw=$1 qd=$2 mode=--read path label client_cpu out iops p50 p99
+	[[ $rw == randwrite ]] && mode=--write
+	rm -f "$work/storage.sock"
+	taskset -c "$cpu" "$bin/storage_server" --device "$ours" --runtime-dir "$work" --poll >"$work/server.log" 2>&1 &
+	server=$!
+	for _ in $(seq 1 600); do [[ -S $work/storage.sock ]] && break; sleep 0.1; done
+	if [[ ! -S $work/storage.sock ]]; then
+		result 1 "storage_server --poll on $ours did not answer"
+		tail -20 "$work/server.log"
+		finish
+	fi
+	for path in inline zero-copy ring; do
+		label='ours-storage_server'
+		client_cpu=$cpu
+		[[ $path == zero-copy ]] && label='ours-zero-copy'
+		[[ $path == ring ]] && label='ours-ring' && client_cpu=$ring_cpu
+		out=$(taskset -c "$client_cpu" "$bin/limitless-storage" bench --runtime-dir "$work" --nsid 1 --seconds "$seconds" \
+			--queue-depth "$qd" $mode --$path --json 2>&1)
+		iops=$(sed -nE 's/.*"iops":([0-9]+).*/\1/p' <<<"$out")
+		p50=$(sed -nE 's/.*"latency_p50_us":([0-9.]+).*/\1/p' <<<"$out")
+		p99=$(sed -nE 's/.*"latency_p99_us":([0-9.]+).*/\1/p' <<<"$out")
+		if [[ -n $iops && -n $p50 && -n $p99 ]]; then
+			record "$label" "$rw" "$qd" "$iops" "$p50" "$p99"
+			result 0 "$label $rw QD$qd: $iops $p50 $p99 (IOPS p50_us p99_us)"
+		else
+			record "$label" "$rw" "$qd" failed - -
+			result 1 "$label $rw QD$qd: limitless-storage bench printed:"
+			sed 's/^/     /' <<<"$out" | tail -20
+		fi
+	done
+	kill -TERM "$server"
+	wait "$server"
+	result $? "storage_server stops on SIGTERM with exit 0 ($(grep -oE 'stopped.*' "$work/server.log" | head -1))"
+	server=0
+}
+
+# Each workload and depth runs every engine back to back, so the kernel's and ours see the same
+# host load (on a shared host it drifts by minutes).
 for rw in randread randwrite; do
 	for qd in 1 32; do
 		run_fio "kernel-io_uring" io_uring "$rw" "$qd"
 		run_fio "kernel-io_uring-hipri" io_uring "$rw" "$qd" --hipri=1
 		run_fio "kernel-libaio" libaio "$rw" "$qd"
+		run_driver "$rw" "$qd"
+		run_server "$rw" "$qd"
 	done
 done
-
-# Ours, in-process (no IPC).
-for rw in randread randwrite; do
-	for qd in 1 32; do
-		out=$("$bin/limitless-hil" nvme-bench --device "$ours" --nsid 1 --seconds "$seconds" --queue-depth "$qd" --rw "$rw" 2>&1)
-		line=$(grep '^bench engine=driver' <<<"$out" | tail -1)
-		if [[ -n $line ]]; then
-			iops=$(sed -E 's/.* iops=([0-9]+).*/\1/' <<<"$line")
-			p50=$(sed -E 's/.* p50_us=([0-9.]+).*/\1/' <<<"$line")
-			p99=$(sed -E 's/.* p99_us=([0-9.]+).*/\1/' <<<"$line")
-			record ours-driver "$rw" "$qd" "$iops" "$p50" "$p99"
-			result 0 "ours-driver $rw QD$qd: $iops $p50 $p99 (IOPS p50_us p99_us)"
-		else
-			record ours-driver "$rw" "$qd" failed - -
-			result 1 "ours-driver $rw QD$qd: limitless-hil nvme-bench printed:"
-			sed 's/^/     /' <<<"$out" | tail -20
-		fi
-	done
-done
-
-# Ours, behind storage_server over IPC (what clients really use).
-taskset -c "$cpu" "$bin/storage_server" --device "$ours" --runtime-dir "$work" --poll >"$work/server.log" 2>&1 &
-server=$!
-for _ in $(seq 1 600); do [[ -S $work/storage.sock ]] && break; sleep 0.1; done
-[[ -S $work/storage.sock ]]
-result $? "storage_server --poll on $ours answers" || { tail -20 "$work/server.log"; finish; }
-for rw in randread randwrite; do
-	for qd in 1 32; do
-		mode=--read
-		[[ $rw == randwrite ]] && mode=--write
-		for path in inline zero-copy ring; do
-			label=ours-storage_server
-			client_cpu=$cpu
-			[[ $path == zero-copy ]] && label=ours-zero-copy
-			[[ $path == ring ]] && label=ours-ring && client_cpu=$ring_cpu
-			out=$(taskset -c "$client_cpu" "$bin/limitless-storage" bench --runtime-dir "$work" --nsid 1 --seconds "$seconds" \
-				--queue-depth "$qd" $mode --$path --json 2>&1)
-			iops=$(sed -nE 's/.*"iops":([0-9]+).*/\1/p' <<<"$out")
-			p50=$(sed -nE 's/.*"latency_p50_us":([0-9.]+).*/\1/p' <<<"$out")
-			p99=$(sed -nE 's/.*"latency_p99_us":([0-9.]+).*/\1/p' <<<"$out")
-			if [[ -n $iops && -n $p50 && -n $p99 ]]; then
-				record "$label" "$rw" "$qd" "$iops" "$p50" "$p99"
-				result 0 "$label $rw QD$qd: $iops $p50 $p99 (IOPS p50_us p99_us)"
-			else
-				record "$label" "$rw" "$qd" failed - -
-				result 1 "$label $rw QD$qd: limitless-storage bench printed:"
-				sed 's/^/     /' <<<"$out" | tail -20
-			fi
-		done
-	done
-done
-kill -TERM "$server"
-wait "$server"
-result $? "storage_server stops on SIGTERM with exit 0"
-grep -E "stopped" "$work/server.log" | sed 's/^/     /'
-server=0
 
 echo "==== storage-bench table: 4 KiB random I/O, ${seconds} s per cell, ${region_mib} MiB region, two identical QEMU NVMe disks, TCG"
-awk '
+sort -k2,2 -k3,3n -s "$results" | awk '
 	{ key = $2 " " $3; rows[++n] = $0
 	  if ($1 ~ /^kernel/ && $4 != "failed" && $4 + 0 > best[key]) best[key] = $4 + 0 }
 	END {
@@ -199,6 +203,6 @@ awk '
 			if (f[1] ~ /^ours/ && f[4] != "failed" && best[key] > 0) ratio = sprintf("%.2f", f[4] / best[key])
 			printf "%-10s %3s  %-22s %8s %9s %9s  %s\n", f[2], f[3], f[1], f[4], f[5], f[6], ratio
 		}
-	}' < <(sort -k2,2 -k3,3n -s "$results")
+	}'
 echo "==== end"
 finish
