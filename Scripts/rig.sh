@@ -162,6 +162,7 @@ fi
 : "${RIG_CPU:=max}" "${RIG_MEMORY:=1024}" "${RIG_CPUS:=2}" "${RIG_MACHINE:=q35,kernel-irqchip=split}"
 : "${RIG_IOMMU:=intel-iommu,intremap=on,caching-mode=on,aw-bits=48}"
 : "${RIG_HUGEPAGES:=0}" "${RIG_BIND_IDS:=}" "${RIG_EXTRA_MODULES:=}" "${RIG_IMAGES:=}"
+: "${RIG_HOST_PACKAGES:=}"
 : "${RIG_KEEP_IMAGES:=0}" "${RIG_SUITE_TIMEOUT:=0}" "${RIG_KERNEL_APPEND:=}" "${RIG_SUITES:=}"
 : "${RIG_MAIN_JOB:=ls -l /dev/vfio; lspci -nnk}" "${RIG_KERNEL_BOOT:=pvh}" "${RIG_9P_CACHE:=loose}"
 case $RIG_ACCEL in
@@ -216,6 +217,11 @@ ensure_tools() {
 	command -v depmod >/dev/null && command -v modprobe >/dev/null || need+=(kmod)
 	command -v lspci >/dev/null || need+=(pciutils)
 	python3 -c 'import json, socket' 2>/dev/null || need+=(python3)
+	# The profile's own host tools (they run in the guest through the 9p root), COMMAND:PACKAGE.
+	local entry
+	for entry in $RIG_HOST_PACKAGES; do
+		command -v "${entry%%:*}" >/dev/null || need+=("${entry#*:}")
+	done
 	((${#need[@]})) || return 0
 	say "installing ${need[*]} (apt-get)"
 	local log="$state/apt.log"

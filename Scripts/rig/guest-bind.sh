@@ -5,6 +5,7 @@
 #
 # RIG_BIND_IDS entries: VENDOR:DEVICE (bound to vfio-pci) or VENDOR:DEVICE=DRIVER, where DRIVER is
 # vfio-pci, uio_pci_generic, any loaded kernel PCI driver, or "none" (left without a driver).
+# A full BDF (0000:00:06.0 or 0000:00:06.0=nvme) may stand for VENDOR:DEVICE and wins over it.
 #
 # Device list, one line per bound device, written to /run/limitless-rig/devices and
 # $RIG_RUN_DIR/devices:   BDF VENDOR:DEVICE DRIVER NODE
@@ -19,14 +20,18 @@ quiet=0
 say() { echo "rig: $*"; }
 
 # Fork-free helpers (a fork or exec costs tens of milliseconds in the TCG guest).
-wanted_driver() { # ID -> $want: driver name, or empty when RIG_BIND_IDS does not list the ID
-	local entry
+wanted_driver() { # BDF ID -> $want: driver name, or empty when RIG_BIND_IDS lists neither
+	local entry key
 	want=""
-	for entry in ${RIG_BIND_IDS:-}; do
-		case $entry in
-		"$1") want=vfio-pci; return ;;
-		"$1="*) want=${entry#*=}; return ;;
-		esac
+	# A BDF entry wins over a VENDOR:DEVICE one: two identical controllers (same ID) can go to
+	# different drivers, e.g. one to vfio-pci for us and one to the kernel's nvme for fio.
+	for key in "$1" "$2"; do
+		for entry in ${RIG_BIND_IDS:-}; do
+			case $entry in
+			"$key") want=vfio-pci; return ;;
+			"$key="*) want=${entry#*=}; return ;;
+			esac
+		done
 	done
 }
 
@@ -45,9 +50,9 @@ for dev in /sys/bus/pci/devices/*; do
 	read -r vendor <"$dev/vendor"
 	read -r device <"$dev/device"
 	id="${vendor#0x}:${device#0x}"
-	wanted_driver "$id"
+	wanted_driver "$bdf" "$id"
 	[[ -n $want ]] || continue
-	seen+=" $id"
+	seen+=" $id $bdf"
 	link_name "$dev/driver"
 	cur=$link
 	changed=0

@@ -96,6 +96,24 @@ public final class NVMeIOQueue<R: RegisterIO> {
 
     // MARK: - Submitting
 
+    /// Between `beginBatch()` and `endBatch()` submissions only write their SQ entries;
+    /// `endBatch()` rings the tail doorbell once for all of them (NVMe 2.0 section 3.3.1.1).
+    public private(set) var batching = false
+    private var unrungEntries = 0
+    /// Tail doorbell writes saved by batching, for statistics.
+    public private(set) var doorbellsSaved: UInt64 = 0
+
+    public func beginBatch() { batching = true }
+
+    /// Rings the SQ tail doorbell once if anything was enqueued since `beginBatch()`.
+    public func endBatch() {
+        batching = false
+        guard unrungEntries > 0 else { return }
+        pair.ringSubmissionDoorbell()
+        doorbellsSaved &+= UInt64(unrungEntries - 1)
+        unrungEntries = 0
+    }
+
     /// Submits a prepared command (its PRPs, if any, already set) under `tag`.
     @discardableResult
     public func submit(_ command: NVMeCommand, tag: UInt64, blocks: Int = 0) throws(NVMeError) -> UInt16 {
@@ -109,7 +127,12 @@ public final class NVMeIOQueue<R: RegisterIO> {
         var entry = command
         entry.commandID = slot
         do {
-            try pair.submit(entry, commandID: slot)
+            if batching {
+                try pair.enqueue(entry, commandID: slot)
+                unrungEntries += 1
+            } else {
+                try pair.submit(entry, commandID: slot)
+            }
         } catch {
             freeSlots.append(slot)
             throw error

@@ -66,11 +66,27 @@ public struct NVMeQueuePair<R: RegisterIO> {
     /// Like `submit(_:)` but with the caller's command identifier (an I/O queue uses its slot
     /// index, so a completion leads straight back to the slot).
     public mutating func submit(_ command: NVMeCommand, commandID: UInt16) throws(NVMeError) {
+        try enqueue(command, commandID: commandID)
+        ringSubmissionDoorbell()
+    }
+
+    /// Writes the entry into the next SQ slot without telling the controller. Section 3.3.1.1:
+    /// the host may place several entries and then write the tail doorbell once for all of
+    /// them; every doorbell write is an MMIO write (a VM exit under emulation), so a batch of
+    /// N commands costs one instead of N. Call `ringSubmissionDoorbell()` after the batch.
+    @inline(__always)
+    public mutating func enqueue(_ command: NVMeCommand, commandID: UInt16) throws(NVMeError) {
         guard !isFull else { throw .submissionQueueFull(queue: id, depth: depth) }
         var entry = command
         entry.commandID = commandID
         entry.write(to: submissionQueue.address + submissionTail * NVMeCommand.size)
         submissionTail = (submissionTail + 1) % depth
+    }
+
+    /// Publishes every entry enqueued so far: a barrier (entries visible before the doorbell),
+    /// then the SQ tail doorbell.
+    @inline(__always)
+    public func ringSubmissionDoorbell() {
         CL_memory_barrier()
         registers.write32(submissionDoorbell, UInt32(submissionTail))
     }

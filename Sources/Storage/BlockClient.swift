@@ -61,4 +61,36 @@ public final class BlockClient {
     public func trim(_ nsid: UInt32, lba: UInt64, blocks: UInt64) throws(IPCError) -> IPCStatus {
         try connection.sendReceive(Message(type: .blockTrim, param1: UInt64(nsid), param2: lba, param3: blocks), timeout: timeout).status
     }
+
+    // MARK: Registered buffers (zero copy)
+
+    /// Registers `count` bytes at `offset` of the shared region `handle` (from
+    /// `IPCClient.share`; writable, page aligned, whole pages) for zero copy: the server maps
+    /// those pages for the device once. Afterwards reads and writes naming ranges of `handle`
+    /// (`read`/`write(…, sharedHandle:…)`) move data between the device and this memory with no
+    /// copy. Returns the registered handle (the same `handle`).
+    public func registerBuffer(sharedHandle handle: UInt32, offset: UInt32 = 0, count: UInt32) throws(IPCError) -> Result<UInt32, IPCStatus> {
+        var message = Message(type: .blockRegisterBuffer)
+        message.setSharedData(handle: handle, offset: offset, count: count)
+        let reply = try connection.sendReceive(message, timeout: timeout)
+        guard reply.status.isOK else { return .failure(reply.status) }
+        return .success(UInt32(truncatingIfNeeded: reply.message.param1))
+    }
+
+    /// Ends a registration: the server unmaps the pages from the device. Release the shared
+    /// region itself (`IPCClient.release`) only after this.
+    public func unregisterBuffer(sharedHandle handle: UInt32) throws(IPCError) -> IPCStatus {
+        try connection.sendReceive(Message(type: .blockUnregisterBuffer, param1: UInt64(handle)), timeout: timeout).status
+    }
+
+    /// Attaches a `BlockRingClient`'s region (shared as `handle`, the whole region) as a ring:
+    /// registered for zero copy like `registerBuffer`, and polled by the server's loop from then
+    /// on. End it with `unregisterBuffer(sharedHandle:)`.
+    public func attachRing(sharedHandle handle: UInt32, count: UInt32) throws(IPCError) -> Result<UInt32, IPCStatus> {
+        var message = Message(type: .blockRegisterBuffer, param1: BlockRing.registerFlag)
+        message.setSharedData(handle: handle, offset: 0, count: count)
+        let reply = try connection.sendReceive(message, timeout: timeout)
+        guard reply.status.isOK else { return .failure(reply.status) }
+        return .success(UInt32(truncatingIfNeeded: reply.message.param1))
+    }
 }

@@ -1,4 +1,5 @@
 import IPC
+import Platform
 
 /// Why a block device operation failed: the status the client gets, and what to log.
 public struct BlockDeviceError: Error, Equatable, CustomStringConvertible {
@@ -31,6 +32,17 @@ public final class MemoryBlockDevice: BlockDevice {
     public var failNext: String?
     public private(set) var flushes = 0
     public private(set) var trims = 0
+    /// Fake IOMMU state for `DirectBlockDevice` (zero copy): live client mappings, the next
+    /// device address handed out, transfers done straight to or from a mapping, and a one-shot
+    /// mapping failure.
+    public internal(set) var clientMappings: [DMABuffer] = []
+    var nextDeviceAddress: UInt64 = 0x10_0000_0000
+    public internal(set) var directTransfers = 0
+    public var failNextMapping: String?
+    /// `QueuedBlockDevice` state: completions not yet reaped, and batches ended.
+    var queuedCompletions: [(UInt64, IPCStatus)] = []
+    var batchDepth = 0
+    public internal(set) var batches = 0
 
     public init(namespaces: [UInt32: BlockGeometry]) {
         for (nsid, geometry) in namespaces {

@@ -14,6 +14,25 @@ import IPC
 /// | MSG_BLOCK_WRITE            | nsid   | LBA    | blocks | exactly blocks × block size, inline or shared    | ok; param1 = bytes written                                      |
 /// | MSG_BLOCK_FLUSH            | nsid   | -      | -      | none                                             | ok (everything acknowledged before is on stable media)          |
 /// | MSG_BLOCK_TRIM             | nsid   | LBA    | blocks | none                                             | ok (the range is deallocated; reads return what DLFEAT says)    |
+/// | MSG_BLOCK_REGISTER_BUFFER  | 0 or 1 | -      | -      | shared: the region (range) to register: writable, page aligned, whole pages; param1 1: the region is a `BlockRing` | ok; param1 = the share handle, param2 = bytes registered |
+/// | MSG_BLOCK_UNREGISTER_BUFFER| handle | -      | -      | none                                             | ok (the pages are unmapped from the device)                      |
+///
+/// Zero copy: after MSG_BLOCK_REGISTER_BUFFER the server has the client's pages mapped in the
+/// device's IOMMU domain (VFIO_IOMMU_MAP_DMA on its own mapping of the memfd, once). A read or
+/// write whose shared data (handle, offset, count) lies inside a registered range then moves data
+/// between the device and those pages directly: the PRPs point at the client buffer's IOVAs, no
+/// bounce buffer, no copy; the reply's param2 is 1 (0 when the data was copied). Registrations
+/// belong to the connection: another client's requests never use them. They end with
+/// MSG_BLOCK_UNREGISTER_BUFFER, when the client vanishes (its process exits, or its connection
+/// closes: the serving loop sweeps at once when the connection count drops, and every second),
+/// or when the server stops; each end unmaps. Unregister before releasing the share
+/// (MSG_IPC_RELEASE): until then the IOMMU keeps the old pages pinned and reachable.
+/// With param1 = 1 (`BlockRing.registerFlag`) the region holds a submission/completion ring
+/// pair and a data area (`BlockRing` has the layout): the server polls it, and requests and
+/// completions travel through shared memory with no message per I/O.
+/// Registration errors: EINVAL (no shared region, read-only, not whole pages), EEXIST (already
+/// registered), ENOSPC (the server's table is full), ENOMEM (the IOMMU mapping failed), ENOTSUP
+/// (the device cannot map client memory: UIO), EBADF (unregister of an unknown handle).
 ///
 /// Errors (reply status):
 /// - `ENOENT`: nsid is not an active namespace.
@@ -29,8 +48,8 @@ import IPC
 /// - `EBADF`: an unknown shared-memory handle (answered by the IPC layer).
 /// - `ENOSYS`: a message type this server does not serve.
 ///
-/// Data goes through the server's DMA bounce buffer (a copy each way); zero copy with client
-/// buffers registered for DMA comes later.
+/// Inline and plain shared data goes through the server's DMA bounce buffer (a copy each way);
+/// registered buffers do not (zero copy, above).
 public enum BlockProtocol {
     /// The largest inline data of one message (a read's reply or a write's request).
     public static let maxInlineBytes = Message.maxInlinePayload

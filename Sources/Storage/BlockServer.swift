@@ -1,4 +1,5 @@
 import IPC
+import Platform
 
 /// The block protocol's server logic (see `BlockProtocol` for the table): decodes and validates a
 /// request, checks the client's access, runs it on the `BlockDevice`, and builds the reply.
@@ -10,22 +11,64 @@ public final class BlockServer: @unchecked Sendable {
     /// Requests served (any status), for statistics.
     public private(set) var requests: UInt64 = 0
     public private(set) var deviceErrors: UInt64 = 0
+    /// Registered client buffers (zero copy), and transfers that went straight to one.
+    public private(set) var registered = RegisteredBuffers()
+    public private(set) var zeroCopyTransfers: UInt64 = 0
+    /// Registered buffers unmapped because their client vanished (not by unregister or stop).
+    public private(set) var vanishedBuffersUnmapped: UInt64 = 0
+    /// The device as a `DirectBlockDevice` when it is one (looked up once, not per request).
+    private let direct: (any DirectBlockDevice)?
+    /// The same as a `QueuedBlockDevice` (rings need it).
+    private let queued: (any QueuedBlockDevice)?
+    /// Attached rings (`BlockRing`), served by `pollRings`. A device tag is ring index << 32 |
+    /// the ring's slot; the array changes only when no ring command is in flight.
+    private var rings: [BlockRingServerState] = []
+    /// Requests served through rings, and ring commands reaped.
+    public private(set) var ringRequests: UInt64 = 0
+    public var ringCount: Int { rings.count }
 
     public init(device: any BlockDevice, policy: BlockAccessPolicy = .acceptAll, log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.device = device
         self.policy = policy
         self.log = log
+        direct = device as? any DirectBlockDevice
+        queued = device as? any QueuedBlockDevice
     }
 
     /// An IPC server at `directory/name.sock` answering with `handle`. Call `start()` on it.
     public func makeIPCServer(name: String, directory: String) throws(IPCError) -> IPCServer {
-        try IPCServer(name: name, directory: directory) { [self] message, payload, connection in
-            handle(message, payload, connection.credentials.uid)
+        try makeIPCServer(name: name, directory: directory, configuration: Self.ipcConfiguration)
+    }
+
+    /// The same with the IPC server's limits spelled out.
+    public func makeIPCServer(name: String, directory: String, configuration: IPCServer.Configuration) throws(IPCError) -> IPCServer {
+        try IPCServer(name: name, directory: directory, configuration: configuration) { [self] message, payload, connection in
+            handle(message, payload, uid: connection.credentials.uid, client: connection.id, pid: connection.credentials.pid)
         }
     }
 
+    /// IPC limits for a block server: a client may keep 64 requests queued (the IPC default is
+    /// 16), so a client at queue depth 32 (fio's usual deep setting, `limitless-storage bench
+    /// --queue-depth 32`) is never answered EBUSY.
+    public static var ipcConfiguration: IPCServer.Configuration {
+        var configuration = IPCServer.Configuration()
+        configuration.queueDepth = 64
+        return configuration
+    }
+
+    /// `handle` for a caller without connection identities: every request counts as client 0.
     public func handle(_ message: Message, _ payload: IPCPayload, _ uid: UInt32) -> IPCReply {
+        handle(message, payload, uid: uid, client: 0, pid: 0)
+    }
+
+    /// Serves one request from connection `client` (its IPC connection id; process `pid`).
+    public func handle(_ message: Message, _ payload: IPCPayload, uid: UInt32, client: UInt64, pid: Int32) -> IPCReply {
         requests &+= 1
+        // The blocking paths below want the device idle: finish ring commands in flight first.
+        if !rings.isEmpty { drainRings() }
+        if message.type == .blockRegisterBuffer || message.type == .blockUnregisterBuffer {
+            return registration(message, payload, uid: uid, client: client, pid: pid)
+        }
         let sharedWritable: Bool
         if case .shared = message.data { sharedWritable = payload.writableData != nil } else { sharedWritable = true }
         let request: BlockRequest
@@ -49,6 +92,12 @@ public final class BlockServer: @unchecked Sendable {
                 let bytes = blocks * geometry.blockSize
                 if toShared {
                     let target = UnsafeMutableRawBufferPointer(rebasing: payload.writableData![..<bytes])
+                    if registered.count > 0, let direct,
+                       let dma = registered.find(client: client, pointer: target.baseAddress!, bytes: bytes) {
+                        try direct.read(nsid: nsid, lba: lba, blocks: blocks, dma: dma)
+                        zeroCopyTransfers &+= 1
+                        return IPCReply(param1: UInt64(bytes), param2: 1)
+                    }
                     try device.read(nsid: nsid, lba: lba, blocks: blocks, into: target)
                     return IPCReply(param1: UInt64(bytes))
                 }
@@ -56,6 +105,12 @@ public final class BlockServer: @unchecked Sendable {
                 try device.read(nsid: nsid, lba: lba, blocks: blocks, into: target)
                 return IPCReply(param1: UInt64(bytes), payloadCount: bytes)
             case .write(let nsid, let lba, let blocks):
+                if case .shared = message.data, registered.count > 0, let direct, let base = payload.data.baseAddress,
+                   let dma = registered.find(client: client, pointer: base, bytes: payload.data.count) {
+                    try direct.write(nsid: nsid, lba: lba, blocks: blocks, dma: dma)
+                    zeroCopyTransfers &+= 1
+                    return IPCReply(param1: UInt64(payload.data.count), param2: 1)
+                }
                 try device.write(nsid: nsid, lba: lba, blocks: blocks, from: payload.data)
                 return IPCReply(param1: UInt64(payload.data.count))
             case .flush(let nsid):
@@ -70,5 +125,195 @@ public final class BlockServer: @unchecked Sendable {
             log("\(message.type) nsid \(request.nsid) failed: \(error.detail) -> \(error.status)")
             return .error(error.status)
         }
+    }
+
+    // MARK: Registered buffers (zero copy)
+
+    /// MSG_BLOCK_REGISTER_BUFFER / MSG_BLOCK_UNREGISTER_BUFFER (see `BlockProtocol`).
+    private func registration(_ message: Message, _ payload: IPCPayload, uid: UInt32, client: UInt64, pid: Int32) -> IPCReply {
+        guard let direct else { return .error(.ENOTSUP) }
+        guard policy.readers.allows(uid) || policy.writers.allows(uid) else {
+            log("uid \(uid) refused \(message.type) (neither CAP_BLOCK_READ nor CAP_BLOCK_WRITE allowed)")
+            return .error(.EACCES)
+        }
+        if message.type == .blockUnregisterBuffer {
+            guard message.param1 > 0, message.param1 <= UInt64(UInt32.max),
+                  let entry = registered.remove(client: client, handle: UInt32(message.param1)) else { return .error(.EBADF) }
+            detachRing(entry)
+            do throws(BlockDeviceError) {
+                try direct.unmapClientMemory(entry.mapping)
+            } catch {
+                log("unregister handle \(entry.handle) of client \(client): \(error)")
+                return .error(error.status)
+            }
+            return .ok
+        }
+        guard case .shared(let handle, _, _) = message.data else { return .error(.EINVAL) }
+        // The device writes into the buffer on reads: it must be writable, and PRPs want whole
+        // pages (NVMe 2.0 4.1.1: every PRP entry after the first is page aligned).
+        guard let memory = payload.writableData, let base = memory.baseAddress, memory.count > 0,
+              UInt(bitPattern: base) & 4095 == 0, memory.count & 4095 == 0 else { return .error(.EINVAL) }
+        guard registered.entry(client: client, handle: handle) == nil else { return .error(.EEXIST) }
+        let asRing = message.param1 == BlockRing.registerFlag
+        var ringEntries = 0
+        if asRing {
+            guard queued != nil else { return .error(.ENOTSUP) }
+            guard let entries = BlockRing.validEntries(base, size: memory.count) else { return .error(.EINVAL) }
+            ringEntries = entries
+        } else if message.param1 != 0 {
+            return .error(.EINVAL)
+        }
+        sweepVanishedClients()
+        guard !registered.isFull else { return .error(.ENOSPC) }
+        let mapping: DMABuffer
+        do throws(BlockDeviceError) {
+            mapping = try direct.mapClientMemory(memory)
+        } catch {
+            log("register \(memory.count) bytes (handle \(handle)) for client \(client): \(error)")
+            return .error(error.status)
+        }
+        _ = registered.add(RegisteredBuffers.Entry(client: client, pid: pid, handle: handle, mapping: mapping))
+        if asRing {
+            rings.append(BlockRingServerState(client: client, handle: handle, uid: uid, entries: ringEntries, mapping: mapping))
+        }
+        return IPCReply(param1: UInt64(handle), param2: UInt64(memory.count))
+    }
+
+    /// Unmaps the buffers of clients that have vanished (process gone, or the IPC server has
+    /// unmapped their region: disconnected or released). `connectionCount` 0 means every client
+    /// is gone. Call from the serving thread (storage_server does between IPC wakeups). Returns
+    /// how many were unmapped.
+    @discardableResult
+    public func sweepVanishedClients(connectionCount: Int? = nil) -> Int {
+        guard registered.count > 0 else { return 0 }
+        let everyone = connectionCount == 0
+        let gone = registered.removeAll { everyone || RegisteredBuffers.clientVanished($0) }
+        for entry in gone { unmap(entry, why: "client \(entry.client) (pid \(entry.pid)) vanished") }
+        vanishedBuffersUnmapped &+= UInt64(gone.count)
+        return gone.count
+    }
+
+    /// Unmaps every registered buffer (at shutdown).
+    public func unregisterAll() {
+        for entry in registered.removeAll(where: { _ in true }) { unmap(entry, why: "server stopping") }
+    }
+
+    private func unmap(_ entry: RegisteredBuffers.Entry, why: String) {
+        detachRing(entry)
+        do throws(BlockDeviceError) {
+            try direct?.unmapClientMemory(entry.mapping)
+        } catch {
+            log("unmapping handle \(entry.handle) (\(why)): \(error)")
+        }
+    }
+
+    // MARK: Rings (BlockRing)
+
+    /// Stops serving `entry`'s ring if it is one: its commands in flight finish first (the
+    /// device must not DMA into pages about to be unmapped).
+    private func detachRing(_ entry: RegisteredBuffers.Entry) {
+        guard let index = rings.firstIndex(where: { $0.client == entry.client && $0.handle == entry.handle }) else { return }
+        drainRings()
+        rings.remove(at: index)
+    }
+
+    /// Waits (polling) until no ring command is in flight, posting their completions. A device
+    /// that stops answering for 10 s leaves them (logged); the caller goes on.
+    public func drainRings() {
+        guard let queued, queued.commandsInFlight > 0 else { return }
+        let clock = MonotonicClock()
+        let deadline = clock.now() + 10_000_000_000
+        while queued.commandsInFlight > 0 {
+            if reapRings() == 0, clock.now() > deadline {
+                log("ring commands still in flight after 10 s: \(queued.commandsInFlight)")
+                return
+            }
+        }
+    }
+
+    @inline(__always)
+    private func reapRings() -> Int {
+        guard let queued else { return 0 }
+        let count = queued.reapCompleted { [rings] tag, status in
+            let index = Int(tag >> 32)
+            guard index < rings.count else { return }
+            rings[index].complete(slot: Int(tag & 0xFFFF_FFFF), status: status)
+        }
+        if count > 0 {
+            for ring in rings { ring.publishCompletions() }
+            ringRequests &+= UInt64(count)
+        }
+        return count
+    }
+
+    /// Whether an idle polling pass should keep spinning rather than yield the CPU: commands
+    /// are on the device and every completion posted so far has been read by its client, so
+    /// the next thing to happen is the device's (NVMe polled completion, as the in-process
+    /// driver waits). Otherwise a client has work to do, or nothing is in flight: yield.
+    public var ringsAwaitDevice: Bool {
+        guard let queued, queued.commandsInFlight > 0 else { return false }
+        for ring in rings where ring.hasUnreadCompletions { return false }
+        return true
+    }
+
+    /// One pass over every attached ring: completions reaped and posted; every request the
+    /// clients published (as far as the device queue and each CQ have room) checked and
+    /// submitted, all under one doorbell. Returns the work done (requests taken + completions),
+    /// 0 when idle. Call from the serving thread (`BlockServingLoop` does, in a polling loop,
+    /// while rings are attached).
+    @discardableResult
+    public func pollRings() -> Int {
+        guard let queued, !rings.isEmpty else { return 0 }
+        var work = reapRings()
+        queued.beginBatch()
+        for (index, ring) in rings.enumerated() {
+            guard let available = ring.published(), available > 0 else { continue }
+            var room = ring.completionRoom()
+            var taken = 0, refused = 0
+            while taken < available, room > 0, queued.freeCommandSlots > 0 {
+                let request = ring.take()
+                taken += 1
+                room -= 1
+                let status = submitRingRequest(request, ring: ring, index: index, device: queued)
+                if !status.isOK {
+                    ring.post(tag: request.tag, status: status, bytes: 0)
+                    refused += 1
+                }
+            }
+            if taken > 0 { ring.publishHead() }
+            if refused > 0 { ring.publishCompletions() }
+            work += taken
+        }
+        queued.endBatch()
+        return work
+    }
+
+    /// Checks one ring request (read once from shared memory by `take`) and submits it. Returns
+    /// ok when submitted (its completion comes from the device), else the status to post.
+    @inline(__always)
+    private func submitRingRequest(_ request: (opcode: UInt8, nsid: UInt32, lba: UInt64, blocks: UInt32, dataOffset: UInt32, tag: UInt64),
+                                   ring: BlockRingServerState, index: Int, device: any QueuedBlockDevice) -> IPCStatus {
+        guard request.opcode == BlockRing.opcodeRead || request.opcode == BlockRing.opcodeWrite else { return .EINVAL }
+        guard let geometry = device.geometry(request.nsid) else { return .ENOENT }
+        guard request.blocks > 0 else { return .EINVAL }
+        guard request.lba < geometry.blockCount, UInt64(request.blocks) <= geometry.blockCount - request.lba else { return .ERANGE }
+        let bytes = Int(request.blocks) * geometry.blockSize
+        guard bytes <= device.maximumCommandBytes else { return .EMSGSIZE }
+        let offset = Int(request.dataOffset)
+        guard offset & 3 == 0, offset <= ring.data.size, bytes <= ring.data.size - offset else { return .EINVAL }
+        let write = request.opcode == BlockRing.opcodeWrite
+        guard policy.allows(write ? .write(nsid: request.nsid, lba: request.lba, blocks: Int(request.blocks))
+                                  : .read(nsid: request.nsid, lba: request.lba, blocks: Int(request.blocks), toShared: true),
+                            uid: ring.uid) else { return .EACCES }
+        let slot = ring.hold(tag: request.tag, bytes: UInt32(bytes))
+        do throws(BlockDeviceError) {
+            try device.submit(write: write, nsid: request.nsid, lba: request.lba, blocks: Int(request.blocks),
+                              dma: ring.data.slice(offset: offset, size: bytes), tag: UInt64(index) << 32 | UInt64(slot))
+        } catch {
+            ring.complete(slot: slot, status: error.status)
+            ring.publishCompletions()
+            deviceErrors &+= 1
+        }
+        return .ok
     }
 }

@@ -2,13 +2,16 @@ import IPC
 import NVMe
 import Platform
 
-/// The NVMe controller as a `BlockDevice`: one I/O queue pair, every transfer bounced through one
-/// DMA buffer (the client's data is copied in or out; zero copy comes later).
+/// The NVMe controller as a `BlockDevice`: one I/O queue pair; inline and plain shared-memory
+/// transfers bounce through one DMA buffer (the client's data is copied in or out), registered
+/// client buffers go straight to the device (`DirectBlockDevice`, zero copy).
 public final class NVMeBlockDevice<R: RegisterIO>: BlockDevice {
     public let controller: NVMeController<R>
     public let queue: NVMeIOQueue<R>
     public let namespaces: [UInt32: NVMeNamespace]
     public let bounce: DMABuffer
+    /// Maps registered client buffers for DMA (zero copy); nil: registration is refused.
+    public var clientMapper: (any DMAMapper)?
     private let log: (String) -> Void
 
     public init(controller: NVMeController<R>, queue: NVMeIOQueue<R>, namespaces: [NVMeNamespace], bounce: DMABuffer,
@@ -38,7 +41,7 @@ public final class NVMeBlockDevice<R: RegisterIO>: BlockDevice {
         }
     }
 
-    private func namespace(_ nsid: UInt32) throws(BlockDeviceError) -> NVMeNamespace {
+    func namespace(_ nsid: UInt32) throws(BlockDeviceError) -> NVMeNamespace {
         guard let namespace = namespaces[nsid] else { throw BlockDeviceError(.ENOENT, "nsid \(nsid) is not active") }
         return namespace
     }
@@ -220,6 +223,9 @@ public enum StorageBringUp {
         queue.timeoutNanoseconds = timeoutNanoseconds
         let bounce = try allocator.allocate(size: bounceBytes, alignment: 4096)
         let block = NVMeBlockDevice(controller: controller, queue: queue, namespaces: namespaces, bounce: bounce, log: log)
+        // Zero copy maps client pages into the IOMMU: only a VFIO container can translate an
+        // arbitrary (non-contiguous) range; UIO's physical addresses cannot.
+        if device.dmaMapper is VFIOContainer { block.clientMapper = device.dmaMapper }
         let summary = "\(device.address) through \(device.backendName): \(identity.modelNumber) (serial \(identity.serialNumber)), "
             + "I/O queue 1 depth \(queue.depth) " + (line.map { "on MSI-X vector \($0.vector)" } ?? "polling") + "; "
             + namespaces.map(\.description).joined(separator: "; ")

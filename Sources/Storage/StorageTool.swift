@@ -1,4 +1,5 @@
 import IPC
+import Platform
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -406,18 +407,32 @@ public enum StorageTool {
         case read, write, mixed
     }
 
+    /// How the bench's data travels: in the messages (copied through the socket and the
+    /// server's bounce buffer), through a shared region (copied by the server between the region
+    /// and its bounce buffer), or through a registered shared region (zero copy: the device
+    /// reads and writes the client's pages).
+    public enum BenchDataPath: String, Sendable, CaseIterable {
+        case inline, shared, zeroCopy = "zero-copy"
+        /// A `BlockRing`: requests and completions in shared memory, data zero copy, no message
+        /// per I/O (both sides poll).
+        case ring
+    }
+
     public struct BenchOptions: Equatable, Sendable {
         public var nsid: UInt32
         public var seconds: Double
         public var queueDepth: Int
         public var ioSize: Int
         public var mode: BenchMode
-        public init(nsid: UInt32, seconds: Double = 5, queueDepth: Int = 1, ioSize: Int = 4096, mode: BenchMode = .read) {
+        public var dataPath: BenchDataPath
+        public init(nsid: UInt32, seconds: Double = 5, queueDepth: Int = 1, ioSize: Int = 4096, mode: BenchMode = .read,
+                    dataPath: BenchDataPath = .inline) {
             self.nsid = nsid
             self.seconds = seconds
             self.queueDepth = queueDepth
             self.ioSize = ioSize
             self.mode = mode
+            self.dataPath = dataPath
         }
         /// Runs are bounded: 0.1 s to 10 min, queue depth 1…32.
         public static let secondsRange = 0.1...600.0
@@ -443,13 +458,14 @@ public enum StorageTool {
         public func format(json: Bool) -> String {
             func micro(_ ns: Int64) -> String { oneDecimal(Double(ns) / 1000) }
             if json {
-                return "{\"nsid\":\(options.nsid),\"mode\":\"\(options.mode.rawValue)\",\"io_size\":\(options.ioSize),"
+                return "{\"nsid\":\(options.nsid),\"mode\":\"\(options.mode.rawValue)\",\"data_path\":\"\(options.dataPath.rawValue)\",\"io_size\":\(options.ioSize),"
                     + "\"queue_depth\":\(options.queueDepth),\"seconds\":\(oneDecimal(elapsedSeconds)),\"operations\":\(operations),"
                     + "\"reads\":\(reads),\"writes\":\(writes),\"iops\":\(Int(iops.rounded())),\"mb_per_s\":\(oneDecimal(megabytesPerSecond)),"
                     + "\"latency_p50_us\":\(micro(p50Nanoseconds)),\"latency_p99_us\":\(micro(p99Nanoseconds)),\"latency_max_us\":\(micro(maxNanoseconds))}\n"
             }
             return """
                 bench: namespace \(options.nsid), random \(options.mode.rawValue) of \(options.ioSize) B, queue depth \(options.queueDepth), \
+                data \(options.dataPath.rawValue), \
                 \(oneDecimal(elapsedSeconds)) s over \(geometry.blockCount) blocks of \(geometry.blockSize) B
                   operations      \(operations) (\(reads) reads, \(writes) writes)
                   IOPS            \(Int(iops.rounded()))
@@ -487,9 +503,45 @@ public enum StorageTool {
         guard geometry.blockCount >= blocksPerIO else { throw Failure("namespace \(options.nsid) is smaller than one I/O") }
         let slots = geometry.blockCount / blocksPerIO
         let payload = pattern(seed: 0xBE7C4, count: options.ioSize)
+        if options.dataPath == .ring {
+            return try benchRing(client, options: options, geometry: geometry, blocksPerIO: blocksPerIO, slots: slots, payload: payload)
+        }
+        // Shared data paths: one region with a piece of ioSize bytes per request in flight
+        // (rounded up to whole pages: a registered buffer must be).
+        var region: SharedMemory?
+        var handle: UInt32 = 0
+        if options.dataPath != .inline {
+            let bytes = (options.queueDepth * options.ioSize + 4095) & ~4095
+            do {
+                let memory = try SharedMemory(size: bytes, name: "limitless-bench")
+                let base = UnsafeMutableRawPointer(mutating: memory.bytes.baseAddress!)
+                for piece in 0..<options.queueDepth {
+                    payload.withUnsafeBytes { (base + piece * options.ioSize).copyMemory(from: $0.baseAddress!, byteCount: options.ioSize) }
+                }
+                handle = try client.connection.share(memory)
+                region = consume memory
+            } catch {
+                throw transport(error, "sharing a \(bytes)-byte bench buffer")
+            }
+            if options.dataPath == .zeroCopy {
+                let result: Result<UInt32, IPCStatus>
+                do { result = try client.registerBuffer(sharedHandle: handle, count: UInt32(bytes)) } catch {
+                    throw transport(error, "registering the bench buffer")
+                }
+                if case .failure(let status) = result {
+                    throw Failure(explain(status, nsid: options.nsid, what: "registering the bench buffer for zero copy"))
+                }
+            }
+        }
+        defer {
+            if options.dataPath == .zeroCopy { _ = try? client.unregisterBuffer(sharedHandle: handle) }
+            if options.dataPath != .inline { try? client.connection.release(handle: handle) }
+            _ = region?.size  // the client mapping lives until the server let go of it
+        }
+        var freePieces = Array((0..<options.queueDepth).reversed())
         var rng = SystemRandomNumberGenerator()
         let clock = ContinuousClock()
-        var inFlight: [UInt32: (start: ContinuousClock.Instant, isWrite: Bool)] = [:]
+        var inFlight: [UInt32: (start: ContinuousClock.Instant, isWrite: Bool, piece: Int)] = [:]
         var latencies: [Int64] = []
         latencies.reserveCapacity(1 << 16)
         var reads = 0, writes = 0
@@ -505,16 +557,20 @@ public enum StorageTool {
             }
             let lba = UInt64.random(in: 0..<slots, using: &rng) * blocksPerIO
             var message = Message(type: isWrite ? .blockWrite : .blockRead, param1: UInt64(options.nsid), param2: lba, param3: blocksPerIO)
+            let piece = freePieces.removeLast()
             let began = clock.now
             do {
                 let sequence: UInt32
-                if isWrite {
+                if options.dataPath != .inline {
+                    message.setSharedData(handle: handle, offset: UInt32(piece * options.ioSize), count: UInt32(options.ioSize))
+                    sequence = try client.connection.send(message)
+                } else if isWrite {
                     message.setInlineData(count: UInt32(payload.count))
                     sequence = try payload.withUnsafeBytes { (bytes) throws(IPCError) -> UInt32 in try client.connection.send(message, payload: bytes) }
                 } else {
                     sequence = try client.connection.send(message)
                 }
-                inFlight[sequence] = (began, isWrite)
+                inFlight[sequence] = (began, isWrite, piece)
             } catch {
                 throw transport(error, "bench request")
             }
@@ -527,6 +583,7 @@ public enum StorageTool {
             do { reply = try client.connection.receive(timeout: client.timeout) } catch { throw transport(error, "bench reply") }
             guard let request = inFlight.removeValue(forKey: reply.sequence) else { continue }
             let elapsed = clock.now - request.start
+            freePieces.append(request.piece)
             guard reply.status.isOK else {
                 throw Failure(explain(reply.status, nsid: options.nsid, what: "bench \(request.isWrite ? "write" : "read")"))
             }
@@ -538,6 +595,91 @@ public enum StorageTool {
         return BenchResult(
             options: options, geometry: geometry, operations: latencies.count, reads: reads, writes: writes,
             elapsedSeconds: Double(total.components.seconds) + Double(total.components.attoseconds) / 1e18,
+            p50Nanoseconds: percentile(latencies, 0.50), p99Nanoseconds: percentile(latencies, 0.99),
+            maxNanoseconds: latencies.last ?? 0)
+    }
+
+    /// The bench over a `BlockRing`: `queueDepth` requests kept in the ring, completions polled.
+    static func benchRing(_ client: BlockClient, options: BenchOptions, geometry: BlockGeometry, blocksPerIO: UInt64, slots: UInt64,
+                          payload: [UInt8]) throws(Failure) -> BenchResult {
+        var entries = 2
+        while entries < options.queueDepth { entries *= 2 }
+        let ring: BlockRingClient
+        let handle: UInt32
+        do {
+            ring = try BlockRingClient(entries: entries, dataBytes: options.queueDepth * options.ioSize)
+            for piece in 0..<options.queueDepth {
+                payload.withUnsafeBytes { (ring.data.baseAddress! + piece * options.ioSize).copyMemory(from: $0.baseAddress!, byteCount: options.ioSize) }
+            }
+            handle = try client.connection.share(ring.memory)
+        } catch {
+            throw transport(error, "sharing the bench ring")
+        }
+        let attached: Result<UInt32, IPCStatus>
+        do { attached = try client.attachRing(sharedHandle: handle, count: UInt32(ring.memory.size)) } catch {
+            throw transport(error, "attaching the bench ring")
+        }
+        if case .failure(let status) = attached {
+            throw Failure(explain(status, nsid: options.nsid, what: "attaching the bench ring"))
+        }
+        defer {
+            _ = try? client.unregisterBuffer(sharedHandle: handle)
+            try? client.connection.release(handle: handle)
+        }
+        var rng = SystemRandomNumberGenerator()
+        let clock = MonotonicClock()
+        var started = [UInt64](repeating: 0, count: options.queueDepth)
+        var isWrite = [Bool](repeating: false, count: options.queueDepth)
+        var freePieces = Array((0..<options.queueDepth).reversed())
+        var latencies: [Int64] = []
+        latencies.reserveCapacity(1 << 20)
+        var reads = 0, writes = 0
+        var failure: IPCStatus?
+        let start = clock.now()
+        let end = start + UInt64(options.seconds * 1e9)
+        let timeout = UInt64(client.timeout.components.seconds) * 1_000_000_000
+        var lastProgress = start
+        while true {
+            var now = clock.now()
+            if now < end, failure == nil {
+                while let piece = freePieces.popLast() {
+                    let write: Bool
+                    switch options.mode {
+                    case .read: write = false
+                    case .write: write = true
+                    case .mixed: write = Bool.random(using: &rng)
+                    }
+                    let lba = UInt64.random(in: 0..<slots, using: &rng) * blocksPerIO
+                    isWrite[piece] = write
+                    started[piece] = now
+                    _ = ring.enqueue(write: write, nsid: options.nsid, lba: lba, blocks: UInt32(blocksPerIO),
+                                     dataOffset: UInt32(piece * options.ioSize), tag: UInt64(piece))
+                }
+                ring.publish()
+            } else if ring.inFlight == 0 {
+                break
+            }
+            let reaped = ring.reap { tag, status, _ in
+                let piece = Int(tag)
+                guard piece < options.queueDepth else { return }
+                if !status.isOK, failure == nil { failure = status }
+                latencies.append(Int64(clock.now() &- started[piece]))
+                if isWrite[piece] { writes += 1 } else { reads += 1 }
+                freePieces.append(piece)
+            }
+            now = clock.now()
+            // Nothing yet: let the server run if it shares this CPU (see BlockServingLoop).
+            if reaped == 0 { sched_yield() }
+            if reaped > 0 { lastProgress = now } else if now &- lastProgress > timeout {
+                throw Failure("bench over the ring: no completion for \(client.timeout) with \(ring.inFlight) requests in flight")
+            }
+        }
+        if let failure { throw Failure(explain(failure, nsid: options.nsid, what: "bench over the ring")) }
+        let total = clock.now() &- start
+        latencies.sort()
+        return BenchResult(
+            options: options, geometry: geometry, operations: latencies.count, reads: reads, writes: writes,
+            elapsedSeconds: Double(total) / 1e9,
             p50Nanoseconds: percentile(latencies, 0.50), p99Nanoseconds: percentile(latencies, 0.99),
             maxNanoseconds: latencies.last ?? 0)
     }

@@ -11,7 +11,7 @@ struct LimitlessHIL: ParsableCommand {
             In the rig: Scripts/rig.sh test smoke. On a real machine, after `sudo ./Scripts/bind.sh BDF`:
             limitless-hil smoke --device BDF. Each suite ends with one `N passed, N failed` line.
             """,
-        subcommands: [Smoke.self, NVMeIO.self, Storage.self, SupervisedStorage.self])
+        subcommands: [Smoke.self, NVMeIO.self, Storage.self, SupervisedStorage.self, NVMeBench.self])
 }
 
 extension PCIAddress: ExpressibleByArgument {
@@ -157,6 +157,67 @@ struct SupervisedStorage: ParsableCommand {
         options.startTimeoutMilliseconds = startTimeoutMs
         options.restartTimeoutMilliseconds = restartTimeoutMs
         try runSuite { SupervisedStorageSuite(options: options).run(report: $0) }
+    }
+}
+
+struct NVMeBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nvme-bench",
+        abstract: "The NVMe driver in-process (no IPC): random 4 KiB reads or writes at a queue depth for a fixed time; prints IOPS, p50, p99.",
+        discussion: """
+            Figures only. Writes overwrite the namespace's region: use a scratch disk. The last line is \
+            machine-readable: `bench engine=driver rw=… qd=… ops=… seconds=… iops=… p50_us=… p99_us=…` \
+            (Scripts/storage-bench.sh reads it).
+            """)
+
+    @Option(help: "The NVMe function, bound to vfio-pci.")
+    var device: PCIAddress = PCIAddress("0000:00:03.0")!
+
+    @Option(help: "Namespace.")
+    var nsid: UInt32 = 1
+
+    @Option(help: "Seconds of I/O.")
+    var seconds: Double = 5
+
+    @Option(help: "Commands in flight.")
+    var queueDepth: Int = 1
+
+    @Option(help: "randread or randwrite.")
+    var rw: String = "randread"
+
+    @Option(help: "Bytes per I/O.")
+    var ioSize: Int = 4096
+
+    @Option(help: "Random offsets fall in the first this many MiB of the namespace (0: all of it).")
+    var regionMiB: UInt64 = 0
+
+    @Flag(help: "Sleep on the queue's MSI-X vector instead of polling the completion queue.")
+    var interrupts = false
+
+    func validate() throws {
+        guard rw == "randread" || rw == "randwrite" else { throw ValidationError("--rw takes randread or randwrite") }
+        guard (1...1023).contains(queueDepth) else { throw ValidationError("--queue-depth takes 1 to 1023") }
+        guard seconds > 0 && seconds <= 600 else { throw ValidationError("--seconds takes 0 to 600") }
+    }
+
+    func run() throws {
+        var options = NVMeDriverBench.Options()
+        options.device = device
+        options.nsid = nsid
+        options.seconds = seconds
+        options.queueDepth = queueDepth
+        options.ioSize = ioSize
+        options.write = rw == "randwrite"
+        options.polling = !interrupts
+        options.regionBytes = regionMiB << 20
+        let result = try NVMeDriverBench(options: options).run { print("     \($0)") }
+        func micro(_ ns: UInt64) -> String { String(Double(ns / 100) / 10) }
+        print("driver in-process, \(rw) \(ioSize) B, queue depth \(queueDepth), \(interrupts ? "interrupts" : "polled"): "
+            + "\(result.operations) I/Os in \(Double(result.elapsedNanoseconds / 1_000_000) / 1000) s, "
+            + "\(Int(result.iops.rounded())) IOPS, p50 \(micro(result.p50Nanoseconds)) us, p99 \(micro(result.p99Nanoseconds)) us")
+        print("bench engine=driver rw=\(rw) qd=\(queueDepth) ops=\(result.operations) "
+            + "seconds=\(Double(result.elapsedNanoseconds / 1_000_000) / 1000) iops=\(Int(result.iops.rounded())) "
+            + "p50_us=\(micro(result.p50Nanoseconds)) p99_us=\(micro(result.p99Nanoseconds))")
     }
 }
 

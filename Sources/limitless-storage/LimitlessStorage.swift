@@ -221,10 +221,13 @@ extension LimitlessStorage {
         @Option(help: "Bytes per I/O (a multiple of the namespace block size, at most 64 KiB).") var blockSize: Int = 4096
         @Flag(help: "Random reads (default), writes, or half and half.") var mode: StorageTool.BenchMode = .read
         @Flag(help: "JSON output.") var json = false
+        @Flag(help: "Data path: in the messages (default), through a shared region (copied by the server), or a registered shared region (zero copy: the device reads and writes this process's pages).")
+        var data: StorageTool.BenchDataPath = .inline
 
         func run() throws {
             let client = try server.connect()
-            let options = StorageTool.BenchOptions(nsid: nsid, seconds: seconds, queueDepth: queueDepth, ioSize: blockSize, mode: mode)
+            let options = StorageTool.BenchOptions(nsid: nsid, seconds: seconds, queueDepth: queueDepth, ioSize: blockSize, mode: mode,
+                                                   dataPath: data)
             let result = try Tool.run { () throws(StorageTool.Failure) in try StorageTool.bench(client, options: options) }
             Tool.out(result.format(json: json))
         }
@@ -232,3 +235,4 @@ extension LimitlessStorage {
 }
 
 extension StorageTool.BenchMode: EnumerableFlag {}
+extension StorageTool.BenchDataPath: EnumerableFlag {}

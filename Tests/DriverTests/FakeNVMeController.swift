@@ -66,6 +66,8 @@ final class FakeNVMeController: RegisterIO {
     var ioInterrupt: TestInterrupt?
     /// I/O commands are fetched but never completed (a stalled queue).
     var stallIO = false
+    /// I/O submission queue tail doorbell writes seen (batching rings once for many commands).
+    private(set) var ioSubmissionDoorbells = 0
     /// The next I/O doorbell sets CSTS.CFS instead of fetching anything.
     var fatalOnNextIODoorbell = false
     /// Hold I/O doorbells: commands pile up until `releaseHeldIO()`, so the host can fill the queue.
@@ -295,6 +297,7 @@ final class FakeNVMeController: RegisterIO {
     // MARK: - I/O processing
 
     private func ioSubmissionDoorbell(queue qid: UInt16, tail: Int) {
+        ioSubmissionDoorbells += 1
         guard regs[NVMeRegister.csts] & NVMeCSTS.ready != 0, let sq = ioSubmissionQueues[qid] else { return }
         precondition(tail < sq.depth, "SQ tail doorbell beyond the queue")
         sq.tail = tail

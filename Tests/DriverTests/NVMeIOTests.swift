@@ -260,6 +260,45 @@ struct NVMeIOTests {
         #expect(tags == Array(0..<7))
     }
 
+    @Test("a batch of submissions rings the SQ tail doorbell once; the controller sees nothing before it")
+    func batchedSubmissionsRingOnce() throws {
+        let fixture = try IOFixture()
+        let buffer = try fixture.allocator.allocate(size: 16 * 4096, alignment: 4096)
+        fixture.fill(buffer, seed: 77)
+        let before = fixture.fake.ioSubmissionDoorbells
+        fixture.queue.beginBatch()
+        for index in 0..<16 {
+            try fixture.queue.submitTransfer(opcode: NVMeIOOpcode.write, namespace: fixture.ns4k, lba: UInt64(index * 3), blocks: 1,
+                                             data: buffer.deviceAddress + UInt64(index * 4096), tag: UInt64(index))
+        }
+        #expect(fixture.fake.ioSubmissionDoorbells == before)
+        #expect(fixture.fake.ioCommandsProcessed == 0, "the controller fetched commands before the doorbell")
+        fixture.queue.endBatch()
+        #expect(fixture.fake.ioSubmissionDoorbells == before + 1)
+        #expect(fixture.queue.doorbellsSaved == 15)
+        var tags: [UInt64] = []
+        try fixture.queue.drain { completion in
+            #expect(completion.status.isSuccess)
+            tags.append(completion.tag)
+        }
+        #expect(tags.sorted() == Array(0..<16))
+        for index in 0..<16 {
+            #expect(equalBytes(fixture.media(fixture.ns4k, lba: UInt64(index * 3)), buffer.address + index * 4096, 4096))
+        }
+        // Outside a batch every submission rings.
+        let unbatched = fixture.fake.ioSubmissionDoorbells
+        for index in 0..<4 {
+            try fixture.queue.submitTransfer(opcode: NVMeIOOpcode.read, namespace: fixture.ns4k, lba: UInt64(index), blocks: 1,
+                                             data: buffer.deviceAddress, tag: UInt64(index))
+        }
+        #expect(fixture.fake.ioSubmissionDoorbells == unbatched + 4)
+        try fixture.queue.drain { _ in }
+        // An empty batch rings nothing.
+        fixture.queue.beginBatch()
+        fixture.queue.endBatch()
+        #expect(fixture.fake.ioSubmissionDoorbells == unbatched + 4)
+    }
+
     @Test("completions by interrupt on the I/O queue's vector")
     func interruptCompletions() throws {
         let irq = TestInterrupt()

@@ -4,7 +4,7 @@
 # On spare hardware (bound to vfio-pci): sudo bash Tests/HIL/storage-tool-suite.sh BDF
 # Starts storage_server standalone in a temporary runtime directory, then: info lists both
 # namespaces, a random file written and read back is byte-identical, a write past the end is
-# refused, and bench prints figures. Ends with one "N passed, N failed" line; exit 1 on failure.
+# refused, and bench prints figures (data inline, and zero copy through a registered buffer). Ends with one "N passed, N failed" line; exit 1 on failure.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 2
 
@@ -53,11 +53,12 @@ else
 	result $? "a write past the end of nsid 1 is refused: $(head -1 "$work/past.out")"
 fi
 
-for depth in 1 8; do
-	tool bench --nsid 2 --seconds 1 --queue-depth "$depth" >"$work/bench.out" 2>&1
+for run in "1 inline" "8 inline" "8 zero-copy"; do
+	read -r depth path <<<"$run"
+	tool bench --nsid 2 --seconds 1 --queue-depth "$depth" --"$path" >"$work/bench.out" 2>&1
 	status=$?
 	grep -q "IOPS" "$work/bench.out"
-	result $((status || $?)) "bench, 4 KiB random reads at queue depth $depth (emulated device under TCG: figures only)"
+	result $((status || $?)) "bench, 4 KiB random reads at queue depth $depth, data $path (emulated device under TCG: figures only)"
 	grep -E "IOPS|latency p50|latency p99" "$work/bench.out" | sed 's/^/     /'
 done
 

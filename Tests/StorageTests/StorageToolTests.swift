@@ -159,6 +159,24 @@ final class StorageToolTests: XCTestCase {
         XCTAssertEqual(StorageTool.percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 0.99), 10)
     }
 
+    func testBenchThroughSharedAndRegisteredBuffers() throws {
+        let client = try startServer()
+        for path in [StorageTool.BenchDataPath.shared, .zeroCopy] {
+            let before = device.directTransfers
+            let result = try StorageTool.bench(client, options: .init(nsid: 2, seconds: 0.2, queueDepth: 8, ioSize: 4096,
+                                                                      mode: .mixed, dataPath: path))
+            XCTAssertGreaterThan(result.operations, 0, "\(path)")
+            XCTAssertTrue(result.format(json: true).contains("\"data_path\":\"\(path.rawValue)\""))
+            if path == .zeroCopy {
+                XCTAssertEqual(device.directTransfers - before, result.operations, "every zero-copy I/O went straight to the mapping")
+            } else {
+                XCTAssertEqual(device.directTransfers, before, "shared without registering copies")
+            }
+        }
+        // The bench unregistered its buffer at the end.
+        XCTAssertTrue(device.clientMappings.isEmpty)
+    }
+
     /// Not a check: with LIMITLESS_STORAGE_DEMO_DIR set, serves the RAM device there for
     /// LIMITLESS_STORAGE_DEMO_SECONDS (default 60) so `limitless-storage` can be tried by hand.
     func testServeRAMDeviceForManualRuns() throws {

@@ -1,0 +1,102 @@
+import CLimitless
+import IPC
+import Platform
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Serves a block server's IPC endpoint on its own thread (as `IPCServer.start()` does) and, on
+/// the same thread between wakeups, unmaps the registered buffers of clients that vanished: at
+/// once when the connection count drops (a client went away), and at least once a second (a
+/// client released a registered region, or died while others connected). While rings
+/// (`BlockRing`) are attached it also polls them. The device, the registration table and the
+/// rings are only ever touched from this one thread.
+public final class BlockServingLoop: @unchecked Sendable {
+    public let server: BlockServer
+    public let endpoint: IPCServer
+    private let stopping = Atomic<Bool>(false)
+    private var thread: pthread_t?
+    /// With rings: spin (rather than yield) while only the device can make progress. Off by
+    /// default: measured under TCG, a server and its client sharing one CPU and yielding to each
+    /// other beat both spinning (see Scripts/storage-bench.sh).
+    public var spinWhileAwaitingDevice = false
+    /// How long one wait for IPC activity lasts before the loop looks around.
+    public var wakeInterval: Duration = .milliseconds(250)
+
+    public init(server: BlockServer, endpoint: IPCServer) {
+        self.server = server
+        self.endpoint = endpoint
+    }
+
+    /// Starts the serving thread.
+    public func start() {
+        precondition(thread == nil, "BlockServingLoop.start called twice")
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var handle = pthread_t()
+        let result = pthread_create(&handle, nil, { context in
+            let loop = Unmanaged<BlockServingLoop>.fromOpaque(context!).takeRetainedValue()
+            loop.run()
+            return nil
+        }, context)
+        precondition(result == 0, "pthread_create failed: \(result)")
+        thread = handle
+    }
+
+    private func run() {
+        let clock = MonotonicClock()
+        var lastSweep = clock.now()
+        var lastConnections = endpoint.connectionCount
+        var idleSince: UInt64 = 0
+        var passes = 0
+        while !stopping.load(ordering: .acquiring) {
+            // With rings attached the loop polls them (no system call per I/O, like an NVMe
+            // driver polling its completion queue) and looks at the socket every 256 passes; a
+            // ring idle for 20 ms lets the loop sleep in epoll up to 1 ms at a time instead.
+            var timeout = wakeInterval
+            if server.ringCount > 0 {
+                let work = server.pollRings()
+                if work > 0 { idleSince = 0 }
+                passes &+= 1
+                if passes & 255 != 0 {
+                    // Idle pass: spin while only the device can make progress; otherwise yield,
+                    // so a client polling its completions on the same CPU runs at once (a
+                    // wakeup across CPUs costs far more; measured under TCG, a server and a
+                    // client polling on two CPUs did worse than the two sharing one).
+                    if work == 0 {
+                        if spinWhileAwaitingDevice && server.ringsAwaitDevice { CL_cpu_relax() } else { sched_yield() }
+                    }
+                    continue
+                }
+                if work == 0 {
+                    let now = clock.now()
+                    if idleSince == 0 { idleSince = now }
+                    if now &- idleSince > 20_000_000 { timeout = .milliseconds(1) } else { timeout = .zero }
+                } else {
+                    timeout = .zero
+                }
+            }
+            guard endpoint.serveOnce(timeout: timeout) else { break }
+            let connections = endpoint.connectionCount
+            defer { lastConnections = connections }
+            guard server.registered.count > 0 else { continue }
+            let now = clock.now()
+            if connections < lastConnections || now &- lastSweep >= 1_000_000_000 {
+                server.sweepVanishedClients(connectionCount: connections)
+                lastSweep = now
+            }
+        }
+    }
+
+    /// Stops serving: the thread ends within `wakeInterval`, every registered buffer is
+    /// unmapped, then the endpoint disconnects its clients and removes its socket.
+    public func stop() {
+        stopping.store(true, ordering: .releasing)
+        if let thread {
+            pthread_join(thread, nil)
+            self.thread = nil
+        }
+        server.unregisterAll()
+        endpoint.stop()
+    }
+}

@@ -1,0 +1,141 @@
+import IPC
+import Platform
+import XCTest
+@testable import Storage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The ring path (`BlockRing`): a client ring attached over a real IPC connection, polled by the
+/// serving loop, against the RAM device (completes at submission) with its fake IOMMU.
+final class BlockRingTests: XCTestCase {
+    private var directory = ""
+    private var device: MemoryBlockDevice!
+    private var block: BlockServer!
+    private var loop: BlockServingLoop!
+
+    override func setUpWithError() throws {
+        var template = Array("/tmp/limitless-ring-XXXXXX".utf8CString)
+        directory = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+        device = MemoryBlockDevice(namespaces: [1: BlockGeometry(blockSize: 512, blockCount: 4096),
+                                                2: BlockGeometry(blockSize: 4096, blockCount: 1024)])
+        block = BlockServer(device: device)
+        loop = BlockServingLoop(server: block, endpoint: try block.makeIPCServer(name: "storage", directory: directory))
+        loop.wakeInterval = .milliseconds(20)
+        loop.start()
+    }
+
+    override func tearDown() {
+        loop?.stop()
+        loop = nil
+        block = nil
+        device = nil
+        _ = rmdir(directory)
+    }
+
+    /// Reaps until `count` completions arrived (or 10 s passed).
+    private func collect(_ ring: BlockRingClient, _ count: Int) -> [UInt64: (IPCStatus, Int)] {
+        var results: [UInt64: (IPCStatus, Int)] = [:]
+        let deadline = ContinuousClock.now + .seconds(10)
+        while results.count < count, ContinuousClock.now < deadline {
+            if ring.reap({ results[$0] = ($1, $2) }) == 0 { usleep(100) }
+        }
+        return results
+    }
+
+    private func attach(entries: Int = 16, dataBytes: Int = 64 * 1024) throws -> (BlockClient, BlockRingClient, UInt32) {
+        let client = try BlockClient.connect(name: "storage", directory: directory)
+        let ring = try BlockRingClient(entries: entries, dataBytes: dataBytes)
+        let handle = try client.connection.share(ring.memory)
+        XCTAssertEqual(try client.attachRing(sharedHandle: handle, count: UInt32(ring.memory.size)), .success(handle))
+        return (client, ring, handle)
+    }
+
+    func testRequestsThroughTheRingMoveDataStraightToTheDevice() throws {
+        let (client, ring, handle) = try attach()
+        XCTAssertEqual(block.ringCount, 1)
+        // Eight 4 KiB writes published at once, each from its own piece of the data area.
+        let data = BlockServerTests.pattern(8 * 4096, seed: 21)
+        data.withUnsafeBytes { ring.data.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: data.count) }
+        for index in 0..<8 {
+            XCTAssertTrue(ring.enqueue(write: true, nsid: 2, lba: UInt64(100 + index * 2), blocks: 1,
+                                       dataOffset: UInt32(index * 4096), tag: UInt64(index)))
+        }
+        ring.publish()
+        let written = collect(ring, 8)
+        XCTAssertEqual(written.count, 8)
+        for index in 0..<8 { XCTAssertEqual(written[UInt64(index)]?.0, .ok); XCTAssertEqual(written[UInt64(index)]?.1, 4096) }
+        XCTAssertEqual(device.directTransfers, 8, "ring writes must go straight from the mapped data area")
+        // Read them back through the ring into the second half of the data area.
+        for index in 0..<8 {
+            XCTAssertTrue(ring.enqueue(write: false, nsid: 2, lba: UInt64(100 + index * 2), blocks: 1,
+                                       dataOffset: UInt32(32 * 1024 + index * 4096), tag: UInt64(100 + index)))
+        }
+        ring.publish()
+        XCTAssertEqual(collect(ring, 8).values.filter { $0.0 == .ok }.count, 8)
+        XCTAssertEqual(Array(UnsafeRawBufferPointer(rebasing: ring.data[(32 * 1024)..<(64 * 1024)])), data)
+        // The message path agrees on what is on the medium.
+        XCTAssertEqual(try client.read(2, lba: 102, blocks: 1), .success(Array(data[4096..<8192])))
+        XCTAssertGreaterThanOrEqual(block.ringRequests, 16)
+        // Detached: the ring is no longer polled and its pages leave the fake IOMMU.
+        XCTAssertEqual(try client.unregisterBuffer(sharedHandle: handle), .ok)
+        XCTAssertEqual(block.ringCount, 0)
+        XCTAssertTrue(device.clientMappings.isEmpty)
+    }
+
+    func testBadRingEntriesCompleteWithAnErrorAndTouchNothing() throws {
+        let (_, ring, _) = try attach(entries: 8, dataBytes: 16 * 1024)
+        let cases: [(write: Bool, nsid: UInt32, lba: UInt64, blocks: UInt32, offset: UInt32, expected: IPCStatus)] = [
+            (false, 7, 0, 1, 0, .ENOENT),                 // no such namespace
+            (false, 2, 1023, 2, 0, .ERANGE),              // past the end
+            (false, 2, 0, 0, 0, .EINVAL),                 // zero blocks
+            (true, 2, 0, 4, 4096, .EINVAL),               // data runs past the data area
+            (true, 1, 0, 1, 2, .EINVAL),                  // data not dword aligned
+            (false, 2, 0, 64, 0, .EMSGSIZE),              // more than one command moves
+        ]
+        for (index, item) in cases.enumerated() {
+            XCTAssertTrue(ring.enqueue(write: item.write, nsid: item.nsid, lba: item.lba, blocks: item.blocks,
+                                       dataOffset: item.offset, tag: UInt64(index)))
+        }
+        ring.publish()
+        let results = collect(ring, cases.count)
+        for (index, item) in cases.enumerated() {
+            XCTAssertEqual(results[UInt64(index)]?.0, item.expected, "case \(index)")
+        }
+        XCTAssertEqual(device.directTransfers, 0)
+    }
+
+    func testAttachRefusesWhatIsNotARing() throws {
+        let client = try BlockClient.connect(name: "storage", directory: directory)
+        let plain = try SharedMemory(size: 64 * 1024)
+        let handle = try client.connection.share(plain)
+        XCTAssertEqual(try client.attachRing(sharedHandle: handle, count: 64 * 1024), .failure(.EINVAL))
+        XCTAssertEqual(block.ringCount, 0)
+        XCTAssertTrue(device.clientMappings.isEmpty)
+    }
+
+    func testAVanishedRingClientIsDetached() throws {
+        var client: BlockClient?
+        var ring: BlockRingClient?
+        (client, ring, _) = try attach()
+        client = nil
+        ring = nil
+        let deadline = ContinuousClock.now + .seconds(10)
+        while loop.endpoint.connectionCount > 0, ContinuousClock.now < deadline { usleep(5000) }
+        loop.stop()
+        loop = nil
+        XCTAssertEqual(block.vanishedBuffersUnmapped, 1)
+        XCTAssertEqual(block.ringCount, 0)
+        XCTAssertTrue(device.clientMappings.isEmpty)
+    }
+
+    func testBenchOverTheRing() throws {
+        let client = try BlockClient.connect(name: "storage", directory: directory)
+        let result = try StorageTool.bench(client, options: .init(nsid: 2, seconds: 0.2, queueDepth: 8, ioSize: 4096,
+                                                                  mode: .mixed, dataPath: .ring))
+        XCTAssertGreaterThan(result.operations, 0)
+        XCTAssertEqual(result.reads + result.writes, result.operations)
+        XCTAssertEqual(device.directTransfers, result.operations)
+        XCTAssertEqual(block.ringCount, 0, "the bench detaches its ring")
+    }
+}
