@@ -28,13 +28,7 @@ public enum MountSources {
     /// Namespace `nsid` of the storage server at `directory/name.sock`.
     public static func storage(name: String, directory: String, nsid: UInt32, readOnly: Bool, cachePages: Int,
                                log: @escaping (String) -> Void) throws(FSError) -> Mounted {
-        let client: BlockClient
-        do {
-            client = try BlockClient.connect(name: name, directory: directory)
-        } catch {
-            throw FSError(.init(rawValue: 107), "no storage server at \(directory)/\(name).sock: \(error)")  // ENOTCONN
-        }
-        let store = try StorageBlockStore(client: client, nsid: nsid)
+        let store = try StorageBlockStore(name: name, directory: directory, nsid: nsid)
         return try ext2(on: store, readOnly: readOnly, cachePages: cachePages,
                         what: "storage \(name) nsid \(nsid) (\(store.capacity / UInt64(store.sectorSize)) blocks of \(store.sectorSize))", log: log)
     }

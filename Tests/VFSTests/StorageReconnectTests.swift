@@ -1,0 +1,103 @@
+import Dispatch
+import IPC
+import Storage
+import VFS
+import VFSCore
+import XCTest
+
+/// storage_server restarts under the supervisor after a crash; the VFS's block store must carry
+/// on across it: reconnect by name, share its region again, send the interrupted request again.
+/// Here the "restart" is a new BlockServer on the same RAM device (what survives a real restart
+/// is the device's contents).
+final class StorageReconnectTests: XCTestCase {
+    private final class ServerBox: @unchecked Sendable {
+        var servers: [IPCServer] = []
+        let lock = NSLock()
+        func add(_ server: IPCServer) { lock.lock(); servers.append(server); lock.unlock() }
+        func stopAll() { lock.lock(); servers.forEach { $0.stop() }; lock.unlock() }
+    }
+
+    /// What the restarting thread needs; it only starts a server while the test thread waits.
+    private struct Restart: @unchecked Sendable {
+        let test: StorageReconnectTests
+        let device: MemoryBlockDevice
+        let directory: String
+        let box: ServerBox
+    }
+
+    private func serve(_ device: MemoryBlockDevice, _ directory: String, into box: ServerBox) throws {
+        let server = try BlockServer(device: device).makeIPCServer(name: "storage", directory: directory)
+        server.start()
+        box.add(server)
+    }
+
+    private func pattern(_ count: Int, seed: UInt8) -> [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31) &+ seed } }
+
+    func testWritesAndReadsCarryOnAcrossAStorageServerRestart() throws {
+        let device = MemoryBlockDevice(namespaces: [1: BlockGeometry(blockSize: 512, blockCount: 4096)])
+        let directory = makeTemporaryDirectory(self)
+        let box = ServerBox()
+        addTeardownBlock { box.stopAll() }
+        try serve(device, directory, into: box)
+        let store = try StorageBlockStore(name: "storage", directory: directory, nsid: 1)
+
+        let first = pattern(8192, seed: 1)
+        try first.withUnsafeBytes { try store.write(at: 0, from: $0) }
+        box.stopAll()  // the server dies: its clients are disconnected, its socket removed
+
+        // It comes back a little later, on the same device.
+        let restarted = expectation(description: "restarted")
+        let restart = Restart(test: self, device: device, directory: directory, box: box)
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(200)) {
+            do { try restart.test.serve(restart.device, restart.directory, into: restart.box) } catch { XCTFail("restart: \(error)") }
+            restarted.fulfill()
+        }
+        // Large (through the shared region, which must be shared again) and small (inline).
+        let large = pattern(256 * 1024, seed: 2)
+        try large.withUnsafeBytes { try store.write(at: 64 * 1024, from: $0) }
+        wait(for: [restarted], timeout: 30)
+        let small = pattern(1024, seed: 3)
+        try small.withUnsafeBytes { try store.write(at: 1024 * 512, from: $0) }
+        XCTAssertEqual(store.reconnects, 1)
+
+        var back = [UInt8](repeating: 0, count: large.count)
+        try back.withUnsafeMutableBytes { try store.read(at: 64 * 1024, into: $0) }
+        XCTAssertEqual(back, large)
+        var onDevice = [UInt8](repeating: 0, count: first.count)
+        try onDevice.withUnsafeMutableBytes { try device.read(nsid: 1, lba: 0, blocks: 16, into: $0) }
+        XCTAssertEqual(onDevice, first, "what was written before the restart is still there")
+        onDevice = [UInt8](repeating: 0, count: small.count)
+        try onDevice.withUnsafeMutableBytes { try device.read(nsid: 1, lba: 1024, blocks: 2, into: $0) }
+        XCTAssertEqual(onDevice, small)
+        try store.flush()
+    }
+
+    func testAServerThatDoesNotComeBackFailsWithEIOAfterTheDeadline() throws {
+        let device = MemoryBlockDevice(namespaces: [1: BlockGeometry(blockSize: 512, blockCount: 64)])
+        let directory = makeTemporaryDirectory(self)
+        let box = ServerBox()
+        try serve(device, directory, into: box)
+        let store = try StorageBlockStore(name: "storage", directory: directory, nsid: 1)
+        store.reconnectDeadline = .milliseconds(300)
+        box.stopAll()
+        XCTAssertThrowsError(try [UInt8](repeating: 7, count: 512).withUnsafeBytes { try store.write(at: 0, from: $0) }) { error in
+            XCTAssertEqual((error as? FSError)?.errno, .ioError)
+            XCTAssertTrue("\(error)".contains("did not come back"), "\(error)")
+        }
+        XCTAssertEqual(store.reconnects, 0)
+    }
+
+    func testAStoreMadeFromAClientDoesNotReconnect() throws {
+        let device = MemoryBlockDevice(namespaces: [1: BlockGeometry(blockSize: 512, blockCount: 64)])
+        let directory = makeTemporaryDirectory(self)
+        let box = ServerBox()
+        try serve(device, directory, into: box)
+        let store = try StorageBlockStore(client: try BlockClient.connect(name: "storage", directory: directory), nsid: 1)
+        box.stopAll()
+        try serve(device, directory, into: box)
+        defer { box.stopAll() }
+        XCTAssertThrowsError(try [UInt8](repeating: 7, count: 512).withUnsafeBytes { try store.write(at: 0, from: $0) }) { error in
+            XCTAssertEqual((error as? FSError)?.errno, .ioError)
+        }
+    }
+}
