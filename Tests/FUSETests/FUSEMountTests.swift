@@ -199,7 +199,7 @@ final class FUSEMountTests: XCTestCase {
         XCTAssertEqual(open("\(mnt)/nope", O_RDONLY), -1)
         XCTAssertEqual(errno, ENOENT)
         let catDirectory = tool("cat", "\(mnt)/a/b")
-        XCTAssertEqual(catDirectory.output, "cat: \(mnt)/a/b: Is a directory\n")
+        XCTAssertTrue(catDirectory.output.hasSuffix("cat: \(mnt)/a/b: Is a directory\n"), catDirectory.output)
         XCTAssertEqual(mkdir("\(mnt)/a", 0o755), -1)
         XCTAssertEqual(errno, EEXIST)
 
