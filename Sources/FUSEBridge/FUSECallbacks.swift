@@ -39,13 +39,11 @@ enum FUSECallbacks {
         var ops = fuse_operations()
         ops.`init` = { _, config in
             // use_ino: st_ino is the server's inode number (ls -i, cp's hard-link detection).
-            // hard_remove + nullpath_ok: unlinking an open file removes it at once (the server
-            // keeps the open descriptor working), instead of libfuse renaming it to .fuse_hidden.
-            if let config {
-                config.pointee.use_ino = 1
-                config.pointee.hard_remove = 1
-                config.pointee.nullpath_ok = 1
-            }
+            // Unlinking an open file keeps libfuse's default (hard_remove off): it is renamed to
+            // .fuse_hiddenNNN until its last close, because the kernel's fstat of it arrives
+            // without a file handle, and libfuse could only answer ESTALE for a file with no
+            // name; so the open file keeps working, as POSIX wants.
+            config?.pointee.use_ino = 1
             return fuse_get_context()!.pointee.private_data
         }
         ops.getattr = { path, st, info in

@@ -197,8 +197,8 @@ public final class FUSEOperations {
 
     // MARK: Conversions
 
-    /// FUSE passes a NULL path for an operation on a file that has been unlinked while open
-    /// (nullpath_ok); without a descriptor there is nothing to name it by.
+    /// libfuse passes a NULL path when a file has no name any more (unlinked while open and
+    /// already gone, or nullpath_ok); without a descriptor there is nothing to name it by.
     private static func need(_ path: String?) throws(VFSError) -> String {
         guard let path else { throw VFSError(.ENOENT, "no path") }
         return path

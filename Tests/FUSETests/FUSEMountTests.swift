@@ -210,6 +210,19 @@ final class FUSEMountTests: XCTestCase {
             XCTAssertTrue(other.output.contains("Permission denied"), other.output)
         }
 
+        // A file unlinked while open: still readable and fstat-able through the descriptor;
+        // its name is gone at once (libfuse parks it as .fuse_hidden* until the last close).
+        let kept = open("\(mnt)/a/renamed.txt", O_RDONLY)
+        XCTAssertGreaterThanOrEqual(kept, 0)
+        XCTAssertEqual(unlink("\(mnt)/a/renamed.txt"), 0)
+        XCTAssertEqual(access("\(mnt)/a/renamed.txt", F_OK), -1)
+        var buffer = [UInt8](repeating: 0, count: 5)
+        XCTAssertEqual(read(kept, &buffer, 5), 5, String(cString: strerror(errno)))
+        XCTAssertEqual(buffer, Array("hello".utf8))
+        XCTAssertEqual(fstat(kept, &st), 0, String(cString: strerror(errno)))
+        XCTAssertEqual(st.st_size, 100_000)
+        XCTAssertEqual(close(kept), 0)
+
         // rm -r, and the tree is gone.
         XCTAssertEqual(tool("rm", "-r", "\(mnt)/a").status, 0)
         XCTAssertEqual(tool("ls", "-A", mnt).output, "")
