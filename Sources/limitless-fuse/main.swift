@@ -53,19 +53,31 @@ struct LimitlessFUSE: ParsableCommand {
         // Check the server before mounting: a mount whose every request fails helps nobody.
         // This connection is closed again; the serving process (after the daemon fork) makes
         // its own, so its descriptors are keyed by its own pid.
-        do {
-            let probe = try VFSClient.connect(name: server, directory: directory)
-            _ = try probe.statfs("/")
-        } catch {
-            Self.say("limitless-fuse: no VFS server at \(directory)/\(server).sock: start vfs_server or the supervisor (\(error))")
-            throw ExitCode.failure
-        }
+        try Self.checkServer(name: server, directory: directory)
         let name = server
         let operations = FUSEOperations(connect: { () throws(VFSError) in try VFSClient.connect(name: name, directory: directory) })
         let status = FUSEMount.run(operations, mountPoint: mountPoint, options: options, foreground: foreground || debug, debug: debug) {
             Self.say("limitless-fuse: \($0)")
         }
         if status != 0 { throw ExitCode(status) }
+    }
+
+    /// Connects, asks statfs("/"), and lets the connection go (closed on return).
+    static func checkServer(name: String, directory: String) throws {
+        let socket = "\(directory)/\(name).sock"
+        let probe: VFSClient
+        do {
+            probe = try VFSClient.connect(name: name, directory: directory)
+        } catch {
+            say("limitless-fuse: no VFS server at \(socket): start vfs_server or the supervisor")
+            throw ExitCode.failure
+        }
+        do {
+            _ = try probe.statfs("/")
+        } catch {
+            say("limitless-fuse: the VFS server at \(socket) does not answer statfs(\"/\"): \(error)")
+            throw ExitCode.failure
+        }
     }
 
     static func say(_ text: String) {
