@@ -258,12 +258,23 @@ final class FUSEMountTests: XCTestCase {
         XCTAssertEqual(help.status, 0)
         XCTAssertTrue(help.output.contains("USAGE: limitless-fuse <mount-point>") && help.output.contains("--runtime-dir"), help.output)
 
+        // allow_other is refused for anyone but root (checked before anything else).
+        if access("/usr/bin/setpriv", X_OK) == 0 {
+            let shared = runProgram("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", bridgeProgram, "/tmp", "-o", "ro,allow_other"])
+            XCTAssertEqual(shared.status, 64, shared.output)
+            XCTAssertTrue(shared.output.hasPrefix("limitless-fuse: -o allow_other refused: one bridge serves one user"), shared.output)
+        }
+
         let server = try startServer(directory)
         defer {
             kill(server, SIGTERM)
             _ = waitForExit(server)
         }
         let log = directory + "/fuse.log"
+        let badOption = runProgram(bridgeProgram, [mnt, "--runtime-dir", directory, "-o", "no_such_option"])
+        XCTAssertEqual(badOption.status, 1)
+        XCTAssertTrue(badOption.output.contains("unknown option(s): `-o no_such_option'"), badOption.output)
+        XCTAssertFalse(isLimitlessMount(mnt))
         let watchdog = Watchdog(seconds: 20) { _ = runProgram("/usr/bin/fusermount3", ["-u", "-z", mnt]) }
         defer { if !watchdog.cancel() { XCTFail("the watchdog fired: \(readText(log))") } }
 
