@@ -82,7 +82,12 @@ public enum FUSEMount {
             return 1
         }
         let session = fuse_get_session(fuse)
-        // SIGTERM, SIGINT, SIGHUP end the loop; SIGPIPE is ignored.
+        // SIGTERM, SIGINT, SIGHUP end the loop; SIGPIPE is ignored. libfuse leaves a signal
+        // alone that was ignored at start; a shell script's `&` ignores SIGINT for its
+        // background jobs, and `kill -INT` should still unmount, so SIGINT and SIGTERM are made
+        // default first (SIGHUP stays ignored under nohup).
+        signal(SIGINT, SIG_DFL)
+        signal(SIGTERM, SIG_DFL)
         guard fuse_set_signal_handlers(session) == 0 else {
             fuse_unmount(fuse)
             return 1

@@ -297,5 +297,15 @@ final class FUSEMountTests: XCTestCase {
         XCTAssertEqual(waitForExit(bridge), 0, readText(log))
         XCTAssertFalse(isLimitlessMount(mnt), "SIGTERM unmounts")
         XCTAssertTrue(readText(log).contains("limitless-fuse: unmounted \(mnt)"), readText(log))
+
+        // Foreground, SIGINT (Ctrl-C): the same.
+        guard let interrupted = spawn(bridgeProgram, [mnt, "--runtime-dir", directory, "--foreground"], log: log) else {
+            return XCTFail("cannot start limitless-fuse")
+        }
+        try waitForMount(mnt, bridge: interrupted, log: log)
+        XCTAssertEqual(tool("ls", mnt).output, "x\n")
+        kill(interrupted, SIGINT)
+        XCTAssertEqual(waitForExit(interrupted), 0, readText(log))
+        XCTAssertFalse(isLimitlessMount(mnt), "SIGINT unmounts")
     }
 }
