@@ -214,10 +214,19 @@ final class ProcessTests: XCTestCase {
         // A directory for the tmpfs to cover, made by debugfs (the image is fresh from mke2fs).
         guard let debugfs = tool("debugfs") else { throw XCTSkip("debugfs not installed") }
         XCTAssertEqual(runProgram(debugfs, ["-w", "-R", "mkdir tmp", image]).0, 0)
+        XCTAssertEqual(runProgram(debugfs, ["-w", "-R", "mkdir mnt", image]).0, 0)
+        let second = try makeExt2Image(self, blocks: 4096)
         let directory = makeTemporaryDirectory(self)
-        let pid = try startServer(["--image", image, "--tmpfs", "/tmp", "--writeback-interval", "200ms"], directory: directory)
+        let pid = try startServer(["--image", image, "--tmpfs", "/tmp", "--mount", "/mnt=\(second)", "--writeback-interval", "200ms"],
+                                  directory: directory)
         try exerciseTool(directory, under: "")
         try exerciseTool(directory, under: "/tmp")
+        try exerciseTool(directory, under: "/mnt")
+        let df = try fsTool(directory, "df", "/", "/tmp", "/mnt")
+        XCTAssertTrue(df.1.contains(" /\n") && df.1.contains(" /tmp\n") && df.1.contains(" /mnt\n") && df.1.contains("tmpfs"), df.1)
+        writeText(directory + "/m", Array("on the second image".utf8))
+        XCTAssertEqual(try fsTool(directory, "put", directory + "/m", "/mnt/m").0, 0)
+        XCTAssertEqual(try fsTool(directory, "mv", "/mnt/m", "/m").1, "limitless-fs: cannot move '/mnt/m' to '/m': Invalid cross-device link\n")
         XCTAssertEqual(try fsTool(directory, "mkdir", "/keep").0, 0)
         writeText(directory + "/k", Array("kept".utf8))
         XCTAssertEqual(try fsTool(directory, "put", directory + "/k", "/keep/k").0, 0)
@@ -226,5 +235,8 @@ final class ProcessTests: XCTestCase {
         let (status, output) = runProgram(e2fsck, ["-fn", image])
         XCTAssertEqual(status, 0, output)
         XCTAssertTrue(runProgram(debugfs, ["-R", "cat /keep/k", image]).1.contains("kept"))
+        XCTAssertTrue(runProgram(debugfs, ["-R", "cat /m", second]).1.contains("on the second image"))
+        let (secondStatus, secondOutput) = runProgram(e2fsck, ["-fn", second])
+        XCTAssertEqual(secondStatus, 0, secondOutput)
     }
 }
