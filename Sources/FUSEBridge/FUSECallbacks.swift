@@ -57,8 +57,8 @@ enum FUSECallbacks {
                 let target = Array(try ops.readlink(string(path) ?? "").utf8)
                 // FUSE's buffer holds size bytes including the NUL; a longer target is cut, as
                 // readlink(2) cuts it.
-                let count = min(target.count, size - 1)
-                target.withUnsafeBytes { memcpy(buffer!, $0.baseAddress!, count) }
+                let count = max(0, min(target.count, size - 1))
+                for index in 0..<count { buffer![index] = CChar(bitPattern: target[index]) }
                 buffer![count] = 0
             }
         }
