@@ -18,6 +18,7 @@ let package = Package(
         .executable(name: "limitless-storage", targets: ["limitless-storage"]),
         .executable(name: "vfs_server", targets: ["vfs_server"]),
         .executable(name: "limitless-fs", targets: ["limitless-fs"]),
+        .executable(name: "limitless-fuse", targets: ["limitless-fuse"]),
         // The seed's C calls (ipc_send_receive, ipc_send, ipc_receive, create_shared_memory_cap).
         .library(name: "limitless_ipc", targets: ["limitless_ipc"]),
     ],
@@ -32,6 +33,8 @@ let package = Package(
         // Debian's libpci-dev and libnuma-dev, as system libraries.
         .systemLibrary(name: "CPCI", pkgConfig: "libpci", providers: [.apt(["libpci-dev"])]),
         .systemLibrary(name: "CNUMA", providers: [.apt(["libnuma-dev"])]),
+        // Debian's libfuse3-dev (the high-level, path-based API, FUSE_USE_VERSION 31).
+        .systemLibrary(name: "CFUSE", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
 
         // Platform: PCI enumeration and config space, VFIO, UIO, DMA memory, interrupts.
         .target(
@@ -77,6 +80,9 @@ let package = Package(
                 "VFSCore", "Ext2", "IPC", "ServerKit", "Storage",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
+
+        // The FUSE bridge's logic: FUSE operations mapped to VFSClient calls and errno.
+        .target(name: "FUSEBridge", dependencies: ["VFS", "VFSCore", "IPC", "CFUSE"]),
 
         // Which server drives which device.
         .target(name: "DeviceCatalog", dependencies: ["Platform"]),
@@ -126,6 +132,9 @@ let package = Package(
             name: "limitless-fs",
             dependencies: ["VFS", "IPC", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
+            name: "limitless-fuse",
+            dependencies: ["FUSEBridge", "VFS", "IPC", "CFUSE", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(
             name: "limitless-fuzz",
             dependencies: ["IPC", "Ext2", "VFSCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
@@ -141,5 +150,6 @@ let package = Package(
         .testTarget(name: "DeviceCatalogTests", dependencies: ["DeviceCatalog", "Platform"]),
         .testTarget(name: "Ext2Tests", dependencies: ["Ext2", "VFSCore"]),
         .testTarget(name: "VFSTests", dependencies: ["VFS", "VFSCore", "Ext2", "IPC", "Storage"]),
+        .testTarget(name: "FUSETests", dependencies: ["FUSEBridge", "VFS", "VFSCore", "IPC"]),
     ]
 )
