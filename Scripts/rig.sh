@@ -217,6 +217,12 @@ ensure_tools() {
 	command -v depmod >/dev/null && command -v modprobe >/dev/null || need+=(kmod)
 	command -v lspci >/dev/null || need+=(pciutils)
 	python3 -c 'import json, socket' 2>/dev/null || need+=(python3)
+	# What the release build links (the rig builds before it boots) and what the suites run in
+	# the guest from the host's root (e2fsprogs for the vfs suite).
+	local package
+	for package in libpci-dev libnuma-dev pkg-config libfuse3-dev fuse3 e2fsprogs; do
+		dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || need+=("$package")
+	done
 	# The profile's own host tools (they run in the guest through the 9p root), COMMAND:PACKAGE.
 	local entry
 	for entry in $RIG_HOST_PACKAGES; do

@@ -56,7 +56,7 @@ tally() {
 # The build's own Debian packages (the rig installs QEMU and its kernel itself).
 ensure_packages() {
 	local missing=() package
-	for package in libpci-dev libnuma-dev pkg-config pci.ids shellcheck e2fsprogs; do
+	for package in libpci-dev libnuma-dev pkg-config pci.ids shellcheck e2fsprogs libfuse3-dev fuse3; do
 		dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 	done
 	((${#missing[@]} == 0)) && return 0
