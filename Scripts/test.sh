@@ -12,7 +12,7 @@ usage() {
 	cat <<'USAGE'
 Usage: Scripts/test.sh [--no-rig] [--only unit|scripts|fuzz|rig] [-h|--help]
 
-Runs the unit tests, the script tests, a bounded fuzz run of the IPC decoder and server (a
+Runs the unit tests, the script tests, a bounded fuzz run of the IPC decoder and server and of ext2 images (a
 million generated inputs; Scripts/fuzz.sh is the long run) and the rig's hardware-in-the-loop
 suites, then prints
 "N passed, N failed". Installs the Debian packages the build needs when they are missing
@@ -56,7 +56,7 @@ tally() {
 # The build's own Debian packages (the rig installs QEMU and its kernel itself).
 ensure_packages() {
 	local missing=() package
-	for package in libpci-dev libnuma-dev pkg-config pci.ids shellcheck; do
+	for package in libpci-dev libnuma-dev pkg-config pci.ids shellcheck e2fsprogs; do
 		dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 	done
 	((${#missing[@]} == 0)) && return 0
@@ -120,13 +120,13 @@ build_release() {
 
 run_fuzz() {
 	build_release || { tally fuzz 0 0 1; return; }
-	say "fuzz: limitless-fuzz decoder (1,000,000 inputs) and server (200,000 datagrams)"
+	say "fuzz: limitless-fuzz decoder (1,000,000 inputs), server (200,000 datagrams), ext2 (5,000 damaged images)"
 	local passed=0 failed=0 mode
-	for mode in "decoder --iterations 1000000" "server --count 200000"; do
+	for mode in "decoder --iterations 1000000" "server --count 200000" "ext2 --iterations 5000"; do
 		# shellcheck disable=SC2086 # the mode is two words on purpose
 		if .build/release/limitless-fuzz $mode >"$logs/fuzz.log" 2>&1 && grep -q "violations: 0" "$logs/fuzz.log"; then
 			passed=$((passed + 1))
-			grep -E "^(inputs|datagrams|after):" "$logs/fuzz.log" | sed "s/^/  ${mode%% *}: /" >&2
+			grep -E "^(inputs|datagrams|after|iterations|mounted|operations):" "$logs/fuzz.log" | sed "s/^/  ${mode%% *}: /" >&2
 		else
 			failed=$((failed + 1))
 			tail -20 "$logs/fuzz.log" >&2

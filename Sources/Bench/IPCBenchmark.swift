@@ -54,7 +54,7 @@ public struct IPCBenchmark {
         case RingBench.sinkRole: try RingBench.sink(descriptor: descriptor, options: options)
         case SeqpacketBench.echoRole: try SeqpacketBench.echo(descriptor: descriptor)
         case SeqpacketBench.sinkRole: try SeqpacketBench.sink(descriptor: descriptor)
-        case IPCSocketBench.echoRole: try IPCSocketBench.echoServer(descriptor: descriptor)
+        case IPCSocketBench.echoRole: try IPCSocketBench.echoServer(descriptor: descriptor, options: options)
         default: throw BenchError.unknownRole(role)
         }
     }

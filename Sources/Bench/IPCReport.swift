@@ -55,6 +55,7 @@ struct IPCReport {
         row("ring (shared memory)", ringRoundTrip, ringOneWay)
         row("seqpacket (raw)", socketRoundTrip, socketOneWay)
         row("ipc socket (IPCServer/IPCClient)", ipcSocket?.roundTrip, ipcSocket?.oneWay)
+        row("ipc ring (IPCClient.attachRing)", ipcSocket?.ringRoundTrip, nil)
         let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
         func line(_ cells: [String]) -> String {
             cells.enumerated().map { index, cell in
@@ -89,6 +90,9 @@ struct IPCReport {
         if let ipc = ipcSocket?.oneWay, let ring = ringOneWay {
             print("ipc socket / ring one-way cost:     \(fixed(ipc.cyclesPerMessage / ring.cyclesPerMessage, 1))x")
         }
+        if let ipc = ipcSocket?.roundTrip, let ring = ipcSocket?.ringRoundTrip {
+            print("ipc socket / ipc ring round trip (p50): \(fixed(ipc.p50 / ring.p50, 1))x   (the same sendReceive, before and after attachRing)")
+        }
         if let ipc = ipcSocket?.roundTrip, let socket = socketRoundTrip {
             print("ipc socket / seqpacket round trip (p50): \(fixed(ipc.p50 / socket.p50, 2))x   (the layer's own overhead)")
         }
@@ -101,6 +105,10 @@ struct IPCReport {
                 + "one-way is sendBatch of \(ipc.batch) then its \(ipc.batch) replies drained with receive(into:)")
             notes.append("ipc socket: batch \(ipc.batch) = min(--batch \(options.batch), server Configuration.queueDepth \(ipc.queueDepth)) "
                 + "(past the queue depth the server answers EBUSY); \(ipc.busy) EBUSY, \(ipc.oneWay.errors) errors/out of order")
+            if let ring = ipc.ringRoundTrip {
+                notes.append("ipc ring: the same sendReceive(into:) after attachRing(slotSize: \(ipc.ringSlotSize)), served by the server's "
+                    + "ring thread with the same handler; \(ring.count) samples")
+            }
         }
         notes.forEach { print("  " + $0) }
     }

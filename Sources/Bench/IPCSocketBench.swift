@@ -34,7 +34,14 @@ enum IPCSocketBench {
         var batch: Int
         /// Replies refused with EBUSY in the asynchronous test (0 while batch <= queue depth).
         var busy: Int
+        /// The same round trips after `IPCClient.attachRing`: `sendReceive` over the server's
+        /// shared-memory ring, served by the ring's thread with the same handler.
+        var ringRoundTrip: RoundTripResult?
+        var ringSlotSize = 0
     }
+
+    /// The ring the client asks for: a header-only request is 64 bytes, so a 128-byte slot.
+    static let ringSlotSize = 128
 
     static func ipc<T>(_ what: String, _ body: () throws(IPCError) -> T) throws(BenchError) -> T {
         do { return try body() } catch { throw .systemCall("\(what): \(error)", .ioError) }
@@ -64,9 +71,15 @@ enum IPCSocketBench {
             }
             let roundTrip = try roundTrips(client, options: options)
             let (oneWay, busy) = try batched(client, batch: batch, options: options)
+            try ipc("IPCClient.attachRing") { () throws(IPCError) in
+                try client.attachRing(slotSize: ringSlotSize, capacity: 64, policy: RingWaitPolicy(spinNanoseconds: options.spinNanoseconds))
+            }
+            let ring = try roundTrips(client, options: options, count: options.roundTrips)
+            guard client.ringExchanges >= ring.count else { throw BenchError.peerFailed(role: echoRole, status: -2) }
             try sendControl(mine, [0])  // stop
             try peer.wait()
-            return Result(roundTrip: roundTrip, oneWay: oneWay, queueDepth: queueDepth, batch: batch, busy: busy)
+            return Result(roundTrip: roundTrip, oneWay: oneWay, queueDepth: queueDepth, batch: batch, busy: busy,
+                          ringRoundTrip: ring, ringSlotSize: ringSlotSize)
         } catch {
             peer.kill()
             try? peer.wait()
@@ -75,9 +88,9 @@ enum IPCSocketBench {
     }
 
     /// Synchronous `sendReceive` of a header-only request; the echo handler returns param1.
-    static func roundTrips(_ client: IPCClient, options: IPCBenchmark.Options) throws(BenchError) -> RoundTripResult {
+    static func roundTrips(_ client: IPCClient, options: IPCBenchmark.Options, count: Int? = nil) throws(BenchError) -> RoundTripResult {
         var message = Message(type: requestType)
-        return try timedLoop(count: max(1_000, options.roundTrips / 10), warmup: 200,
+        return try timedLoop(count: count ?? max(1_000, options.roundTrips / 10), warmup: 200,
                              budgetNanoseconds: options.loopBudgetNanoseconds) { i throws(BenchError) in
             message.param1 = UInt64(i)
             let start = CL_cycles()
@@ -131,12 +144,15 @@ enum IPCSocketBench {
 
     /// Peer: serve `IPCServer` with an echo handler in the directory the parent sends, until told
     /// to stop (or the parent goes away).
-    static func echoServer(descriptor fd: Int32) throws {
+    static func echoServer(descriptor fd: Int32, options: IPCBenchmark.Options) throws {
         var buffer = [UInt8](repeating: 0, count: 4096)
         let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
         guard n > 0 else { throw BenchError.peerFailed(role: echoRole, status: -1) }
         let directory = String(decoding: buffer[..<n], as: UTF8.self)
-        let server = try IPCServer(name: serverName, directory: directory) { request, _, _ in
+        var configuration = IPCServer.Configuration()
+        configuration.maxRings = 1
+        configuration.ringWaitPolicy = RingWaitPolicy(spinNanoseconds: options.spinNanoseconds)
+        let server = try IPCServer(name: serverName, directory: directory, configuration: configuration) { request, _, _ in
             IPCReply(param1: request.param1, param2: request.param2, param3: request.param3)
         }
         server.start()  // its thread inherits this thread's CPU pinning

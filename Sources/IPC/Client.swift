@@ -52,6 +52,13 @@ public final class IPCClient {
     private var overflow: [Reply] = []
     private var overflowCount = 0  // overflow.count, read without touching the array
 
+    // Ring hooks (ClientRing.swift).
+    /// The attached shared-memory ring; unmanaged so the per-message path touches no count.
+    var ringChannel: Unmanaged<ClientRing>?
+    /// While set, a descriptor arriving with a reply is kept in `keptDescriptor`, not closed.
+    var keepDescriptors = false
+    var keptDescriptor: Int32 = -1
+
     private init(endpoint: IPCEndpoint, fd: Int32) {
         self.endpoint = endpoint
         self.fd = fd
@@ -70,6 +77,8 @@ public final class IPCClient {
     }
 
     deinit {
+        ringChannel?.release()
+        closeDescriptor(keptDescriptor)
         closeDescriptor(fd)
         receiveBuffer.deallocate()
         headerBuffer.deallocate()
@@ -112,7 +121,7 @@ public final class IPCClient {
         return UInt32((base + UInt64(offset) % period) % period + 1)
     }
 
-    private func nextSequence() -> UInt32 {
+    func nextSequence() -> UInt32 {
         lastSequence = Self.sequence(after: lastSequence)
         return lastSequence
     }
@@ -138,6 +147,29 @@ public final class IPCClient {
         let sent = retryingEINTR {
             CL_ipc_send(fd, headerBuffer.baseAddress, Message.headerSize, payload.baseAddress, payload.count,
                         &fds, descriptor >= 0 ? 1 : 0, CL_MSG_NOSIGNAL)
+        }
+        try check(sent, "sendmsg")
+        return message.sequence
+    }
+
+    /// One attempt to send that never blocks (the async API's): the sequence number, or nil when
+    /// the socket buffer is full (then no sequence number is used up).
+    func trySendNow(_ message: Message, payload: UnsafeRawBufferPointer) throws(IPCError) -> UInt32? {
+        guard payload.count <= Message.maxInlinePayload else { throw .payloadTooLarge(payload.count) }
+        let previous = lastSequence
+        var message = message
+        message.sequence = nextSequence()
+        message.senderPID = 0
+        message.senderUID = 0
+        message.senderGID = 0
+        message.encode(into: headerBuffer)
+        let sent = retryingEINTR {
+            CL_ipc_send(fd, headerBuffer.baseAddress, Message.headerSize, payload.baseAddress, payload.count, nil, 0,
+                        CL_MSG_NOSIGNAL | CL_MSG_DONTWAIT)
+        }
+        if case .failure(let errno) = sent, errno == .resourceTemporarilyUnavailable || errno == .noBufferSpace {
+            lastSequence = previous
+            return nil
         }
         try check(sent, "sendmsg")
         return message.sequence
@@ -237,6 +269,7 @@ public final class IPCClient {
     /// answer. Thrown: transport failures, `.timedOut`.
     public func sendReceive(_ message: Message, payload: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
                             timeout: Duration? = .seconds(10)) throws(IPCError) -> Reply {
+        if ringChannel != nil, let reply = try ringSendReceive(message, payload: payload, timeout: timeout) { return reply }
         let sequence = try send(message, payload: payload)
         return try awaitReply(sequence: sequence, timeout: timeout)
     }
@@ -248,7 +281,14 @@ public final class IPCClient {
     public func sendReceive(_ message: Message, payload: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
                             into reply: UnsafeMutableRawBufferPointer,
                             timeout: Duration? = .seconds(10)) throws(IPCError) -> (Message, Int) {
+        if ringChannel != nil, let result = try ringSendReceive(message, payload: payload, into: reply, timeout: timeout) { return result }
         let sequence = try send(message, payload: payload)
+        let (header, received) = try replyTo(sequence: sequence, timeout: timeout)
+        return (header, Self.copy(received, into: reply))
+    }
+
+    /// `awaitReply` into the caller's buffer (the allocation-free form; for `ReconnectingIPCClient`).
+    func awaitReply(sequence: UInt32, into reply: UnsafeMutableRawBufferPointer, timeout: Duration?) throws(IPCError) -> (Message, Int) {
         let (header, received) = try replyTo(sequence: sequence, timeout: timeout)
         return (header, Self.copy(received, into: reply))
     }
@@ -259,7 +299,7 @@ public final class IPCClient {
     }
 
     /// Copies what fits; returns the full length.
-    private static func copy(_ payload: UnsafeRawBufferPointer, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+    static func copy(_ payload: UnsafeRawBufferPointer, into buffer: UnsafeMutableRawBufferPointer) -> Int {
         let count = min(payload.count, buffer.count)
         if count > 0 { buffer.baseAddress!.copyMemory(from: payload.baseAddress!, byteCount: count) }
         return payload.count
@@ -274,7 +314,7 @@ public final class IPCClient {
     }
 
     /// The reply with `sequence`, stashed or received (stashing others); view as `nextReply`.
-    private func replyTo(sequence: UInt32, timeout: Duration?) throws(IPCError) -> (Message, UnsafeRawBufferPointer) {
+    func replyTo(sequence: UInt32, timeout: Duration?) throws(IPCError) -> (Message, UnsafeRawBufferPointer) {
         if let stashed = takeStashed(sequence: sequence) { return stashed }
         let deadline = deadline(timeout)
         while true {
@@ -284,7 +324,7 @@ public final class IPCClient {
         }
     }
 
-    private func receivedPayload(_ count: Int) -> UnsafeRawBufferPointer {
+    func receivedPayload(_ count: Int) -> UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: receiveBuffer.baseAddress! + Message.headerSize, count: count)
     }
 
@@ -292,7 +332,7 @@ public final class IPCClient {
 
     /// Keeps the reply just received into `receiveBuffer`: in a slot while one is free and
     /// nothing has spilled (so slots always hold older replies than `overflow`), else in `overflow`.
-    private func stash(_ message: Message, payloadCount: Int) {
+    func stash(_ message: Message, payloadCount: Int) {
         let payload = receivedPayload(payloadCount)
         guard overflowCount == 0, stashFreeCount > 0 else {
             overflow.append(Reply(message: message, payload: Array(payload)))
@@ -319,7 +359,7 @@ public final class IPCClient {
 
     /// Removes and returns the oldest stashed reply (with `sequence`, if given). The payload view
     /// is valid until the next `stash`.
-    private func takeStashed(sequence: UInt32?) -> (Message, UnsafeRawBufferPointer)? {
+    func takeStashed(sequence: UInt32?) -> (Message, UnsafeRawBufferPointer)? {
         if stashCount == 0 && overflowCount == 0 { return nil }
         for position in 0..<stashCount {
             let slot = stashOrder[position]
@@ -406,18 +446,35 @@ public final class IPCClient {
                 throw .systemCall("poll", Errno(rawValue: CL_errno()))
             }
             if ready == 0 { continue }  // the deadline check above decides
+            if let received = try receiveAvailable() { return received }
+        }
+    }
+
+    /// One datagram if one is there (never waits): decoded into `receiveBuffer`, returning the
+    /// header and the inline payload length; nil when there is none yet.
+    func receiveAvailable() throws(IPCError) -> (Message, Int)? {
+        while true {
             var fds: (Int32, Int32) = (-1, -1)
             var fdCount: Int32 = 0, flags: Int32 = 0
             let count = withUnsafeMutableBytes(of: &fds) { raw in
                 CL_ipc_recv(fd, receiveBuffer.baseAddress, receiveBuffer.count, raw.baseAddress!.assumingMemoryBound(to: Int32.self),
                             2, &fdCount, &flags, CL_MSG_DONTWAIT)
             }
-            // Servers send no descriptors in replies; any that come are closed, never leaked.
-            if fdCount > 0 { closeDescriptor(fds.0) }
+            // Servers send no descriptors in replies (but the ring attach's); any others that come
+            // are closed, never leaked.
+            if fdCount > 0 {
+                if keepDescriptors {
+                    closeDescriptor(keptDescriptor)
+                    keptDescriptor = fds.0
+                } else {
+                    closeDescriptor(fds.0)
+                }
+            }
             if fdCount > 1 { closeDescriptor(fds.1) }
             if count < 0 {
                 let code = CL_errno()
-                if code == EAGAIN || code == EINTR { continue }
+                if code == EINTR { continue }
+                if code == EAGAIN { return nil }
                 if code == ECONNRESET { throw .disconnected }
                 throw .systemCall("recvmsg", Errno(rawValue: code))
             }

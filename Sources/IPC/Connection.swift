@@ -58,4 +58,7 @@ public enum IPCRefusal {
     public static let busy: UInt64 = 11
     /// The server has no room for another client (status EBUSY, then the connection is closed).
     public static let serverFull: UInt64 = 12
+    /// On a shared-memory ring, with status EMSGSIZE: the reply did not fit a ring slot and was
+    /// sent on the socket instead (`IPCClient` reads it there). Reserved: handlers do not use it.
+    public static let replyOnSocket: UInt64 = 13
 }

@@ -48,10 +48,20 @@ public enum IPCError: Error, Equatable, Sendable, CustomStringConvertible {
             return "inline payload of \(size) bytes exceeds \(Message.maxInlinePayload); pass it through shared memory (IPCClient.share)."
         case .badReply(let error):
             return "malformed reply from the server: \(error)"
+        case .refused(let type, .ENOTCONN):
+            return "the connection to the server broke (it stopped or restarted) before it answered \(type); the request was "
+                + "not sent again because it was not marked idempotent, so it may or may not have taken effect: check, then retry."
         case .refused(let type, let status):
             return "the server refused \(type) with \(status)."
         case .systemCall(let call, let errno):
             return "\(call) failed: \(errno) (errno \(errno.rawValue))."
         }
+    }
+
+    /// A `ReconnectingIPCClient` request that was in flight when the connection broke and was
+    /// not replayed (not idempotent): `.refused(type, .ENOTCONN)`.
+    public var isNotReplayed: Bool {
+        if case .refused(_, .ENOTCONN) = self { return true }
+        return false
     }
 }

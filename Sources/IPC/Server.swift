@@ -37,6 +37,16 @@ public final class IPCServer: @unchecked Sendable {
         public var maxHandlesPerClient = 64
         /// Malformed messages tolerated from one client before it is disconnected.
         public var maxProtocolErrors = 64
+        /// Clients that may attach a shared-memory ring (MSG_IPC_RING_ATTACH), each served on its
+        /// own thread. 0 (the default) refuses attaches with ENOTSUP, and the clients keep using
+        /// the socket. Above 0 the handler is called from several threads at once (this one and
+        /// one per ring), so it must be safe for that.
+        public var maxRings = 0
+        /// Largest slot and capacity a client may ask for.
+        public var maxRingSlotSize = 4096
+        public var maxRingCapacity = 1024
+        /// How ring threads wait for requests: spin briefly, then sleep on the futex.
+        public var ringWaitPolicy = RingWaitPolicy.adaptive
         public init() {}
     }
 
@@ -63,6 +73,10 @@ public final class IPCServer: @unchecked Sendable {
 
     private let connections = ManagedAtomic<Int>(0)
     private let regions = ManagedAtomic<Int>(0)
+    private let rings = ManagedAtomic<Int>(0)
+
+    /// Shared-memory rings attached now.
+    public var ringCount: Int { rings.load(ordering: .relaxed) }
 
     /// Clients connected now.
     public var connectionCount: Int { connections.load(ordering: .relaxed) }
@@ -83,6 +97,8 @@ public final class IPCServer: @unchecked Sendable {
         var protocolErrors = 0
         /// A reply the socket could not take yet; while set, the client is neither read nor served.
         var pendingReply: [UInt8]? = nil
+        /// Its shared-memory ring, served on the ring's own thread.
+        var ring: RingService? = nil
     }
 
     /// Listens at `DIR/NAME.sock` (creating DIR, replacing a stale socket) and writes
@@ -182,13 +198,14 @@ public final class IPCServer: @unchecked Sendable {
     /// Stops serving (from any thread), waits for the serving thread, disconnects every client
     /// and removes the socket and pid files. Idempotent.
     public func stop() {
+        // After the first stop the eventfd's number may already belong to someone else.
+        guard !closed else { return }
         var one: UInt64 = 1
         _ = write(stopFD, &one, 8)
         if let thread {
             pthread_join(thread, nil)
             self.thread = nil
         }
-        guard !closed else { return }
         closed = true
         for slot in clients.indices where clients[slot] != nil { disconnect(slot) }
         closeDescriptor(listenFD)
@@ -248,6 +265,10 @@ public final class IPCServer: @unchecked Sendable {
     private func disconnect(_ slot: Int) {
         guard let client = clients[slot] else { return }
         clients[slot] = nil
+        if let ring = client.ring {
+            ring.stop()
+            rings.wrappingDecrement(ordering: .relaxed)
+        }
         var position = client.queueHead
         for _ in 0..<client.queueCount {
             releaseBuffer(client.queue[position])
@@ -394,6 +415,8 @@ public final class IPCServer: @unchecked Sendable {
             return sendReply(slot, type: message.type, sequence: message.sequence, reply: .ok)
         case .ipcPing:
             return sendReply(slot, type: message.type, sequence: message.sequence, reply: .ok)
+        case .ipcRingAttach:
+            return attachRing(slot, message)
         case .ipcError:
             return protocolError(slot, type: message.type, sequence: message.sequence, status: .EBADMSG, code: 0)
         default:
@@ -446,6 +469,41 @@ public final class IPCServer: @unchecked Sendable {
         }
     }
 
+    /// MSG_IPC_RING_ATTACH: param1 slot size, param2 capacity (0: 256 and 64). Creates the ring
+    /// memfd, starts its thread, and replies with the memfd (SCM_RIGHTS) and the layout.
+    private func attachRing(_ slot: Int, _ message: Message) {
+        let sequence = message.sequence
+        guard configuration.maxRings > 0 else { return sendReply(slot, type: .ipcRingAttach, sequence: sequence, reply: .error(.ENOTSUP)) }
+        guard clients[slot]!.ring == nil, rings.load(ordering: .relaxed) < configuration.maxRings else {
+            return sendReply(slot, type: .ipcRingAttach, sequence: sequence, reply: .error(.EBUSY))
+        }
+        let slotSize = message.param1 == 0 ? 256 : message.param1
+        let capacity = message.param2 == 0 ? 64 : message.param2
+        guard slotSize <= UInt64(configuration.maxRingSlotSize), capacity <= UInt64(configuration.maxRingCapacity),
+              slotSize >= UInt64(Message.headerSize + RingLayout.stampSize),
+              let layout = try? RingLayout(slotSize: Int(slotSize), capacity: Int(capacity)) else {
+            return sendReply(slot, type: .ipcRingAttach, sequence: sequence, reply: .error(.EINVAL))
+        }
+        let client = clients[slot]!
+        let socket = fcntl(client.fd, F_DUPFD_CLOEXEC, 0)
+        guard socket >= 0 else { return sendReply(slot, type: .ipcRingAttach, sequence: sequence, reply: .error(.EMFILE)) }
+        let memory: SharedRingMemory
+        let service: RingService
+        do {
+            memory = try SharedRingMemory.create(layout: layout, name: "limitless-ring-\(endpoint.name)")
+            service = try RingService(memory: memory, handler: handler, connection: client.connection, socket: socket,
+                                      policy: configuration.ringWaitPolicy)
+        } catch {
+            closeDescriptor(socket)
+            return sendReply(slot, type: .ipcRingAttach, sequence: sequence, reply: .error(.ENOMEM))
+        }
+        service.start()
+        clients[slot]!.ring = service
+        rings.wrappingIncrement(ordering: .relaxed)
+        sendReply(slot, type: .ipcRingAttach, sequence: sequence, reply: IPCReply(param1: slotSize, param2: capacity),
+                  descriptor: memory.descriptor.rawValue)
+    }
+
     // MARK: Replying
 
     private func protocolError(_ slot: Int, type: MessageType = .ipcError, sequence: UInt32, status: IPCStatus, code: UInt64) {
@@ -457,13 +515,17 @@ public final class IPCServer: @unchecked Sendable {
 
     /// Sends a reply whose payload (if any) the handler already wrote after the header in
     /// `replyBuffer`. If the client's socket is full the reply is parked and the client paused.
-    private func sendReply(_ slot: Int, type: MessageType, sequence: UInt32, reply: IPCReply) {
+    /// A reply with a `descriptor` (ring attach) that must wait for room loses the descriptor:
+    /// the client sees the reply without one and gives up on the attach.
+    private func sendReply(_ slot: Int, type: MessageType, sequence: UInt32, reply: IPCReply, descriptor: Int32 = -1) {
         guard let client = clients[slot] else { return }
         let header = Message(type: type, flags: .reply, param1: reply.param1, param2: reply.param2, param3: reply.param3,
                              dataPointer: 0, dataSize: UInt32(reply.payloadCount), sequence: sequence, status: reply.status)
         header.encode(into: replyBuffer)
         let length = Message.headerSize + reply.payloadCount
-        let sent = CL_ipc_send(client.fd, replyBuffer.baseAddress, length, nil, 0, nil, 0, CL_MSG_DONTWAIT | CL_MSG_NOSIGNAL)
+        var fd = descriptor
+        let sent = CL_ipc_send(client.fd, replyBuffer.baseAddress, length, nil, 0, &fd, descriptor >= 0 ? 1 : 0,
+                               CL_MSG_DONTWAIT | CL_MSG_NOSIGNAL)
         if sent >= 0 { return }
         let code = CL_errno()
         if code == EAGAIN {

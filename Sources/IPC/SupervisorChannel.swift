@@ -24,9 +24,16 @@
 /// - `supervisorLog`: a structured record; param1 = level (0 trace ... 6 critical), inline text.
 /// - `supervisorCheckpointSave`: a new checkpoint generation was written into `checkpointFD`;
 ///   param1 = its sequence number.
+/// - replies (flag `.reply`) to the supervisor's grant and revoke, confirming them: inline name;
+///   a grant's param2 = the descriptor's number in the server (-1: none).
 /// Supervisor to server:
 /// - `supervisorCapabilityGrant`: param1 = 1 grant / 0 revoke, inline capability name; a grant
-///   carries the descriptor with SCM_RIGHTS.
+///   carries the descriptor with SCM_RIGHTS (`serverctl grant`).
+/// - `supervisorCapabilityRevoke`: inline capability name; the server closes the descriptor and
+///   confirms. One that does not confirm within the supervisor's revoke deadline is restarted
+///   without the capability (a process cannot be made to close a descriptor) (`serverctl revoke`).
+/// - `supervisorDependencyState`: a server this one depends on went down / came up / failed
+///   (param1 = `DependencyState`, param2 = its instance, inline name). The dependent keeps running.
 /// Stopping is SIGTERM, then SIGKILL after the grace period.
 public enum SupervisorChannel {
     public static let supervisorFD: Int32 = 3

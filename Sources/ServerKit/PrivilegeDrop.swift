@@ -38,19 +38,25 @@ public struct SeccompPolicy: Equatable, Sendable {
     public var allowedSyscalls: [String]
     /// `socket()` for families other than AF_UNIX.
     public var allowNonUnixSockets = false
+    /// With "ioctl" allowed: the only request numbers it may be called with (`SeccompIoctls`);
+    /// nil allows every request.
+    public var allowedIoctls: [UInt]?
 
-    public init(allowedSyscalls: [String], allowNonUnixSockets: Bool = false) {
+    public init(allowedSyscalls: [String], allowNonUnixSockets: Bool = false, allowedIoctls: [UInt]? = nil) {
         self.allowedSyscalls = allowedSyscalls
         self.allowNonUnixSockets = allowNonUnixSockets
+        self.allowedIoctls = allowedIoctls
     }
 
-    /// The base set plus what `capabilities` need plus `extra`.
+    /// The base set plus what `capabilities` need plus `extra`. ioctl is allowed only with the
+    /// requests the capabilities need, unless `extra` names "ioctl" (then with any request).
     public init(capabilities: [String], extra: [String] = []) {
         var names = Self.baseSyscalls
         for capability in capabilities { names += Self.syscalls(forCapability: capability) }
         names += extra
         var seen = Set<String>()
-        self.init(allowedSyscalls: names.filter { seen.insert($0).inserted })
+        self.init(allowedSyscalls: names.filter { seen.insert($0).inserted },
+                  allowedIoctls: extra.contains("ioctl") ? nil : Self.allowedIoctls(capabilities: capabilities))
     }
 
     /// The BPF program: check the architecture (anything else is killed: its numbers would
@@ -60,7 +66,10 @@ public struct SeccompPolicy: Equatable, Sendable {
         let arch = CL_sk_audit_arch()
         guard arch != 0 else { throw .seccompUnavailable("unsupported architecture (x86_64 and aarch64 only)") }
         var numbers: [UInt32] = []
-        for name in allowedSyscalls where name != "socket" {
+        // ioctl with a request list gets its own check block, like socket.
+        let ioctlNumber = "ioctl".withCString { CL_sk_syscall_number($0) }
+        let ioctlRequests: [UInt]? = allowedSyscalls.contains("ioctl") && ioctlNumber >= 0 ? allowedIoctls : nil
+        for name in allowedSyscalls where name != "socket" && !(name == "ioctl" && ioctlRequests != nil) {
             let number = name.withCString { CL_sk_syscall_number($0) }
             if number >= 0 { numbers.append(UInt32(number)) }
         }
@@ -69,8 +78,8 @@ public struct SeccompPolicy: Equatable, Sendable {
         let allowAllSockets = allowNonUnixSockets
         // Layout: 0 load arch; 1 jeq arch; 2 kill; 3 load nr; 4 jge x32 -> deny; 5..<5+n allowed;
         // [socket jeq]; deny; allow; [load arg0; jeq AF_UNIX; allow; deny].
-        let entries = numbers.count + (hasSocket ? 1 : 0)
-        guard entries + 12 < 255 else { throw .seccompUnavailable("too many system calls for one BPF jump range") }
+        let entries = numbers.count + (hasSocket ? 1 : 0) + (ioctlRequests != nil ? 1 : 0)
+        guard entries + 12 + 6 + (ioctlRequests?.count ?? 0) < 255 else { throw .seccompUnavailable("too many system calls for one BPF jump range") }
         let ldW: UInt16 = 0x20, jeqK: UInt16 = 0x15, jgeK: UInt16 = 0x35, retK: UInt16 = 0x06
         let deny = CL_SK_SECCOMP_RET_ERRNO | UInt32(EPERM)
         var p: [sock_filter] = []
@@ -84,10 +93,14 @@ public struct SeccompPolicy: Equatable, Sendable {
         let denyIndex = 5 + entries
         let allowIndex = denyIndex + 1
         let socketCheckIndex = allowIndex + 1
+        let ioctlCheckIndex = socketCheckIndex + (hasSocket && !allowAllSockets ? 4 : 0)
         add(jgeK, denyIndex - 5, 0, 0x4000_0000)        // __X32_SYSCALL_BIT
         for number in numbers { add(jeqK, allowIndex - (p.count + 1), 0, number) }
         if hasSocket {
             add(jeqK, (allowAllSockets ? allowIndex : socketCheckIndex) - (p.count + 1), 0, UInt32(socketNumber))
+        }
+        if ioctlRequests != nil {
+            add(jeqK, ioctlCheckIndex - (p.count + 1), 0, UInt32(ioctlNumber))
         }
         add(retK, 0, 0, deny)
         add(retK, 0, 0, CL_SK_SECCOMP_RET_ALLOW)
@@ -96,6 +109,18 @@ public struct SeccompPolicy: Equatable, Sendable {
             add(jeqK, 0, 1, UInt32(AF_UNIX))
             add(retK, 0, 0, CL_SK_SECCOMP_RET_ALLOW)
             add(retK, 0, 0, deny)
+        }
+        if let requests = ioctlRequests {
+            // args[1], the request: the high half must be 0 (every allowed number fits in 32
+            // bits), the low half one of the list. Block: ld hi; jeq 0; ld lo; jeq...; deny; allow.
+            precondition(p.count == ioctlCheckIndex)
+            let blockDeny = ioctlCheckIndex + 3 + requests.count
+            add(ldW, 0, 0, 28)                          // high half of args[1]
+            add(jeqK, 0, blockDeny - (p.count + 1), 0)
+            add(ldW, 0, 0, 24)                          // low half of args[1]
+            for request in requests { add(jeqK, blockDeny + 1 - (p.count + 1), 0, UInt32(truncatingIfNeeded: request)) }
+            add(retK, 0, 0, deny)
+            add(retK, 0, 0, CL_SK_SECCOMP_RET_ALLOW)
         }
         return p
     }
@@ -123,7 +148,8 @@ extension ServerRuntime {
         let policy = SeccompPolicy(capabilities: capabilityNames, extra: extraSyscalls)
         let program = try policy.program()
         if let errno = SeccompPolicy.install(program) { throw .privilegeDrop("seccomp(SECCOMP_SET_MODE_FILTER)", errno) }
-        log(.info, "privileges dropped: no_new_privs, seccomp filter of \(program.count) instructions "
+        let ioctls = policy.allowedSyscalls.contains("ioctl") ? policy.allowedIoctls.map { "\($0.count) ioctl requests" } ?? "any ioctl" : "no ioctl"
+        log(.info, "privileges dropped: no_new_privs, seccomp filter of \(program.count) instructions, \(ioctls) "
             + "(capabilities: \(capabilityNames.isEmpty ? "none" : capabilityNames.joined(separator: " ")))")
     }
 

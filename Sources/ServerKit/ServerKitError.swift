@@ -37,6 +37,11 @@ public enum ServerKitError: Error, Equatable, Sendable, CustomStringConvertible 
     case privilegeDrop(String, Errno)
     /// The seccomp filter cannot be built here.
     case seccompUnavailable(String)
+    /// The seccomp filter refused an ioctl (EPERM): none of the server's capabilities allows
+    /// that request; `capabilities` are the ones that would.
+    case ioctlRefused(request: String, capabilities: [String])
+    /// An ioctl failed for another reason (the kernel's answer).
+    case ioctlFailed(String, Errno)
 
     public var description: String {
         switch self {
@@ -82,6 +87,12 @@ public enum ServerKitError: Error, Equatable, Sendable, CustomStringConvertible 
             return "dropping privileges failed at \(step): \(errno) (errno \(errno.rawValue))"
         case .seccompUnavailable(let why):
             return "cannot install a seccomp filter: \(why)"
+        case .ioctlRefused(let request, let capabilities):
+            let list = capabilities.joined(separator: " or ")
+            return "\(request) refused by the seccomp filter (EPERM): this server is not granted \(list); "
+                + "add it to the server's capabilities in servers.conf (or `serverctl grant NAME \(capabilities.first ?? "")` and restart it)"
+        case .ioctlFailed(let request, let errno):
+            return "\(request) failed: \(errno) (errno \(errno.rawValue))"
         }
     }
 }

@@ -34,6 +34,9 @@ public final class ServerRuntime: @unchecked Sendable {
         public var logToStandardError = false
         /// The checkpoint store's size when standalone (kept in this process only).
         public var standaloneCheckpointCapacity = 1 << 20
+        /// Confirm revokes (close the descriptor and tell the supervisor). False only to play a
+        /// server that ignores them, in tests: the supervisor then restarts it without them.
+        public var acknowledgeRevocations = true
         public init() {}
     }
 
@@ -66,6 +69,12 @@ public final class ServerRuntime: @unchecked Sendable {
     /// a second, so under a flood the warnings do not take the places of the records themselves.
     private let lastDropReport = Atomic<UInt64>(0)
     private let registered = Atomic<Bool>(false)
+    /// Notices about the servers this one depends on (`onDependencyChange`).
+    let dependencies = DependencyWatch()
+    /// Handlers for run-time grants and revokes (`onCapabilityChange`).
+    let capabilityHandlers = CapabilityHandlers()
+    /// The channel, for the extensions in other files (nil when standalone).
+    var supervisorLink: SupervisorLink? { link }
 
     /// Reads the environment and the inherited descriptors (`ServerEnvironment.current`), and
     /// sets up the runtime. `standaloneName` names the server when no supervisor started it.
@@ -163,6 +172,14 @@ public final class ServerRuntime: @unchecked Sendable {
         if let old, old >= 0, old != descriptor { _ = Glibc.close(old) }
         if !grant, descriptor >= 0 { _ = Glibc.close(descriptor) }
         log(.info, grant ? "capability \(name) granted" : "capability \(name) revoked")
+        confirm(.supervisorCapabilityGrant, name: name, param1: grant ? 1 : 0, fd: grant ? descriptor : -1, sequence: message.sequence)
+        capabilityHandlers.deliver(CapabilityChange(name: name, granted: grant, fd: grant ? descriptor : -1))
+    }
+
+    /// Forgets a capability and closes its descriptor.
+    func removeCapability(_ name: String) {
+        let old = capabilityTable.withLock { $0.removeValue(forKey: name) }
+        if let old, old >= 0 { _ = Glibc.close(old) }
     }
 
     // MARK: Registration and the supervisor's messages
@@ -206,6 +223,18 @@ public final class ServerRuntime: @unchecked Sendable {
         switch received.message.type {
         case .supervisorCapabilityGrant where !received.message.flags.contains(.reply):
             applyGrant(received.message, payload: received.payload, descriptor: received.descriptor)
+        case .supervisorCapabilityRevoke where !received.message.flags.contains(.reply):
+            if received.descriptor >= 0 { _ = Glibc.close(received.descriptor) }
+            applyRevoke(received.message, payload: received.payload)
+        case .supervisorDependencyState:
+            if received.descriptor >= 0 { _ = Glibc.close(received.descriptor) }
+            let notice = received.payload.withUnsafeBytes { DependencyNotice(message: received.message, payload: $0) }
+            guard let notice else {
+                log(.warning, "ignored a malformed dependency notice (state \(received.message.param1))")
+                return
+            }
+            log(notice.state == .up ? .info : .warning, "\(notice)")
+            dependencies.deliver(notice)
         default:
             if received.descriptor >= 0 { _ = Glibc.close(received.descriptor) }
             log(.debug, "ignored \(received.message.type) from the supervisor")
@@ -375,6 +404,9 @@ public final class ServerRuntime: @unchecked Sendable {
                 if stopRequested.load(ordering: .relaxed) { return .requested }
                 if entries[0].revents != 0 {
                     drainStop()
+                    // What the supervisor sent before the signal (a dependency's "failed" notice
+                    // comes just before SIGTERM) is handled first, not lost.
+                    if entries.count > 1 { try? pollSupervisor() }
                     return .signal
                 }
                 if entries.count > 1, entries[1].revents != 0 {

@@ -26,6 +26,13 @@ enum StopSignal {
             sigemptyset(&action.sa_mask)
             sigaction(signo, &action, nil)
         }
+        // A process started from a thread that blocks them (a Swift concurrency worker, a
+        // launcher that forgot to reset its mask) inherits the blocked mask, and would never
+        // see SIGTERM: unblock them in this (the main) thread, so at least it takes them.
+        var mask = sigset_t()
+        sigemptyset(&mask)
+        for signo in signals { sigaddset(&mask, signo) }
+        pthread_sigmask(SIG_UNBLOCK, &mask, nil)
         return descriptor
     }
 }

@@ -11,13 +11,14 @@ import IPC
 /// Reply: status OK, or ENOENT (no such server), EACCES (the caller may not control servers),
 /// EINVAL (bad request), ETIMEDOUT (a stop did not finish in time; it is still going on).
 /// Payload, lines of text with tab-separated, escaped fields (`LogRecord` escaping):
-/// - list, status, caps, start, stop, restart: one `ServerStatus.encoded` line per server.
+/// - list, status, caps, start, stop, restart, grant, revoke: one `ServerStatus.encoded` line per
+///   server. (grant and revoke carry `NAME\nCAP,CAP...` as their payload.)
 /// - logs: one `LogRecord.fileLine` per line, oldest first; param2 = lines left out because the
 ///   reply is limited to one datagram (`Message.maxInlinePayload`).
 /// On an error the payload is a message for the user.
 ///
 /// Who asks is known from SO_PEERCRED (stamped by the IPC layer): anyone may list, status, caps
-/// and read logs; start, stop and restart need root or membership of the admin group
+/// and read logs; start, stop, restart, grant and revoke need root or membership of the admin group
 /// (`ControlAuthorization`).
 public enum ControlProtocol {
     /// MSG_SUPERVISOR_CONTROL: the command travels in param1.
@@ -33,9 +34,15 @@ public enum ControlCommand: UInt64, Sendable, CaseIterable {
     case restart = 5
     case logs = 6
     case caps = 7
+    /// Payload `NAME\nCAP,CAP...`: grant the capabilities now (descriptors passed to the running
+    /// instance) and to every later instance.
+    case grant = 8
+    /// Payload `NAME\nCAP,CAP...`: withdraw them; a server that does not confirm within the
+    /// revoke deadline is restarted without them.
+    case revoke = 9
 
     /// Whether the caller must be an administrator.
-    public var changesState: Bool { self == .start || self == .stop || self == .restart }
+    public var changesState: Bool { self == .start || self == .stop || self == .restart || self == .grant || self == .revoke }
 }
 
 /// One server's state as `serverctl` shows it.
@@ -189,7 +196,13 @@ public struct ControlClient {
 
     public func send(_ command: ControlCommand, name: String = "", last: Int? = nil, since: Int64? = nil,
                      timeout: Duration = .seconds(60)) throws(ControlError) -> Response {
-        let bytes = Array(name.utf8)
+        try send(command, name: name, capabilities: [], last: last, since: since, timeout: timeout)
+    }
+
+    /// As `send(_:name:last:since:timeout:)`, with the capability names of grant and revoke.
+    public func send(_ command: ControlCommand, name: String, capabilities: [String], last: Int? = nil, since: Int64? = nil,
+                     timeout: Duration = .seconds(60)) throws(ControlError) -> Response {
+        let bytes = Array((capabilities.isEmpty ? name : name + "\n" + capabilities.joined(separator: ",")).utf8)
         var message = Message(type: ControlProtocol.messageType, param1: command.rawValue,
                               param2: UInt64(max(0, last ?? 0)), param3: UInt64(max(0, since ?? 0)))
         message.setInlineData(offset: 0, count: UInt32(bytes.count))
@@ -203,7 +216,12 @@ public struct ControlClient {
 
     /// A command whose OK reply is status lines.
     public func statuses(_ command: ControlCommand, name: String = "") throws(ControlError) -> [ServerStatus] {
-        let response = try send(command, name: name)
+        try statuses(command, name: name, capabilities: [])
+    }
+
+    /// grant and revoke: the server's status afterwards.
+    public func statuses(_ command: ControlCommand, name: String, capabilities: [String]) throws(ControlError) -> [ServerStatus] {
+        let response = try send(command, name: name, capabilities: capabilities)
         guard response.status.isOK else { throw .refused(response.status, response.text) }
         guard let statuses = ServerStatus.decodeAll(response.text) else { throw .transport("the supervisor's reply could not be read") }
         return statuses

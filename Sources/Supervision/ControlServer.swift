@@ -27,7 +27,11 @@ public final class ControlServer: @unchecked Sendable {
         guard request.type == ControlProtocol.messageType else {
             return IPCReply(status: .ENOSYS)
         }
-        let response = respond(command: request.param1, name: String(decoding: payload.data, as: UTF8.self),
+        // grant and revoke: `NAME\nCAP,CAP...`; the others: `NAME`.
+        let text = String(decoding: payload.data, as: UTF8.self)
+        let parts = text.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false)
+        let capabilities = parts.count > 1 ? parts[1].split(separator: ",").map(String.init) : []
+        let response = respond(command: request.param1, name: String(parts.first ?? ""), capabilities: capabilities,
                                last: request.param2, since: request.param3, credentials: credentials, supervisor: supervisor,
                                authorization: authorization, limit: payload.reply.count)
         let bytes = Array(response.text.utf8.prefix(payload.reply.count))
@@ -37,7 +41,7 @@ public final class ControlServer: @unchecked Sendable {
 
     /// The answer as values: status, reply text, and (logs) lines left out. Free of sockets, so
     /// tests call it with made-up credentials.
-    public static func respond(command code: UInt64, name: String, last: UInt64 = 0, since: UInt64 = 0,
+    public static func respond(command code: UInt64, name: String, capabilities: [String] = [], last: UInt64 = 0, since: UInt64 = 0,
                                credentials: PeerCredentials, supervisor: Supervisor, authorization: ControlAuthorization,
                                limit: Int = Message.maxInlinePayload) -> (status: IPCStatus, text: String, omitted: UInt64) {
         guard let command = ControlCommand(rawValue: code) else {
@@ -63,6 +67,12 @@ public final class ControlServer: @unchecked Sendable {
             case .restart:
                 try supervisor.restart(name)
                 return (.ok, try supervisor.status(of: name).encoded, 0)
+            case .grant:
+                try supervisor.grant(capabilities, to: name)
+                return (.ok, try supervisor.status(of: name).encoded, 0)
+            case .revoke:
+                try supervisor.revoke(capabilities, from: name)
+                return (.ok, try supervisor.status(of: name).encoded, 0)
             case .logs:
                 _ = try supervisor.status(of: name)
                 let records = supervisor.logs.records(server: name, last: last == 0 ? nil : Int(clamping: last),
@@ -82,6 +92,7 @@ public final class ControlServer: @unchecked Sendable {
             switch error {
             case .unknownServer: return (.ENOENT, error.description, 0)
             case .timedOut: return (.ETIMEDOUT, error.description, 0)
+            case .invalidCapability: return (.EINVAL, error.description, 0)
             }
         }
     }

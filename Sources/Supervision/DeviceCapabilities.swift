@@ -167,7 +167,9 @@ public final class DeviceCapabilities: CapabilityProvider, @unchecked Sendable {
 
     public func descriptors(for server: ServerConfiguration) throws -> [String: Int32] {
         try lock.locked { () throws -> [String: Int32] in
-            if let opened = kept[server.name] { return opened.descriptors }
+            // Opened before: the descriptors for the capabilities granted now (a run-time grant
+            // of CAP_IRQ_X for a device already open for CAP_MMIO_X needs no new open).
+            if let opened = kept[server.name] { return Self.descriptorMap(server, devices: opened.devices, container: opened.container) }
             let wanted = Self.devicesToOpen(for: server)
             guard !wanted.isEmpty else { return [:] }
             var container: VFIOContainer?
@@ -186,26 +188,35 @@ public final class DeviceCapabilities: CapabilityProvider, @unchecked Sendable {
             }
             // `wanted` is not empty and every open succeeded, so there is a container.
             let shared = container!
-            var descriptors: [String: Int32] = [:]
-            for capability in server.capabilities {
-                switch capability {
-                case .mmio(let label), .irq(let label):
-                    if let device = devices.first(where: { $0.label == label })?.device {
-                        descriptors[capability.description] = device.deviceFD
-                    }
-                case .pciConfig:
-                    if let first = server.devices.first, let device = devices.first(where: { $0.label == first.label })?.device {
-                        descriptors[capability.description] = device.deviceFD
-                    }
-                case .dmaAlloc:
-                    descriptors[capability.description] = shared.fd
-                default:
-                    break
-                }
-            }
+            let descriptors = Self.descriptorMap(server, devices: devices, container: shared)
             kept[server.name] = Opened(container: shared, devices: devices, descriptors: descriptors)
             return descriptors
         }
+    }
+
+    /// Which open descriptor stands for each of `server`'s capabilities: a device's fd for its
+    /// CAP_MMIO/CAP_IRQ (and the first device's for CAP_PCI_CONFIG), the container's for
+    /// CAP_DMA_ALLOC.
+    static func descriptorMap(_ server: ServerConfiguration, devices: [(label: String, device: VFIODevice)],
+                              container: VFIOContainer) -> [String: Int32] {
+        var descriptors: [String: Int32] = [:]
+        for capability in server.capabilities {
+            switch capability {
+            case .mmio(let label), .irq(let label):
+                if let device = devices.first(where: { $0.label == label })?.device {
+                    descriptors[capability.description] = device.deviceFD
+                }
+            case .pciConfig:
+                if let first = server.devices.first, let device = devices.first(where: { $0.label == first.label })?.device {
+                    descriptors[capability.description] = device.deviceFD
+                }
+            case .dmaAlloc:
+                descriptors[capability.description] = container.fd
+            default:
+                break
+            }
+        }
+        return descriptors
     }
 
     public func instanceExited(_ server: ServerConfiguration) -> [String] {

@@ -57,6 +57,13 @@ final class ServerProcess {
     /// The exit was asked for (stop, restart, shutdown): never counted as a failure.
     var stopRequested = false
 
+    // Changed at run time (serverctl grant / revoke); kept across instances, so a server
+    // restarted for not confirming a revoke starts without the capability.
+    var grantedAtRuntime: Set<Capability> = []
+    var revokedAtRuntime: Set<Capability> = []
+    /// Revokes sent to the running instance and not yet confirmed, with their deadlines.
+    var pendingRevokes: [String: ContinuousClock.Instant] = [:]
+
     // Across instances.
     var restarts = 0
     var lastExit: String?
@@ -70,6 +77,14 @@ final class ServerProcess {
     }
 
     var name: String { configuration.name }
+
+    /// The configuration with the capabilities as granted now (configured, plus run-time grants,
+    /// minus run-time revokes): what an instance starts with.
+    var effectiveConfiguration: ServerConfiguration {
+        var effective = configuration
+        effective.capabilities = configuration.capabilities.union(grantedAtRuntime).subtracting(revokedAtRuntime)
+        return effective
+    }
     var isAlive: Bool { pid > 0 }
 
     func status(now: Int64) -> ServerStatus {
@@ -80,7 +95,7 @@ final class ServerProcess {
             checkpointSequence: checkpointSequence ?? 0, checkpointSavedAt: checkpointSavedAt ?? 0,
             devices: configuration.devices.map(\.description),
             capabilities: capabilities.isEmpty
-                ? configuration.capabilities.sorted().map { "\($0)=-1" }
+                ? effectiveConfiguration.capabilities.sorted().map { "\($0)=-1" }
                 : capabilities.map { "\($0.name)=\($0.fd)" },
             dependencies: configuration.dependencies)
     }

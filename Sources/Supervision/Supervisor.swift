@@ -37,6 +37,9 @@ public final class Supervisor: @unchecked Sendable {
         /// told of every exit (to quiesce the devices before a restart) and releases a server's
         /// descriptors once the server is neither running nor wanted. nil: no device capabilities.
         public var capabilityProvider: (any CapabilityProvider)? = DeviceCapabilities()
+        /// How long a server has to confirm a revoke (closing the descriptor) before it is
+        /// restarted without the capability.
+        public var revokeTimeout: Duration = .seconds(5)
         public init() {}
     }
 
@@ -165,6 +168,7 @@ public final class Supervisor: @unchecked Sendable {
         for server in servers {
             var deadlines: [ContinuousClock.Instant] = []
             if let deadline = server.deadline { deadlines.append(deadline) }
+            deadlines += server.pendingRevokes.values
             if server.state == .running, server.registered, let interval = server.configuration.watchdogInterval,
                let last = server.lastHeartbeat {
                 deadlines.append(last + interval)
@@ -320,6 +324,7 @@ public final class Supervisor: @unchecked Sendable {
                 defer { header.deallocate() }
                 reply.encode(into: header)
                 _ = CL_ipc_send(server.channel, header.baseAddress, Message.headerSize, nil, 0, nil, 0, CL_MSG_NOSIGNAL | CL_MSG_DONTWAIT)
+                notifyDependents(of: server, .up)
             case .supervisorHeartbeat:
                 server.lastHeartbeat = .now
             case .supervisorLog:
@@ -329,6 +334,9 @@ public final class Supervisor: @unchecked Sendable {
                     text = String(decoding: UnsafeRawBufferPointer(rebasing: payload[offset..<(offset + size)]), as: UTF8.self)
                 }
                 logs.append(server: server.name, stream: .structured, level: level, text: text)
+            case .supervisorCapabilityGrant where message.flags.contains(.reply),
+                 .supervisorCapabilityRevoke where message.flags.contains(.reply):
+                capabilityConfirmed(server, message, payload: payload)
             case .supervisorCheckpointSave:
                 server.checkpointSequence = message.param1
                 server.checkpointSavedAt = CheckpointStore.now()

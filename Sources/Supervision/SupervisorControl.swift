@@ -10,9 +10,13 @@ extension Supervisor {
     public enum ControlFailure: Error, Equatable, Sendable, CustomStringConvertible {
         case unknownServer(String, suggestion: String?)
         case timedOut(String)
+        /// grant / revoke: a name that is no capability, or a device label the server has no
+        /// device line for; the text says which and why.
+        case invalidCapability(String)
 
         public var description: String {
             switch self {
+            case .invalidCapability(let text): return text
             case .unknownServer(let name, let suggestion):
                 return "no server named \(name) in the configuration" + (suggestion.map { "; did you mean \($0)?" } ?? "")
             case .timedOut(let text): return text

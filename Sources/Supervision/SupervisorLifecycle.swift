@@ -34,6 +34,8 @@ extension Supervisor {
         server.registered = false
         server.deadline = nil
         server.killSent = false
+        // The descriptors went with the process: nothing left to confirm.
+        server.pendingRevokes = [:]
 
         var exit: ServerExit
         var text: String
@@ -54,6 +56,9 @@ extension Supervisor {
         server.stopRequested = false
         server.lastExit = requested ? "stopped on request (\(text))" : text
         note(server, requested || !exit.isFailure ? .info : .error, "instance \(server.instance) \(server.lastExit!)")
+        // Dependents still running are told (a stop on request has stopped them first, unless it
+        // is a restart of this server alone).
+        notifyDependents(of: server, .down)
 
         if server.restartRequested {
             server.restartRequested = false
@@ -81,6 +86,7 @@ extension Supervisor {
             let dependents = configuration.dependencies.dependents(of: server.name)
             note(server, .critical, "failed: \(count) restarts in \(DurationText.format(period)); not restarting"
                 + (dependents.isEmpty ? "" : "; stopping \(dependents.joined(separator: ", "))"))
+            notifyDependents(of: server, .failed)
             for name in dependents {
                 guard let dependent = byName[name] else { continue }
                 dependent.wanted = false
@@ -92,6 +98,7 @@ extension Supervisor {
 
     func checkDeadlines() {
         let now = ContinuousClock.now
+        checkRevokeDeadlines(now: now)
         for server in servers {
             switch server.state {
             case .starting where server.isAlive:
@@ -179,7 +186,7 @@ extension Supervisor {
     }
 
     func launch(_ server: ServerProcess) {
-        let config = server.configuration
+        let config = server.effectiveConfiguration
         // Device capabilities first: a server whose devices cannot be opened does not start.
         var provided = options.capabilityDescriptors(config)
         if let provider = options.capabilityProvider {
@@ -295,6 +302,7 @@ extension Supervisor {
         case .failed:
             server.wanted = false
             server.state = .failed
+            notifyDependents(of: server, .failed)
             for name in configuration.dependencies.dependents(of: server.name) { byName[name]?.wanted = false }
         }
     }

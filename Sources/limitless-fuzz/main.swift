@@ -5,15 +5,16 @@ import Glibc
 #endif
 
 /// limitless-fuzz: fuzz targets for the IPC layer (issue 3: "a fuzz target feeds at least a
-/// million generated inputs to the server's decoder").
+/// million generated inputs to the server's decoder") and the ext2 file system (issue 6).
 ///   decoder   Message.decode against an independent model, in process (millions per second)
 ///   server    generated datagrams at a live IPCServer over a real socket
+///   ext2      damaged copies of an mke2fs-made image mounted and used in memory
 /// Scripts/fuzz.sh runs long campaigns and builds a libFuzzer (+ASan) binary of the decoder.
 struct LimitlessFuzz: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "limitless-fuzz",
-        abstract: "Fuzz the IPC layer: the message decoder and a live server.",
-        subcommands: [DecoderCommand.self, ServerCommand.self])
+        abstract: "Fuzz the IPC layer (the message decoder and a live server) and the ext2 file system.",
+        subcommands: [DecoderCommand.self, ServerCommand.self, Ext2Command.self])
 }
 
 func monotonicSeconds() -> Double {

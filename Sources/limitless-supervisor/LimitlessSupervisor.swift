@@ -42,7 +42,7 @@ struct LimitlessSupervisor: ParsableCommand {
     @Option(name: .long, help: "Where servers' logs are written (NAME.log); omit to keep them in memory only.")
     var logDir: String?
 
-    @Option(name: .long, help: "Members of this group may start, stop and restart servers (root always may).")
+    @Option(name: .long, help: "Members of this group may start, stop, restart, grant and revoke (root always may).")
     var adminGroup: String = ControlAuthorization.defaultAdminGroup
 
     @Option(name: .long, help: "Seconds between SIGTERM and SIGKILL when stopping a server.")

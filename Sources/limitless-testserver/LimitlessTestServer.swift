@@ -43,6 +43,8 @@ struct LimitlessTestServer: ParsableCommand {
     var corruptCheckpoint = false
     @Flag(help: "Ignore SIGTERM (the supervisor must SIGKILL).")
     var ignoreSigterm = false
+    @Flag(help: "Do not confirm capability revokes (the supervisor must restart it without them).")
+    var ignoreRevoke = false
     @Option(help: "Save TEXT as the checkpoint before registering.")
     var saveCheckpoint: String?
     @Flag(help: "Print the checkpoint and exit 0 without registering.")
@@ -51,13 +53,17 @@ struct LimitlessTestServer: ParsableCommand {
     var seccomp = false
     @Flag(inversion: .prefixedNo, help: "Serve MSG_IPC_PING at RUNTIME_DIR/NAME.sock (default: when LIMITLESS_RUNTIME_DIR is set).")
     var serve: Bool?
+    @Flag(help: "Answer every request (but MSG_IPC_PING, answered by IPCServer) with its data echoed: param1 > 0 asks for that many reply bytes (the data repeated, or 0, 1, 2... without data); the reply's param1 is the data's length, param2 this process's pid.")
+    var echo = false
+    @Option(help: "Offer shared-memory rings to this many clients (MSG_IPC_RING_ATTACH; default 0: refused).")
+    var rings = 0
     @Option(help: "The server's name when run standalone.")
     var name = "testserver"
 
     mutating func validate() throws {
         if exitAfterMs != nil && exitCode == nil { throw ValidationError("--exit-after-ms needs --exit-code") }
         for (flag, value) in [("--crash-after-ms", crashAfterMs), ("--exit-after-ms", exitAfterMs),
-                              ("--hang-after-ms", hangAfterMs), ("--flood-log", floodLog)] {
+                              ("--hang-after-ms", hangAfterMs), ("--flood-log", floodLog), ("--rings", rings)] {
             if let value, value < 0 { throw ValidationError("\(flag) must be 0 or more") }
         }
     }
@@ -65,6 +71,7 @@ struct LimitlessTestServer: ParsableCommand {
     func run() throws {
         var options = ServerRuntime.Options()
         if ignoreSigterm { options.stopSignals = [SIGINT] }
+        if ignoreRevoke { options.acknowledgeRevocations = false }
         let runtime: ServerRuntime
         do {
             runtime = try ServerRuntime(standaloneName: name, options: options)
@@ -80,7 +87,7 @@ struct LimitlessTestServer: ParsableCommand {
             crashAfterMs: crashAfterMs, crashSignal: crashSignal.number, exitCode: exitCode, exitAfterMs: exitAfterMs,
             hangAfterMs: hangAfterMs, floodLog: floodLog, corruptCheckpoint: corruptCheckpoint,
             saveCheckpoint: saveCheckpoint, printCheckpointOnly: printCheckpoint, seccomp: seccomp,
-            serve: serve ?? (getenv("LIMITLESS_RUNTIME_DIR") != nil)))
+            serve: serve ?? (getenv("LIMITLESS_RUNTIME_DIR") != nil), echo: echo, rings: rings))
         throw ExitCode(try behaviour.run())
     }
 }

@@ -18,6 +18,8 @@ struct TestServerBehaviour {
         var printCheckpointOnly: Bool
         var seccomp: Bool
         var serve: Bool
+        var echo = false
+        var rings = 0
     }
 
     let runtime: ServerRuntime
@@ -48,7 +50,11 @@ struct TestServerBehaviour {
         var endpoint: IPCServer?
         if plan.serve {
             do {
-                let server = try IPCServer(name: runtime.name, directory: runtime.environment.runtimeDirectory) { _, _, _ in .error(.ENOSYS) }
+                var configuration = IPCServer.Configuration()
+                configuration.maxRings = plan.rings
+                let handler: IPCServer.Handler = plan.echo ? Self.echo : Self.refuseAll
+                let server = try IPCServer(name: runtime.name, directory: runtime.environment.runtimeDirectory,
+                                           configuration: configuration, handler: handler)
                 server.start()
                 endpoint = server
                 say("serving: \(server.endpoint.socketPath)")
@@ -66,6 +72,21 @@ struct TestServerBehaviour {
             if fd >= 0 { close(fd) }
         }
 
+        if !runtime.capabilityNames.isEmpty {
+            say("capabilities: " + runtime.capabilityNames.joined(separator: ","))
+        }
+        // Grants and revokes at run time: what the descriptor is, to show it is the real thing.
+        runtime.onCapabilityChange { change in
+            var line = "capability: \(change.name) " + (change.granted ? "granted" : "revoked")
+            if change.fd >= 0 { line += " fd \(change.fd) (\(Self.describe(descriptor: change.fd)))" }
+            print(line)
+            fflush(nil)
+        }
+        // Dependencies going down and up: this server keeps running and says so.
+        runtime.onDependencyChange { notice in
+            print("dependency: \(notice.name) \(notice.state)")
+            fflush(nil)
+        }
         try runtime.register()
         say("registered: \(runtime.name) instance \(runtime.instance)")
         runtime.log(.info, "limitless-testserver instance \(runtime.instance) serving")
@@ -89,6 +110,27 @@ struct TestServerBehaviour {
         runtime.shutdown()
         endpoint?.stop()
         return 0
+    }
+
+    /// What /proc/self/fd/N points at (`/dev/null`, `/memfd:NAME (deleted)`, `anon_inode:[eventfd]`).
+    static func describe(descriptor: Int32) -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        let count = readlink("/proc/self/fd/\(descriptor)", &buffer, buffer.count - 1)
+        return count > 0 ? String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self) : "unknown"
+    }
+
+    /// --echo: the request's data back (param1 > 0: that many bytes, the data repeated, or
+    /// 0, 1, 2... without data); param1 the data's length, param2 this pid. Thread-safe (it keeps
+    /// no state), as handlers serving rings must be.
+    static let refuseAll: IPCServer.Handler = { _, _, _ in .error(.ENOSYS) }
+
+    static let echo: IPCServer.Handler = { request, payload, _ in
+        let data = payload.data
+        let wanted = request.param1 > 0 ? Int(min(request.param1, UInt64(payload.reply.count))) : data.count
+        for index in 0..<wanted {
+            payload.reply[index] = data.isEmpty ? UInt8(truncatingIfNeeded: index) : data[index % data.count]
+        }
+        return IPCReply(param1: UInt64(data.count), param2: UInt64(getpid()), payloadCount: wanted)
     }
 
     private func crash() -> Never {

@@ -12,10 +12,11 @@ struct Serverctl: ParsableCommand {
         discussion: """
             Server commands talk to limitless-supervisor through RUNTIME_DIR/supervisor.sock
             (--runtime-dir, else $LIMITLESS_RUNTIME_DIR, else /run/limitless). Anyone may list,
-            read status, capabilities and logs; start, stop and restart need root or the
-            limitless-admin group.
+            read status, capabilities and logs; start, stop, restart, grant and revoke need root
+            or the limitless-admin group.
             """,
-        subcommands: [List.self, Status.self, Start.self, Stop.self, Restart.self, Logs.self, Caps.self, Devices.self])
+        subcommands: [List.self, Status.self, Start.self, Stop.self, Restart.self, Logs.self, Caps.self, Grant.self, Revoke.self,
+                      Devices.self])
 }
 
 struct Devices: ParsableCommand {
@@ -171,4 +172,53 @@ struct Logs: ParsableCommand {
         }
         return nil
     }
+}
+
+/// grant and revoke: a change of capabilities answered with the server's capabilities after it.
+protocol CapabilityCommand: ParsableCommand {
+    static var command: ControlCommand { get }
+    var options: ControlOptions { get }
+    var name: String { get }
+    var capabilities: [String] { get }
+}
+
+extension CapabilityCommand {
+    func run() throws {
+        let statuses: [ServerStatus]
+        do {
+            statuses = try options.client().statuses(Self.command, name: name, capabilities: capabilities)
+        } catch let error as ExitCode { throw error } catch { throw fail(error) }
+        guard let status = statuses.first else { throw fail(ControlError.transport("an empty reply")) }
+        print(options.json ? ControlFormatting.json(status) : ControlFormatting.capabilities(status), terminator: options.json ? "\n" : "")
+    }
+}
+
+struct Grant: CapabilityCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Grant capabilities to a server now and to its later instances.",
+        discussion: """
+            The supervisor opens what each capability stands for (a VFIO device or container for \
+            CAP_MMIO_<DEV>, CAP_IRQ_<DEV>, CAP_PCI_CONFIG, CAP_DMA_ALLOC) and passes the descriptor to the \
+            running server, which confirms. Needs root or the limitless-admin group. Lasts until the \
+            supervisor restarts (servers.conf is not changed).
+            """)
+    static let command = ControlCommand.grant
+    @OptionGroup var options: ControlOptions
+    @Argument(help: "The server's name in servers.conf.") var name: String
+    @Argument(help: "Capabilities, e.g. CAP_IRQ_NVME0 CAP_DMA_ALLOC.") var capabilities: [String]
+}
+
+struct Revoke: CapabilityCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Withdraw capabilities from a server; one that does not confirm in time is restarted without them.",
+        discussion: """
+            The running server is told to close the descriptors and confirm. A process cannot be forced \
+            to close a descriptor, so a server that has not confirmed within the revoke deadline (5s) \
+            is restarted, and its new instance starts without the capabilities. Needs root or the \
+            limitless-admin group. Lasts until the supervisor restarts (servers.conf is not changed).
+            """)
+    static let command = ControlCommand.revoke
+    @OptionGroup var options: ControlOptions
+    @Argument(help: "The server's name in servers.conf.") var name: String
+    @Argument(help: "Capabilities, e.g. CAP_IRQ_NVME0.") var capabilities: [String]
 }

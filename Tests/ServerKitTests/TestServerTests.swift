@@ -106,6 +106,22 @@ final class TestServerTests: XCTestCase {
         revoke.setInlineData(count: UInt32(name.count))
         supervisor.send(revoke, payload: name)
         XCTAssertTrue(supervisor.wait { $0.messages(.supervisorLog).contains { $0.text == "capability CAP_TEST_GRANT revoked" } })
+        // Both confirmed, the grant with the descriptor's number in the server.
+        XCTAssertTrue(supervisor.wait { $0.messages(.supervisorCapabilityGrant).filter { $0.message.flags.contains(.reply) }.count == 2 })
+        let confirmations = supervisor.messages(.supervisorCapabilityGrant).filter { $0.message.flags.contains(.reply) }
+        XCTAssertEqual(confirmations.map(\.message.param1), [1, 0])
+        XCTAssertGreaterThanOrEqual(Int64(bitPattern: confirmations.first?.message.param2 ?? 0), 3)
+        XCTAssertEqual(confirmations.map(\.text), ["CAP_TEST_GRANT", "CAP_TEST_GRANT"])
+        XCTAssertTrue(supervisor.output.contains("capability: CAP_TEST_GRANT granted fd "), supervisor.output)
+
+        // The revoke message proper: closed, confirmed, and the server says so.
+        supervisor.send(grant, payload: name, descriptor: granted)
+        var revoke2 = Message(type: .supervisorCapabilityRevoke)
+        revoke2.setInlineData(count: UInt32(name.count))
+        supervisor.send(revoke2, payload: name)
+        XCTAssertTrue(supervisor.wait { $0.messages(.supervisorCapabilityRevoke).contains { $0.message.flags.contains(.reply) && $0.text == "CAP_TEST_GRANT" } },
+                      supervisor.output + supervisor.errorOutput)
+        XCTAssertTrue(supervisor.wait { $0.output.contains("capability: CAP_TEST_GRANT revoked") }, supervisor.output)
         kill(supervisor.pid, SIGTERM)
         XCTAssertEqual(supervisor.waitForExit().flatMap(FakeSupervisor.exitCode), 0)
     }

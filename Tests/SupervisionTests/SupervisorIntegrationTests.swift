@@ -105,6 +105,8 @@ final class SupervisorIntegrationTests: XCTestCase {
         try run([server("keeper", first: ["--save-checkpoint", "hello", "--crash-after-ms", "100"], later: [])])
         waitFor("the second instance running") { isRunning("keeper", instance: 2) }
         waitFor("the second instance's restore line") { lines("keeper", .stdout).contains("checkpoint: hello") }
+        // Its stdout is read beside its channel, in no fixed order: wait for the line itself.
+        waitFor("the second instance's registered line") { lines("keeper", .stdout).contains("registered: keeper instance 2") }
         let out = lines("keeper", .stdout)
         XCTAssertEqual(out.first, "checkpoint: none", logText("keeper"))
         XCTAssertTrue(out.contains("checkpoint saved: sequence 1"), logText("keeper"))
@@ -125,6 +127,8 @@ final class SupervisorIntegrationTests: XCTestCase {
         waitFor("a watchdog restart") { state("hung").restarts >= 1 }
         XCTAssertTrue(state("hung").lastExit.contains("watchdog"), state("hung").lastExit)
         waitFor("the next instance registered") { state("hung").instance >= 2 && state("hung").registered }
+        // Its stdout is read beside its channel, in no fixed order: wait for the line itself.
+        waitFor("the next instance's registered line") { lines("hung", .stdout).contains("registered: hung instance 2") }
         let text = logText("hung")
         XCTAssertTrue(text.contains("[stdout] hanging"), text)
         XCTAssertTrue(text.contains("no heartbeat within 500ms (watchdog)"), text)

@@ -1,0 +1,78 @@
+import Ext2
+import IPC
+import Storage
+import SystemPackage
+import VFSCore
+
+/// How vfs_server gets the file systems it mounts: an ext2 image file, an ext2 file system on a
+/// storage_server namespace, or a tmpfs. Each block-backed one gets its own page cache.
+public enum MountSources {
+    public struct Mounted {
+        public var fileSystem: FileSystem
+        public var cache: PageCache?
+        public var description: String
+    }
+
+    /// An ext2 image file behind a page cache. Errors name the image and what is wrong with it.
+    public static func image(_ path: String, readOnly: Bool, cachePages: Int, log: @escaping (String) -> Void) throws(FSError) -> Mounted {
+        let store: ImageFileStore
+        do {
+            store = try ImageFileStore(path: FilePath(path), readOnly: readOnly)
+        } catch {
+            throw FSError(error.errno, "cannot open image \(path): \(error.errno)")
+        }
+        guard store.capacity > 0 else { throw FSError(.invalidArgument, "image \(path) is empty") }
+        return try ext2(on: store, readOnly: readOnly, cachePages: cachePages, what: "image \(path)", log: log)
+    }
+
+    /// Namespace `nsid` of the storage server at `directory/name.sock`.
+    public static func storage(name: String, directory: String, nsid: UInt32, readOnly: Bool, cachePages: Int,
+                               log: @escaping (String) -> Void) throws(FSError) -> Mounted {
+        let client: BlockClient
+        do {
+            client = try BlockClient.connect(name: name, directory: directory)
+        } catch {
+            throw FSError(.init(rawValue: 107), "no storage server at \(directory)/\(name).sock: \(error)")  // ENOTCONN
+        }
+        let store = try StorageBlockStore(client: client, nsid: nsid)
+        return try ext2(on: store, readOnly: readOnly, cachePages: cachePages,
+                        what: "storage \(name) nsid \(nsid) (\(store.capacity / UInt64(store.sectorSize)) blocks of \(store.sectorSize))", log: log)
+    }
+
+    public static func ext2(on store: BlockStore, readOnly: Bool, cachePages: Int, what: String,
+                            log: @escaping (String) -> Void) throws(FSError) -> Mounted {
+        let cache = PageCache(backing: store, pageCount: cachePages)
+        do {
+            let fs = try Ext2.mount(store: cache, readOnly: readOnly, log: { log("\(what): \($0)") })
+            return Mounted(fileSystem: fs, cache: cache, description: "\(fs.typeName) on \(what)")
+        } catch {
+            throw FSError(error.errno, "cannot mount \(what) as ext2: \(error.detail.isEmpty ? "\(error.errno)" : error.detail)")
+        }
+    }
+
+    public static func tmpfs(readOnly: Bool = false) -> Mounted {
+        Mounted(fileSystem: MemoryFileSystem(readOnly: readOnly), cache: nil, description: "tmpfs")
+    }
+
+    /// "--mount /mnt=IMAGE": the mount point and the image; nil unless both are there and the
+    /// mount point is absolute.
+    public static func parseMountOption(_ text: String) -> (mountPoint: String, image: String)? {
+        guard let equals = text.firstIndex(of: "=") else { return nil }
+        let mountPoint = String(text[..<equals]), image = String(text[text.index(after: equals)...])
+        guard mountPoint.hasPrefix("/"), !image.isEmpty else { return nil }
+        return (mountPoint, image)
+    }
+
+    /// "5", "5s", "500ms", "2m" as a duration; nil if malformed or not positive.
+    public static func parseDuration(_ text: String) -> Duration? {
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60)]
+        var number = Substring(text), scale = 1.0
+        for (suffix, factor) in units where text.hasSuffix(suffix) {
+            number = text.dropLast(suffix.count)
+            scale = factor
+            break
+        }
+        guard let value = Double(number), value > 0 else { return nil }
+        return .milliseconds(Int64(value * scale * 1000))
+    }
+}

@@ -1,1 +1,0 @@
-// The VFS server logic: mount table, paths, permissions, descriptors, caches. (Being written.)

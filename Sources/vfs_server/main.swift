@@ -1,1 +1,0 @@
-print("vfs_server: not built yet")

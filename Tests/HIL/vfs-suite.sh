@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Tests/HIL/vfs-suite.sh: the whole storage stack. An ext2 image made by mke2fs is written onto
+# NVMe namespace 1 with limitless-storage; storage_server serves the NVMe, vfs_server mounts the
+# namespace through it (--storage), limitless-fs works on files; then vfs_server stops cleanly,
+# the namespace is read back and e2fsck -fn must find it clean, and debugfs must read a file
+# written through the VFS. In the rig: Scripts/rig.sh test vfs
+# On spare hardware (NVMe bound to vfio-pci): sudo bash Tests/HIL/vfs-suite.sh BDF
+# Ends with one "N passed, N failed" line; exit 1 on failure.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 2
+
+device=${1:-0000:00:03.0}
+bin=.build/release
+work=$(mktemp -d /tmp/limitless-vfs-XXXXXX)
+passed=0
+failed=0
+storage=0
+vfs=0
+image_blocks=16384 # 1 KiB blocks: a 16 MiB file system on the 512-byte-sector namespace 1
+result() { if (($1 == 0)); then passed=$((passed + 1)); echo "PASS $2"; else failed=$((failed + 1)); echo "FAIL $2"; fi; }
+finish() {
+	((vfs > 0)) && kill -TERM "$vfs" 2>/dev/null && wait "$vfs" 2>/dev/null
+	((storage > 0)) && kill -TERM "$storage" 2>/dev/null && wait "$storage" 2>/dev/null
+	rm -rf "$work"
+	echo "$passed passed, $failed failed"
+	((failed == 0))
+	exit
+}
+sbin() { for dir in /usr/sbin /sbin /usr/bin /bin; do [[ -x $dir/$1 ]] && { echo "$dir/$1"; return 0; }; done; return 1; }
+fs() { "$bin/limitless-fs" "$@" --runtime-dir "$work"; }
+storage_tool() { "$bin/limitless-storage" "$@" --runtime-dir "$work"; }
+wait_socket() { for _ in $(seq 1 300); do [[ -S $1 ]] && return 0; sleep 0.1; done; return 1; }
+
+for program in storage_server vfs_server limitless-fs limitless-storage; do
+	[[ -x $bin/$program ]] || { result 1 "$bin/$program not found: run swift build -c release first"; finish; }
+done
+mke2fs=$(sbin mke2fs) && e2fsck=$(sbin e2fsck) && debugfs=$(sbin debugfs)
+result $? "e2fsprogs found (mke2fs, e2fsck, debugfs)" || finish
+
+"$mke2fs" -q -F -t ext2 -b 1024 "$work/fs.img" "$image_blocks" >"$work/mke2fs.out" 2>&1
+result $? "mke2fs made a $((image_blocks / 1024)) MiB ext2 image" || { cat "$work/mke2fs.out"; finish; }
+
+"$bin/storage_server" --device "$device" --runtime-dir "$work" >"$work/storage.log" 2>&1 &
+storage=$!
+wait_socket "$work/storage.sock"
+result $? "storage_server on $device answers at $work/storage.sock" || { tail -20 "$work/storage.log"; finish; }
+
+storage_tool write --nsid 1 --lba 0 --input "$work/fs.img" >"$work/write.out" 2>&1
+result $? "the image is on namespace 1 ($(head -1 "$work/write.out"))" || { cat "$work/write.out"; finish; }
+
+"$bin/vfs_server" --storage storage --nsid 1 --runtime-dir "$work" --writeback-interval 1s >"$work/vfs.log" 2>&1 &
+vfs=$!
+wait_socket "$work/vfs.sock"
+result $? "vfs_server mounts namespace 1 through storage_server" || { tail -20 "$work/vfs.log"; finish; }
+grep -q "mounted ext2 at /" "$work/vfs.log"
+result $? "vfs_server logs the mount: $(grep -m1 "mounted" "$work/vfs.log")"
+
+fs mkdir -p /data/deep/er >"$work/out" 2>&1
+result $? "mkdir -p /data/deep/er" || cat "$work/out"
+head -c $((3 * 1024 * 1024 + 777)) /dev/urandom >"$work/random.bin"
+fs put "$work/random.bin" /data/deep/random.bin >"$work/out" 2>&1 &&
+	fs get /data/deep/random.bin "$work/back.bin" >>"$work/out" 2>&1 &&
+	cmp -s "$work/random.bin" "$work/back.bin"
+result $? "a 3 MiB random file put and got back is identical" || cat "$work/out"
+echo "written through the VFS" >"$work/note.txt"
+fs put "$work/note.txt" /data/note.txt >"$work/out" 2>&1
+result $? "put /data/note.txt" || cat "$work/out"
+
+listing=$(fs ls -l /data/deep 2>&1)
+grep -q "3146505 .* random.bin" <<<"$listing" && grep -q "^d.* er$" <<<"$listing"
+result $? "ls -l shows the file's size and the directory"
+while IFS= read -r line; do echo "     $line"; done <<<"$listing"
+
+fs mv /data/deep/random.bin /data/moved.bin >"$work/out" 2>&1 &&
+	[[ $(fs ls /data 2>&1) == $'deep\nmoved.bin\nnote.txt' ]]
+result $? "mv renames across directories" || { cat "$work/out"; fs ls /data; }
+
+message=$(fs rm /data/missing 2>&1)
+status=$?
+[[ $status == 1 && $message == "limitless-fs: cannot remove '/data/missing': No such file or directory" ]]
+result $? "rm of a missing file fails like coreutils: $message"
+fs rm /data/moved.bin >"$work/out" 2>&1 && fs rmdir /data/deep/er >>"$work/out" 2>&1
+result $? "rm and rmdir" || cat "$work/out"
+
+df=$(fs df / 2>&1)
+grep -qE "^ext2 +16[0-9]{3} " <<<"$df"
+result $? "df reports the 16 MiB ext2 file system"
+while IFS= read -r line; do echo "     $line"; done <<<"$df"
+
+kill -TERM "$vfs"
+wait "$vfs"
+result $? "vfs_server stops on SIGTERM with exit 0 ($(grep -o "everything unmounted cleanly" "$work/vfs.log"))"
+vfs=0
+
+storage_tool read --nsid 1 --lba 0 --blocks $((image_blocks * 2)) --output "$work/after.img" >"$work/read.out" 2>&1
+result $? "namespace 1 read back" || cat "$work/read.out"
+"$e2fsck" -fn "$work/after.img" >"$work/fsck.out" 2>&1
+result $? "e2fsck -fn finds the file system clean" || cat "$work/fsck.out"
+[[ $("$debugfs" -R "cat /data/note.txt" "$work/after.img" 2>/dev/null) == "written through the VFS" ]]
+result $? "debugfs reads /data/note.txt as written through the VFS"
+
+kill -TERM "$storage"
+wait "$storage"
+result $? "storage_server stops on SIGTERM with exit 0"
+storage=0
+finish

@@ -1,0 +1,242 @@
+import SystemPackage
+import VFS
+import VFSCore
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The real executables: vfs_server as a process, limitless-fs as its client.
+final class ProcessTests: XCTestCase {
+    /// .build/debug (or release), where the test bundle sits next to the executables.
+    private var binaries: String {
+        let me = CommandLine.arguments.first { $0.contains(".xctest") } ?? CommandLine.arguments[0]
+        var parts = me.split(separator: "/", omittingEmptySubsequences: false)
+        while let last = parts.last, !last.hasSuffix(".xctest") { parts.removeLast() }
+        parts.removeLast()
+        return parts.joined(separator: "/")
+    }
+
+    private func executable(_ name: String) throws -> String {
+        let path = binaries + "/" + name
+        guard access(path, X_OK) == 0 else { throw XCTSkip("\(path) not built") }
+        return path
+    }
+
+    /// Starts vfs_server with `arguments`; returns its pid once the socket exists.
+    private func startServer(_ arguments: [String], directory: String) throws -> pid_t {
+        let server = try executable("vfs_server")
+        let log = directory + "/server.log"
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        let argv = ([server] + arguments + ["--runtime-dir", directory]).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        XCTAssertEqual(posix_spawn(&pid, server, &actions, nil, argv, environ), 0)
+        posix_spawn_file_actions_destroy(&actions)
+        // Up to 20 s: the build machine is shared and can be slow to start a process.
+        for _ in 0..<800 {
+            if access(directory + "/vfs.sock", F_OK) == 0 { return pid }
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid {
+                XCTFail("vfs_server exited at start: \(readText(log))")
+                throw FSError(.ioError, "vfs_server exited")
+            }
+            usleep(25_000)
+        }
+        kill(pid, SIGTERM)
+        XCTFail("vfs_server did not listen: \(readText(log))")
+        return pid
+    }
+
+    private func stop(_ pid: pid_t) -> Int32 {
+        guard pid > 0 else { return 0 }
+        kill(pid, SIGTERM)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        return (status & 0x7F) == 0 ? (status >> 8) & 0xFF : -(status & 0x7F)
+    }
+
+    private func readText(_ path: String) -> String {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { return "" }
+        defer { close(fd) }
+        var data: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { return String(decoding: data, as: UTF8.self) }
+            data += buffer[..<n]
+        }
+    }
+
+    private func writeText(_ path: String, _ bytes: [UInt8]) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+    }
+
+    private func fsTool(_ directory: String, _ arguments: String...) throws -> (Int32, String) {
+        runProgram(try executable("limitless-fs"), arguments + ["--runtime-dir", directory])
+    }
+
+    /// limitless-fs commands against a running server; `root` is where to work.
+    private func exerciseTool(_ directory: String, under base: String) throws {
+        var generator = SystemRandomNumberGenerator()
+        let local = directory + "/local.bin"
+        let content = (0..<300_000).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        writeText(local, content)
+        XCTAssertEqual(try fsTool(directory, "mkdir", "-p", "\(base)/x/y/z").0, 0)
+        XCTAssertEqual(try fsTool(directory, "mkdir", "-p", "\(base)/x/y").0, 0, "mkdir -p of an existing directory")
+        XCTAssertEqual(try fsTool(directory, "put", local, "\(base)/x/y/").0, 0)
+        XCTAssertEqual(try fsTool(directory, "get", "\(base)/x/y/local.bin", directory + "/back.bin").0, 0)
+        XCTAssertEqual(runProgram("/usr/bin/cmp", [local, directory + "/back.bin"]).0, 0, "put then get is byte-identical")
+        let listing = try fsTool(directory, "ls", "-l", "\(base)/x/y")
+        XCTAssertEqual(listing.0, 0)
+        XCTAssertTrue(listing.1.contains("300000 ") && listing.1.contains("local.bin") && listing.1.contains("drwxr-xr-x"), listing.1)
+        XCTAssertEqual(try fsTool(directory, "mv", "\(base)/x/y/local.bin", "\(base)/x/moved.bin").0, 0)
+        XCTAssertEqual(try fsTool(directory, "ls", "\(base)/x").1, "moved.bin\ny\n")
+        XCTAssertEqual(try fsTool(directory, "ln", "-s", "moved.bin", "\(base)/x/link").0, 0)
+        XCTAssertTrue(try fsTool(directory, "ls", "-l", "\(base)/x").1.contains("link -> moved.bin"))
+        XCTAssertEqual(try fsTool(directory, "chmod", "600", "\(base)/x/moved.bin").0, 0)
+        XCTAssertTrue(try fsTool(directory, "stat", "\(base)/x/moved.bin").1.contains("(600/-rw-------)"))
+        let removeMissing = try fsTool(directory, "rm", "\(base)/nope")
+        XCTAssertEqual(removeMissing.0, 1)
+        XCTAssertEqual(removeMissing.1, "limitless-fs: cannot remove '\(base)/nope': No such file or directory\n")
+        XCTAssertEqual(try fsTool(directory, "rmdir", "\(base)/x").1, "limitless-fs: failed to remove '\(base)/x': Directory not empty\n")
+        XCTAssertEqual(try fsTool(directory, "cat", "\(base)/x/y").1, "limitless-fs: \(base)/x/y: Is a directory\n")
+        let df = try fsTool(directory, "df", base.isEmpty ? "/" : base)
+        XCTAssertEqual(df.0, 0)
+        XCTAssertTrue(df.1.hasPrefix("Filesystem     1K-blocks"), df.1)
+        XCTAssertEqual(try fsTool(directory, "rm", "\(base)/x/moved.bin", "\(base)/x/link").0, 0)
+        XCTAssertEqual(try fsTool(directory, "rmdir", "\(base)/x/y/z", "\(base)/x/y", "\(base)/x").0, 0)
+    }
+
+    func testServerAndToolOnTmpfs() throws {
+        let directory = makeTemporaryDirectory(self)
+        let pid = try startServer(["--tmpfs", "/", "--writeback-interval", "100ms"], directory: directory)
+        try exerciseTool(directory, under: "")
+        for command in ["ls", "cat", "put", "get", "mkdir", "rm", "rmdir", "mv", "stat", "df", "ln", "chmod"] {
+            let (status, help) = try fsTool(directory, command, "--help")
+            XCTAssertEqual(status, 0, command)
+            XCTAssertTrue(help.contains("USAGE: limitless-fs \(command)"), help)
+        }
+        XCTAssertEqual(stop(pid), 0, "SIGTERM stops it cleanly")
+        let log = readText(directory + "/server.log")
+        XCTAssertTrue(log.contains("mounted tmpfs at /") && log.contains("everything unmounted cleanly"), log)
+        XCTAssertEqual(try fsTool(directory, "ls", "/").0, 1, "no server: an error, not a hang")
+    }
+
+    func testBadImageIsRefusedWithAMessage() throws {
+        let directory = makeTemporaryDirectory(self)
+        let server = try executable("vfs_server")
+        let (status, output) = runProgram(server, ["--image", directory + "/missing.img", "--runtime-dir", directory])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(output.contains("missing.img"), output)
+        writeText(directory + "/garbage.img", [UInt8](repeating: 0xA5, count: 1 << 20))
+        let (garbageStatus, garbageOutput) = runProgram(server, ["--image", directory + "/garbage.img", "--runtime-dir", directory])
+        XCTAssertNotEqual(garbageStatus, 0)
+        XCTAssertTrue(garbageOutput.contains("garbage.img") && garbageOutput.contains("ext2"), garbageOutput)
+        let (usageStatus, usage) = runProgram(server, ["--runtime-dir", directory])
+        XCTAssertEqual(usageStatus, 64)
+        XCTAssertTrue(usage.contains("give one root file system"), usage)
+    }
+
+    /// Under limitless-supervisor: vfs_server is killed with SIGKILL, restarted, restores its
+    /// descriptor checkpoint, and this process (same pid) reads on from where it was; fsync'd
+    /// data is on disk. After the supervisor stops everything, e2fsck finds the image clean.
+    func testSupervisedRestartKeepsDescriptorsAndFsyncedData() throws {
+        let image = try makeExt2Image(self, blocks: 8192)
+        try mountExt2OrSkip(try ImageFileStore(path: FilePath(image), readOnly: true), readOnly: true).unmount()
+        let supervisor = try executable("limitless-supervisor")
+        let server = try executable("vfs_server")
+        let directory = makeTemporaryDirectory(self)
+        writeText(directory + "/servers.conf", Array("""
+            start_server vfs \(server) --image \(image) --runtime-dir \(directory) --writeback-interval 200ms
+                restart always backoff=50ms max-backoff=1s limit=10/60s
+                checkpoint 1s
+
+            """.utf8))
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawn_file_actions_addopen(&actions, 1, directory + "/supervisor.log", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        let arguments: [String] = [supervisor, "--config", directory + "/servers.conf", "--runtime-dir", directory,
+                                   "--log-dir", directory + "/logs"]
+        let argv = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var supervisorPID: pid_t = 0
+        XCTAssertEqual(posix_spawn(&supervisorPID, supervisor, &actions, nil, argv, environ), 0)
+        posix_spawn_file_actions_destroy(&actions)
+        defer { _ = stop(supervisorPID) }
+
+        func serverPID() -> pid_t? {
+            guard access(directory + "/vfs.sock", F_OK) == 0 else { return nil }
+            return pid_t(String(readText(directory + "/vfs.pid").filter(\.isNumber)))
+        }
+        func waitForServer(otherThan old: pid_t?) -> pid_t? {
+            for _ in 0..<800 {
+                if let pid = serverPID(), pid != old, kill(pid, 0) == 0 { return pid }
+                usleep(25_000)
+            }
+            return nil
+        }
+        guard let first = waitForServer(otherThan: nil) else {
+            return XCTFail("vfs_server did not start under the supervisor: \(readText(directory + "/supervisor.log"))")
+        }
+        let client = try VFSClient.connect(name: "vfs", directory: directory)
+        try client.writeFile("/kept", Array("0123456789".utf8))
+        let fd = try client.open("/kept")
+        XCTAssertEqual(try client.read(fd, count: 3), Array("012".utf8))
+        usleep(1_500_000)  // the server checkpoints its descriptors within half a second
+        XCTAssertEqual(kill(first, SIGKILL), 0)
+        guard waitForServer(otherThan: first) != nil else {
+            return XCTFail("vfs_server was not restarted: \(readText(directory + "/supervisor.log"))")
+        }
+        let again = try VFSClient.connect(name: "vfs", directory: directory)
+        XCTAssertEqual(try again.read(fd, count: 100), Array("3456789".utf8), "the same descriptor, at the same position")
+        try again.close(fd)
+        XCTAssertEqual(try again.readFile("/kept"), Array("0123456789".utf8), "fsync'd data survived SIGKILL")
+        XCTAssertEqual(stop(supervisorPID), 0)
+        supervisorPID = 0
+        let restoredLine = runProgram("/bin/grep", ["-rh", "restored 1 descriptors", directory + "/logs", directory + "/supervisor.log"])
+        XCTAssertEqual(restoredLine.0, 0, "the restarted server logs the restore")
+        guard let e2fsck = tool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
+        let (status, output) = runProgram(e2fsck, ["-fn", image])
+        XCTAssertEqual(status, 0, output)
+    }
+
+    /// vfs_server on an mke2fs image, the tool through it, a clean stop, then e2fsck.
+    func testServerOnAnExt2ImagePassesE2fsck() throws {
+        let image = try makeExt2Image(self, blocks: 16384)
+        try mountExt2OrSkip(try ImageFileStore(path: FilePath(image), readOnly: true), readOnly: true).unmount()
+        // A directory for the tmpfs to cover, made by debugfs (the image is fresh from mke2fs).
+        guard let debugfs = tool("debugfs") else { throw XCTSkip("debugfs not installed") }
+        XCTAssertEqual(runProgram(debugfs, ["-w", "-R", "mkdir tmp", image]).0, 0)
+        XCTAssertEqual(runProgram(debugfs, ["-w", "-R", "mkdir mnt", image]).0, 0)
+        let second = try makeExt2Image(self, blocks: 4096)
+        let directory = makeTemporaryDirectory(self)
+        let pid = try startServer(["--image", image, "--tmpfs", "/tmp", "--mount", "/mnt=\(second)", "--writeback-interval", "200ms"],
+                                  directory: directory)
+        try exerciseTool(directory, under: "")
+        try exerciseTool(directory, under: "/tmp")
+        try exerciseTool(directory, under: "/mnt")
+        let df = try fsTool(directory, "df", "/", "/tmp", "/mnt")
+        XCTAssertTrue(df.1.contains(" /\n") && df.1.contains(" /tmp\n") && df.1.contains(" /mnt\n") && df.1.contains("tmpfs"), df.1)
+        writeText(directory + "/m", Array("on the second image".utf8))
+        XCTAssertEqual(try fsTool(directory, "put", directory + "/m", "/mnt/m").0, 0)
+        XCTAssertEqual(try fsTool(directory, "mv", "/mnt/m", "/m").1, "limitless-fs: cannot move '/mnt/m' to '/m': Invalid cross-device link\n")
+        XCTAssertEqual(try fsTool(directory, "mkdir", "/keep").0, 0)
+        writeText(directory + "/k", Array("kept".utf8))
+        XCTAssertEqual(try fsTool(directory, "put", directory + "/k", "/keep/k").0, 0)
+        XCTAssertEqual(stop(pid), 0)
+        guard let e2fsck = tool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
+        let (status, output) = runProgram(e2fsck, ["-fn", image])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(runProgram(debugfs, ["-R", "cat /keep/k", image]).1.contains("kept"))
+        XCTAssertTrue(runProgram(debugfs, ["-R", "cat /m", second]).1.contains("on the second image"))
+        let (secondStatus, secondOutput) = runProgram(e2fsck, ["-fn", second])
+        XCTAssertEqual(secondStatus, 0, secondOutput)
+    }
+}
