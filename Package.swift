@@ -91,7 +91,7 @@ let package = Package(
         .target(name: "PlatformTestSupport", dependencies: ["Platform"]),
 
         // Benchmarks that print figures (never timed assertions).
-        .target(name: "Bench", dependencies: ["IPC", "CLimitless", "Supervision"]),
+        .target(name: "Bench", dependencies: ["IPC", "CLimitless", "Supervision", "VFS"]),
 
         // Thin executables.
         .executableTarget(
@@ -141,5 +141,6 @@ let package = Package(
         .testTarget(name: "DeviceCatalogTests", dependencies: ["DeviceCatalog", "Platform"]),
         .testTarget(name: "Ext2Tests", dependencies: ["Ext2", "VFSCore"]),
         .testTarget(name: "VFSTests", dependencies: ["VFS", "VFSCore", "Ext2", "IPC", "Storage"]),
+        .testTarget(name: "BenchTests", dependencies: ["Bench"]),
     ]
 )
