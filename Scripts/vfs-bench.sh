@@ -107,7 +107,7 @@ result $? "e2fsprogs found ($("$mke2fs" -V 2>&1 | head -1))" || finish
 # The kernel's block device for the second controller (the nvme probe finishes asynchronously).
 dev=""
 for _ in $(seq 1 300); do
-	for n in /sys/bus/pci/devices/$kernel_bdf/nvme/nvme*/nvme*n1; do
+	for n in "/sys/bus/pci/devices/$kernel_bdf"/nvme/nvme*/nvme*n1; do
 		[[ -e $n ]] && dev=/dev/${n##*/}
 	done
 	[[ -n $dev && -b $dev ]] && break
