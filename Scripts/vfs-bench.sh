@@ -27,7 +27,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 
 if [[ ${1:-} != --in-guest ]]; then
-	files=500
+	files=1000
 	mib=16
 	while (($#)); do
 		case $1 in
@@ -48,7 +48,7 @@ if [[ ${1:-} != --in-guest ]]; then
 fi
 
 # ---- in the guest ------------------------------------------------------------------------------
-files=${RIG_VFSBENCH_FILES:-500}
+files=${RIG_VFSBENCH_FILES:-1000}
 mib=${RIG_VFSBENCH_MIB:-16}
 cpu=${RIG_VFSBENCH_CPU:-1}
 ours=${RIG_VFSBENCH_OURS:-0000:00:03.0}
@@ -93,7 +93,9 @@ run_bench() {
 }
 start_vfs() {
 	rm -f "$work/vfs.sock"
-	pinned "$bin/vfs_server" --storage storage --nsid 1 --runtime-dir "$work" >>"$work/vfs.log" 2>&1 &
+	# taskset itself, not a function: $! must be the pid that becomes the server (taskset execs
+	# it), or SIGTERM would stop a wrapper subshell and leave the server running.
+	taskset -c "$cpu" "$bin/vfs_server" --storage storage --nsid 1 --runtime-dir "$work" >>"$work/vfs.log" 2>&1 &
 	vfs=$!
 	wait_socket "$work/vfs.sock"
 }
@@ -126,7 +128,7 @@ result $? "mke2fs made a $((bytes >> 20)) MiB ext2 image with 4 KiB blocks" || {
 dd if="$work/fs.img" of="$dev" bs=1M oflag=direct conv=fsync status=none
 result $? "the image is on $dev (dd)" || finish
 
-pinned "$bin/storage_server" --device "$ours" --runtime-dir "$work" --poll >"$work/storage.log" 2>&1 &
+taskset -c "$cpu" "$bin/storage_server" --device "$ours" --runtime-dir "$work" --poll >"$work/storage.log" 2>&1 &
 storage=$!
 wait_socket "$work/storage.sock"
 result $? "storage_server --poll on $ours answers" || { tail -20 "$work/storage.log"; finish; }
@@ -153,7 +155,7 @@ result $? "kernel ext2: cold sequential read"
 run_bench "$work/o1" --server vfs --runtime-dir "$work" --phases metadata,write
 result $? "ours: create/stat/unlink and sequential write"
 stop "$vfs"
-result $? "vfs_server stops on SIGTERM with exit 0 (cold read next)"
+result $? "vfs_server stops on SIGTERM with exit 0 (cold read next)" || { tail -5 "$work/vfs.log"; finish; }
 vfs=0
 start_vfs
 result $? "a new vfs_server mounts namespace 1 (empty caches)" || { tail -20 "$work/vfs.log"; finish; }
@@ -167,7 +169,8 @@ mounted=0
 "$e2fsck" -fn "$dev" >"$work/fsck-kernel.out" 2>&1
 result $? "e2fsck -fn $dev (kernel's disk): $(tail -1 "$work/fsck-kernel.out")" || cat "$work/fsck-kernel.out"
 stop "$vfs"
-result $? "vfs_server stops on SIGTERM with exit 0 ($(grep -o "everything unmounted cleanly" "$work/vfs.log" | tail -1))"
+result $? "vfs_server stops on SIGTERM with exit 0 ($(grep -o "everything unmounted cleanly" "$work/vfs.log" | tail -1))" ||
+	tail -5 "$work/vfs.log"
 vfs=0
 "$bin/limitless-storage" read --nsid 1 --lba 0 --blocks $((bytes / 4096)) --output "$work/after.img" --runtime-dir "$work" \
 	>"$work/read.out" 2>&1
@@ -175,7 +178,7 @@ result $? "namespace 1 read back" || cat "$work/read.out"
 "$e2fsck" -fn "$work/after.img" >"$work/fsck-ours.out" 2>&1
 result $? "e2fsck -fn on namespace 1 (our disk): $(tail -1 "$work/fsck-ours.out")" || cat "$work/fsck-ours.out"
 stop "$storage"
-result $? "storage_server stops on SIGTERM with exit 0"
+result $? "storage_server stops on SIGTERM with exit 0" || tail -5 "$work/storage.log"
 storage=0
 
 echo "==== vfs-bench table: ${files} files, ${mib} MiB file in 128 KiB calls, ext2 4 KiB blocks on two identical QEMU NVMe disks, TCG, all on guest CPU ${cpu}"
