@@ -3,7 +3,7 @@
 # against the Linux kernel's ext2 (ext4 driver, nvme driver), side by side in one rig boot, on two
 # identical emulated disks holding the same ext2 image (Hardware/rig-vfsbench.conf). Issue 6.
 #
-#   Scripts/vfs-bench.sh [--files N] [--mib M]   on the host: boots the profile, prints the table
+#   Scripts/vfs-bench.sh [--files N] [--mib M] [--rounds R]   on the host: boots the profile, prints the table
 #   Scripts/vfs-bench.sh --in-guest              inside the rig guest (the profile's suite runs this)
 #
 # One image: mke2fs -t ext2 -b 4096 over the whole 64 MiB namespace, written onto both disks
@@ -29,16 +29,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 if [[ ${1:-} != --in-guest ]]; then
 	files=1000
 	mib=16
+	rounds=3
 	while (($#)); do
 		case $1 in
 		--files) files=${2:?--files needs a value}; shift 2 ;;
 		--mib) mib=${2:?--mib needs a value}; shift 2 ;;
+		--rounds) rounds=${2:?--rounds needs a value}; shift 2 ;;
 		-h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
 		*) echo "vfs-bench: unknown argument $1" >&2; exit 2 ;;
 		esac
 	done
-	[[ $files =~ ^[0-9]+$ && $mib =~ ^[0-9]+$ ]] || { echo "vfs-bench: --files and --mib take whole numbers" >&2; exit 2; }
-	export RIG_VFSBENCH_FILES=$files RIG_VFSBENCH_MIB=$mib
+	[[ $files =~ ^[0-9]+$ && $mib =~ ^[0-9]+$ && $rounds =~ ^[1-9][0-9]*$ ]] ||
+		{ echo "vfs-bench: --files, --mib and --rounds take whole numbers" >&2; exit 2; }
+	export RIG_VFSBENCH_FILES=$files RIG_VFSBENCH_MIB=$mib RIG_VFSBENCH_ROUNDS=$rounds
 	state=${RIG_STATE_DIR:-.build-rig}
 	Scripts/rig.sh --profile vfsbench --timeout 1200 test vfsbench
 	rc=$?
@@ -50,6 +53,7 @@ fi
 # ---- in the guest ------------------------------------------------------------------------------
 files=${RIG_VFSBENCH_FILES:-1000}
 mib=${RIG_VFSBENCH_MIB:-16}
+rounds=${RIG_VFSBENCH_ROUNDS:-3}
 cpu=${RIG_VFSBENCH_CPU:-1}
 ours=${RIG_VFSBENCH_OURS:-0000:00:03.0}
 kernel_bdf=${RIG_VFSBENCH_KERNEL:-0000:00:06.0}
@@ -143,24 +147,28 @@ start_vfs
 result $? "vfs_server mounts namespace 1 through storage_server ($(grep -m1 -o 'mounted ext2 at /' "$work/vfs.log"))" ||
 	{ tail -20 "$work/vfs.log"; finish; }
 
-# The kernel: metadata and write, caches dropped, the cold read, clean-up.
-run_bench "$work/k1" --posix "$mnt" --phases metadata,write
-result $? "kernel ext2: create/stat/unlink and sequential write"
-sync && echo 3 >/proc/sys/vm/drop_caches
-result $? "kernel: sync; echo 3 > /proc/sys/vm/drop_caches"
-run_bench "$work/k2" --posix "$mnt" --phases read,cleanup
-result $? "kernel ext2: cold sequential read"
+# Rounds alternate the sides (kernel, ours, kernel, ours...), so load from elsewhere on the shared
+# host falls on both rather than on whichever side ran during it; the table takes the medians.
+for round in $(seq 1 "$rounds"); do
+	# The kernel: metadata and write, caches dropped, the cold read, clean-up.
+	run_bench "$work/k1" --posix "$mnt" --phases metadata,write --label "kernel round=$round"
+	result $? "round $round, kernel ext2: create/stat/unlink and sequential write"
+	sync && echo 3 >/proc/sys/vm/drop_caches
+	result $? "round $round, kernel: sync; echo 3 > /proc/sys/vm/drop_caches"
+	run_bench "$work/k2" --posix "$mnt" --phases read,cleanup --label "kernel round=$round"
+	result $? "round $round, kernel ext2: cold sequential read"
 
-# Ours: the same, with vfs_server restarted for the cold read.
-run_bench "$work/o1" --server vfs --runtime-dir "$work" --phases metadata,write
-result $? "ours: create/stat/unlink and sequential write"
-stop "$vfs"
-result $? "vfs_server stops on SIGTERM with exit 0 (cold read next)" || { tail -5 "$work/vfs.log"; finish; }
-vfs=0
-start_vfs
-result $? "a new vfs_server mounts namespace 1 (empty caches)" || { tail -20 "$work/vfs.log"; finish; }
-run_bench "$work/o2" --server vfs --runtime-dir "$work" --phases read,cleanup
-result $? "ours: cold sequential read"
+	# Ours: the same, with vfs_server restarted for the cold read.
+	run_bench "$work/o1" --server vfs --runtime-dir "$work" --phases metadata,write --label "ours round=$round"
+	result $? "round $round, ours: create/stat/unlink and sequential write"
+	stop "$vfs"
+	result $? "round $round, vfs_server stops on SIGTERM with exit 0 (cold read next)" || { tail -5 "$work/vfs.log"; finish; }
+	vfs=0
+	start_vfs
+	result $? "round $round, a new vfs_server mounts namespace 1 (empty caches)" || { tail -20 "$work/vfs.log"; finish; }
+	run_bench "$work/o2" --server vfs --runtime-dir "$work" --phases read,cleanup --label "ours round=$round"
+	result $? "round $round, ours: cold sequential read"
+done
 
 # Both file systems unmounted, then checked.
 umount "$mnt"
@@ -181,31 +189,42 @@ stop "$storage"
 result $? "storage_server stops on SIGTERM with exit 0" || tail -5 "$work/storage.log"
 storage=0
 
-echo "==== vfs-bench table: ${files} files, ${mib} MiB file in 128 KiB calls, ext2 4 KiB blocks on two identical QEMU NVMe disks, TCG, all on guest CPU ${cpu}"
+echo "==== vfs-bench table: ${files} files, ${mib} MiB file in 128 KiB calls, ext2 4 KiB blocks on two identical QEMU NVMe disks, TCG, all on guest CPU ${cpu}; median of ${rounds} alternating rounds"
 awk '
 	function field(line, name,   n, i, kv) {
 		n = split(line, kv, " ")
 		for (i = 1; i <= n; i++) if (index(kv[i], name "=") == 1) return substr(kv[i], length(name) + 2)
 		return ""
 	}
-	{ t = field($0, "target"); op = field($0, "op")
-	  if (op ~ /^seq/) { v[t, op] = field($0, "mb_per_s") }
-	  else { v[t, op] = field($0, "ops_per_s"); p50[t, op] = field($0, "p50_us"); p99[t, op] = field($0, "p99_us") } }
+	function median(list,   n, a, i, j, x) { # list: space-separated numbers
+		n = split(list, a, " ")
+		if (n == 0) return ""
+		for (i = 2; i <= n; i++) { x = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+		return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+	}
+	{ t = field($0, "target"); r = field($0, "round"); op = field($0, "op")
+	  value = (op ~ /^seq/) ? field($0, "mb_per_s") : field($0, "ops_per_s")
+	  v[t, op] = v[t, op] " " value; per[t, op, r] = value
+	  if (op !~ /^seq/) { p50[t, op] = p50[t, op] " " field($0, "p50_us"); p99[t, op] = p99[t, op] " " field($0, "p99_us") }
+	  if (r + 0 > rounds) rounds = r + 0 }
 	END {
 		split("create stat unlink seqwrite seqread", ops, " ")
 		names["create"] = "create (open O_EXCL + close)"; names["stat"] = "stat"; names["unlink"] = "unlink"
 		names["seqwrite"] = "sequential write + fsync"; names["seqread"] = "sequential read (cold)"
-		printf "%-30s %-8s %26s %26s %12s\n", "operation", "unit", "kernel ext2 (p50/p99 us)", "ours (p50/p99 us)", "ours/kernel"
+		printf "%-29s %-6s %25s %25s %12s %s\n", "operation", "unit", "kernel ext2 (p50/p99 us)", "ours (p50/p99 us)", "ours/kernel", "per round"
 		for (i = 1; i <= 5; i++) {
 			op = ops[i]; unit = (op ~ /^seq/) ? "MB/s" : "ops/s"
-			k = v["kernel", op]; o = v["ours", op]
+			k = median(v["kernel", op]); o = median(v["ours", op])
 			kc = (k == "") ? "failed" : k; oc = (o == "") ? "failed" : o
 			if (unit == "ops/s") {
-				if (k != "") kc = sprintf("%s (%s/%s)", k, p50["kernel", op], p99["kernel", op])
-				if (o != "") oc = sprintf("%s (%s/%s)", o, p50["ours", op], p99["ours", op])
+				if (k != "") kc = sprintf("%s (%s/%s)", k, median(p50["kernel", op]), median(p99["kernel", op]))
+				if (o != "") oc = sprintf("%s (%s/%s)", o, median(p50["ours", op]), median(p99["ours", op]))
 			}
 			ratio = (k + 0 > 0 && o != "") ? sprintf("%.2f", o / k) : "-"
-			printf "%-30s %-8s %26s %26s %12s\n", names[op], unit, kc, oc, ratio
+			rounds_text = ""
+			for (r = 1; r <= rounds; r++)
+				rounds_text = rounds_text ((per["kernel", op, r] + 0 > 0 && per["ours", op, r] != "") ? sprintf(" %.2f", per["ours", op, r] / per["kernel", op, r]) : " -")
+			printf "%-29s %-6s %25s %25s %12s%s\n", names[op], unit, kc, oc, ratio, rounds_text
 		}
 	}' "$results"
 echo "==== end"
