@@ -97,7 +97,7 @@ let package = Package(
         .target(name: "PlatformTestSupport", dependencies: ["Platform"]),
 
         // Benchmarks that print figures (never timed assertions).
-        .target(name: "Bench", dependencies: ["IPC", "CLimitless", "Supervision"]),
+        .target(name: "Bench", dependencies: ["IPC", "CLimitless", "Supervision", "VFS"]),
 
         // Thin executables.
         .executableTarget(
@@ -151,5 +151,6 @@ let package = Package(
         .testTarget(name: "Ext2Tests", dependencies: ["Ext2", "VFSCore"]),
         .testTarget(name: "VFSTests", dependencies: ["VFS", "VFSCore", "Ext2", "IPC", "Storage"]),
         .testTarget(name: "FUSETests", dependencies: ["FUSEBridge", "VFS", "VFSCore", "IPC"]),
+        .testTarget(name: "BenchTests", dependencies: ["Bench"]),
     ]
 )
