@@ -82,7 +82,69 @@ public enum ControlFormatting {
         entry.hasSuffix("=-1") ? String(entry.dropLast(3)) : entry.replacingFirst("=", with: " fd ")
     }
 
+    /// `serverctl stats NAME`: systemd-style "Memory:", "CPU:" lines plus what a driver's
+    /// author looks at (locked DMA memory, descriptors, major faults, context switches).
+    public static func statistics(_ statistics: ServerStatistics, now: Int64) -> String {
+        let status = statistics.status
+        var lines = ["\(status.state == .running ? "●" : status.state == .failed ? "×" : "○") \(status.name) - \(stateText(status))"
+            + (status.pid > 0 ? ", pid \(status.pid)" : "")
+            + (status.startedAt > 0 ? ", up \(duration(now - status.startedAt))" : "")]
+        lines.append("   Restarts: \(status.restarts) (instance \(status.instance))")
+        if let process = statistics.process {
+            lines.append("        CPU: \(milliseconds(process.userCPU + process.systemCPU)) (user \(milliseconds(process.userCPU)), "
+                + "system \(milliseconds(process.systemCPU)))")
+            lines.append("     Memory: \(bytes(process.residentBytes)) (peak \(bytes(process.peakResidentBytes)), "
+                + "locked \(bytes(process.lockedBytes)))")
+            lines.append("    Threads: \(process.threads)")
+            lines.append("Descriptors: \(process.openDescriptors)")
+            lines.append("     Faults: \(process.majorFaults) major")
+            lines.append("   Switches: \(process.voluntarySwitches) voluntary, \(process.involuntarySwitches) involuntary")
+        } else {
+            lines.append("    Process: not running")
+        }
+        lines.append("        Log: \(statistics.logRecords) lines in memory (\(bytes(Int64(statistics.logBytes)))), "
+            + "\(statistics.logEvicted) rotated out, \(statistics.logDropped) dropped by the rate limit")
+        lines.append(" Checkpoint: " + (status.checkpointSequence == 0 ? "none saved"
+            : "#\(status.checkpointSequence), \(duration(now - status.checkpointSavedAt)) ago"))
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    static func milliseconds(_ nanoseconds: Int64) -> String {
+        let tenths = nanoseconds / 100_000
+        return "\(tenths / 10).\(tenths % 10) ms"
+    }
+
+    static func bytes(_ count: Int64) -> String {
+        let units = ["B", "K", "M", "G", "T"]
+        var value = Double(count)
+        var unit = 0
+        while value >= 1024 && unit < units.count - 1 {
+            value /= 1024
+            unit += 1
+        }
+        if unit == 0 { return "\(count)B" }
+        let tenths = Int((value * 10).rounded())
+        return "\(tenths / 10).\(tenths % 10)\(units[unit])"
+    }
+
     // MARK: JSON
+
+    public static func json(_ statistics: ServerStatistics) -> String {
+        var fields: [(String, String)] = [("status", json(statistics.status)),
+            ("log_records", String(statistics.logRecords)), ("log_bytes", String(statistics.logBytes)),
+            ("log_evicted", String(statistics.logEvicted)), ("log_dropped", String(statistics.logDropped))]
+        if let process = statistics.process {
+            fields += [("cpu_user_ns", String(process.userCPU)), ("cpu_system_ns", String(process.systemCPU)),
+                       ("threads", String(process.threads)), ("memory_resident", String(process.residentBytes)),
+                       ("memory_peak", String(process.peakResidentBytes)), ("memory_locked", String(process.lockedBytes)),
+                       ("fds", String(process.openDescriptors)), ("faults_major", String(process.majorFaults)),
+                       ("switches_voluntary", String(process.voluntarySwitches)),
+                       ("switches_involuntary", String(process.involuntarySwitches))]
+        } else {
+            fields.append(("process", "null"))
+        }
+        return "{" + fields.map { "\(string($0.0)):\($0.1)" }.joined(separator: ",") + "}"
+    }
 
     public static func json(_ status: ServerStatus) -> String {
         let fields: [(String, String)] = [

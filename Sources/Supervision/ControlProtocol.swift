@@ -13,12 +13,13 @@ import IPC
 /// Payload, lines of text with tab-separated, escaped fields (`LogRecord` escaping):
 /// - list, status, caps, start, stop, restart, grant, revoke: one `ServerStatus.encoded` line per
 ///   server. (grant and revoke carry `NAME\nCAP,CAP...` as their payload.)
+/// - stats: `ServerStatistics.encoded` (the status line, then `key=value` lines).
 /// - logs: one `LogRecord.fileLine` per line, oldest first; param2 = lines left out because the
 ///   reply is limited to one datagram (`Message.maxInlinePayload`).
 /// On an error the payload is a message for the user.
 ///
-/// Who asks is known from SO_PEERCRED (stamped by the IPC layer): anyone may list, status, caps
-/// and read logs; start, stop, restart, grant and revoke need root or membership of the admin group
+/// Who asks is known from SO_PEERCRED (stamped by the IPC layer): anyone may list, status, caps,
+/// stats and read logs; start, stop, restart, grant and revoke need root or membership of the admin group
 /// (`ControlAuthorization`).
 public enum ControlProtocol {
     /// MSG_SUPERVISOR_CONTROL: the command travels in param1.
@@ -40,6 +41,9 @@ public enum ControlCommand: UInt64, Sendable, CaseIterable {
     /// Payload `NAME\nCAP,CAP...`: withdraw them; a server that does not confirm within the
     /// revoke deadline is restarted without them.
     case revoke = 9
+    /// The status line, then `key=value` lines: log counters and the process's CPU, memory,
+    /// threads and descriptors from /proc (`ServerStatistics`).
+    case stats = 10
 
     /// Whether the caller must be an administrator.
     public var changesState: Bool { self == .start || self == .stop || self == .restart || self == .grant || self == .revoke }
@@ -225,6 +229,14 @@ public struct ControlClient {
         guard response.status.isOK else { throw .refused(response.status, response.text) }
         guard let statuses = ServerStatus.decodeAll(response.text) else { throw .transport("the supervisor's reply could not be read") }
         return statuses
+    }
+
+    /// stats: the server's counters and its process's figures.
+    public func statistics(name: String) throws(ControlError) -> ServerStatistics {
+        let response = try send(.stats, name: name)
+        guard response.status.isOK else { throw .refused(response.status, response.text) }
+        guard let statistics = ServerStatistics(encoded: response.text) else { throw .transport("the supervisor's reply could not be read") }
+        return statistics
     }
 
     /// logs: the records and how many older ones were left out.

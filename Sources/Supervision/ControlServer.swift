@@ -73,6 +73,10 @@ public final class ControlServer: @unchecked Sendable {
             case .revoke:
                 try supervisor.revoke(capabilities, from: name)
                 return (.ok, try supervisor.status(of: name).encoded, 0)
+            case .stats:
+                let status = try supervisor.status(of: name)
+                let process = status.pid > 0 ? ProcessSample.read(pid: status.pid) : nil
+                return (.ok, ServerStatistics(status: status, process: process, logs: supervisor.logs.statistics(server: name)).encoded, 0)
             case .logs:
                 _ = try supervisor.status(of: name)
                 let records = supervisor.logs.records(server: name, last: last == 0 ? nil : Int(clamping: last),

@@ -15,8 +15,8 @@ struct Serverctl: ParsableCommand {
             read status, capabilities and logs; start, stop, restart, grant and revoke need root
             or the limitless-admin group.
             """,
-        subcommands: [List.self, Status.self, Start.self, Stop.self, Restart.self, Logs.self, Caps.self, Grant.self, Revoke.self,
-                      Devices.self])
+        subcommands: [List.self, Status.self, Start.self, Stop.self, Restart.self, Logs.self, Caps.self, Stats.self, Grant.self,
+                      Revoke.self, Devices.self])
 }
 
 struct Devices: ParsableCommand {
@@ -142,6 +142,21 @@ struct Caps: ServerCommand {
     func render(_ status: ServerStatus) -> String { ControlFormatting.capabilities(status) }
 }
 
+struct Stats: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show a server's CPU time, memory (resident, peak, locked), threads, descriptors, faults and log counters.",
+        discussion: "The supervisor reads the figures from /proc/PID of the running instance; its log counters beside them.")
+    @OptionGroup var options: ControlOptions
+    @Argument(help: "The server's name in servers.conf.") var name: String
+
+    func run() throws {
+        let statistics: ServerStatistics
+        do { statistics = try options.client().statistics(name: name) } catch let error as ExitCode { throw error } catch { throw fail(error) }
+        print(options.json ? ControlFormatting.json(statistics) : ControlFormatting.statistics(statistics, now: now()),
+              terminator: options.json ? "\n" : "")
+    }
+}
+
 struct Logs: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show a server's log lines kept by the supervisor, oldest first.")
     @OptionGroup var options: ControlOptions
@@ -149,6 +164,8 @@ struct Logs: ParsableCommand {
     @Option(name: .short, help: "Only the newest N lines.") var n: Int?
     @Option(name: .long, help: "Only lines since T: a duration ago (10m, 30s) or a time (2026-11-27T14:40:51.000000000Z).")
     var since: String?
+    @Flag(name: [.short, .long], help: "Keep printing new lines as they arrive, until interrupted (as journalctl -f).")
+    var follow = false
 
     func run() throws {
         var sinceTime: Int64?
@@ -162,6 +179,19 @@ struct Logs: ParsableCommand {
         do { result = try options.client().logs(name: name, last: n, since: sinceTime) } catch let error as ExitCode { throw error } catch { throw fail(error) }
         print(options.json ? ControlFormatting.json(result.records) : ControlFormatting.logs(result.records, omitted: result.omitted),
               terminator: options.json ? "\n" : "")
+        guard follow else { return }
+        // Ask again for what came after the newest line shown; lines with the same timestamp as
+        // it were all in the last answer, so the next question starts one nanosecond later.
+        var newest = result.records.last?.timestamp ?? sinceTime ?? now()
+        while true {
+            usleep(200_000)
+            let more: [LogRecord]
+            do { more = try options.client().logs(name: name, last: nil, since: newest + 1).records } catch let error as ExitCode { throw error } catch { throw fail(error) }
+            guard !more.isEmpty else { continue }
+            print(options.json ? ControlFormatting.json(more) : ControlFormatting.logs(more), terminator: options.json ? "\n" : "")
+            fflush(nil)
+            newest = more.last!.timestamp
+        }
     }
 
     static func parseSince(_ text: String, now: Int64) -> Int64? {
