@@ -292,4 +292,27 @@ final class ZeroCopyPageCacheTests: XCTestCase {
         XCTAssertEqual(store.inlineWrites, 0)
         try e2fsck(device, sectors: sectors)
     }
+    /// vfs_server --storage (MountSources.storage): the mount's cache takes the registered pool,
+    /// and the log says so.
+    func testVfsServersStorageMountUsesTheRegisteredPool() throws {
+        let (device, sectors) = try deviceWithExt2(blocks: 4096)
+        let directory = makeTemporaryDirectory(self)
+        let box = ServerBox()
+        addTeardownBlock { box.stopAll() }
+        try Self.serve(device, directory, into: box)
+        final class Lines { var all: [String] = [] }
+        let lines = Lines()
+        let mounted = try MountSources.storage(name: "storage", directory: directory, nsid: 1, readOnly: false, cachePages: 64,
+                                               log: { lines.all.append($0) })
+        let cache = try XCTUnwrap(mounted.cache)
+        XCTAssertTrue(cache.usesDirectPageIO)
+        XCTAssertTrue(lines.all.contains { $0.contains("page cache pool: 262144 bytes registered with the storage server (zero copy)") },
+                      "\(lines.all)")
+        let service = VFSService()
+        try service.mount(mounted.fileSystem, at: "/", cache: cache, source: "storage")
+        try service.writeFile("/hello", String(repeating: "zero copy ", count: 1000))
+        XCTAssertEqual(service.unmountAll(), [])
+        XCTAssertGreaterThan(try XCTUnwrap(box.last).zeroCopyTransfers, 0)
+        try e2fsck(device, sectors: sectors)
+    }
 }
