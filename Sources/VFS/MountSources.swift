@@ -34,6 +34,7 @@ public enum MountSources {
         // DMAs straight into cached pages); say whether that worked.
         let mounted = try ext2(on: store, readOnly: readOnly, cachePages: cachePages, what: what, log: log)
         log("\(what): \(store.pagePoolDescription)")
+        store.log = { log("\(what): \($0)") }
         return mounted
     }
 

@@ -77,6 +77,20 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
     /// Whether a page cache's pool lives here, and whether the current server registered it.
     public var hasPagePool: Bool { pagePool != nil }
     public var isPagePoolRegistered: Bool { pagePool?.registered ?? false }
+    /// Where the statistics line goes when the store goes away (vfs_server's log: after an
+    /// unmount it says how the page cache's I/O went).
+    public var log: ((String) -> Void)?
+    public var statistics: String {
+        "\(pageRequests) page requests (\(zeroCopyReplies) zero copy), \(inlineWrites) inline writes, \(bytesCopied) bytes copied, \(reconnects) reconnects"
+    }
+
+    deinit {
+        // The pool's registration ends with this connection (the server sweeps when a client's
+        // connection closes), so there is no unregister round trip that could block on a hung
+        // server here.
+        log?(statistics)
+    }
+
     /// One line for the server's log.
     public var pagePoolDescription: String {
         guard let pagePool else { return "page cache pool: private (copies)" }

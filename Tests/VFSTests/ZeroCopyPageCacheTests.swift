@@ -302,17 +302,25 @@ final class ZeroCopyPageCacheTests: XCTestCase {
         try Self.serve(device, directory, into: box)
         final class Lines { var all: [String] = [] }
         let lines = Lines()
-        let mounted = try MountSources.storage(name: "storage", directory: directory, nsid: 1, readOnly: false, cachePages: 64,
-                                               log: { lines.all.append($0) })
-        let cache = try XCTUnwrap(mounted.cache)
-        XCTAssertTrue(cache.usesDirectPageIO)
-        XCTAssertTrue(lines.all.contains { $0.contains("page cache pool: 262144 bytes registered with the storage server (zero copy)") },
+        // In a function of its own so the mount, its cache and its store are gone afterwards.
+        func mountWriteUnmount() throws {
+            let mounted = try MountSources.storage(name: "storage", directory: directory, nsid: 1, readOnly: false, cachePages: 64,
+                                                   log: { lines.all.append($0) })
+            let cache = try XCTUnwrap(mounted.cache)
+            XCTAssertTrue(cache.usesDirectPageIO)
+            XCTAssertTrue(lines.all.contains { $0.contains("page cache pool: 262144 bytes registered with the storage server (zero copy)") },
+                          "\(lines.all)")
+            let service = VFSService()
+            try service.mount(mounted.fileSystem, at: "/", cache: cache, source: "storage")
+            try service.writeFile("/hello", String(repeating: "zero copy ", count: 1000))
+            XCTAssertEqual(service.unmountAll(), [])
+        }
+        try mountWriteUnmount()
+        let transfers = try XCTUnwrap(box.last).zeroCopyTransfers
+        XCTAssertGreaterThan(transfers, 0)
+        // The store's last word (vfs_server's log after the unmount) agrees with the server.
+        XCTAssertTrue(lines.all.contains { $0.hasSuffix("\(transfers) page requests (\(transfers) zero copy), 0 inline writes, 0 bytes copied, 0 reconnects") },
                       "\(lines.all)")
-        let service = VFSService()
-        try service.mount(mounted.fileSystem, at: "/", cache: cache, source: "storage")
-        try service.writeFile("/hello", String(repeating: "zero copy ", count: 1000))
-        XCTAssertEqual(service.unmountAll(), [])
-        XCTAssertGreaterThan(try XCTUnwrap(box.last).zeroCopyTransfers, 0)
         try e2fsck(device, sectors: sectors)
     }
 }
