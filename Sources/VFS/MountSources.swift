@@ -29,8 +29,13 @@ public enum MountSources {
     public static func storage(name: String, directory: String, nsid: UInt32, readOnly: Bool, cachePages: Int,
                                log: @escaping (String) -> Void) throws(FSError) -> Mounted {
         let store = try StorageBlockStore(name: name, directory: directory, nsid: nsid)
-        return try ext2(on: store, readOnly: readOnly, cachePages: cachePages,
-                        what: "storage \(name) nsid \(nsid) (\(store.capacity / UInt64(store.sectorSize)) blocks of \(store.sectorSize))", log: log)
+        let what = "storage \(name) nsid \(nsid) (\(store.capacity / UInt64(store.sectorSize)) blocks of \(store.sectorSize))"
+        // The page cache takes its pool from the store (registered with the server: the device
+        // DMAs straight into cached pages); say whether that worked.
+        let mounted = try ext2(on: store, readOnly: readOnly, cachePages: cachePages, what: what, log: log)
+        log("\(what): \(store.pagePoolDescription)")
+        store.log = { log("\(what): \($0)") }
+        return mounted
     }
 
     public static func ext2(on store: BlockStore, readOnly: Bool, cachePages: Int, what: String,

@@ -17,7 +17,16 @@ import Glibc
 /// request is idempotent (a read, or a write of the same bytes to the same blocks), so replaying
 /// one whose reply was lost is safe; and the page cache above keeps dirty pages until a write
 /// succeeds, so nothing is lost meanwhile. Past the deadline the operation fails with EIO.
-public final class StorageBlockStore: BlockStore {
+///
+/// Zero copy (`DirectPageIO`): a page cache built on this store gets its pool from here, a
+/// second shared-memory region registered with the server (MSG_BLOCK_REGISTER_BUFFER), so the
+/// server maps it for the device once. Page-cache misses, read-ahead and write-back are then
+/// block requests naming offsets in that region: on NVMe the controller DMAs straight into and
+/// out of the cached pages (the reply's param2 = 1); nothing is copied on this side, nothing
+/// sent inline. A server that cannot register (ENOTSUP: UIO) still serves the same requests
+/// through its bounce buffer. After a reconnect the pool is shared and registered again before
+/// the interrupted request is resent (registrations belong to a connection).
+public final class StorageBlockStore: BlockStore, DirectPageIO {
     public private(set) var client: BlockClient
     public let nsid: UInt32
     public let sectorSize: Int
@@ -38,6 +47,57 @@ public final class StorageBlockStore: BlockStore {
         }
     }
     private let region: Region
+
+    /// The page cache's pool, once provided (`providePagePool`).
+    private final class PagePool {
+        let memory: SharedMemory
+        var handle: UInt32
+        /// Whether the server registered it (zero copy) on the current connection; when not,
+        /// `registrationStatus` says why.
+        var registered = false
+        var registrationStatus: IPCStatus = .ok
+        init(memory: consuming SharedMemory, handle: UInt32) {
+            self.memory = memory
+            self.handle = handle
+        }
+    }
+    private var pagePool: PagePool?
+
+    // Statistics (tests and the server's log).
+    /// Page I/O requests (`readPages`/`writePages`) sent, and the replies saying the device
+    /// moved the data straight to or from the pool (param2 = 1).
+    public private(set) var pageRequests = 0
+    public private(set) var zeroCopyReplies = 0
+    /// Writes sent inline, and bytes copied between callers' buffers and the transfer region
+    /// (the `read`/`write` path; page I/O does neither).
+    public private(set) var inlineWrites = 0
+    public private(set) var bytesCopied = 0
+    /// How often the pool was registered with a server (1 + once per reconnect when it works).
+    public private(set) var poolRegistrations = 0
+    /// Whether a page cache's pool lives here, and whether the current server registered it.
+    public var hasPagePool: Bool { pagePool != nil }
+    public var isPagePoolRegistered: Bool { pagePool?.registered ?? false }
+    /// Where the statistics line goes when the store goes away (vfs_server's log: after an
+    /// unmount it says how the page cache's I/O went).
+    public var log: ((String) -> Void)?
+    public var statistics: String {
+        "\(pageRequests) page requests (\(zeroCopyReplies) zero copy), \(inlineWrites) inline writes, \(bytesCopied) bytes copied, \(reconnects) reconnects"
+    }
+
+    deinit {
+        // The pool's registration ends with this connection (the server sweeps when a client's
+        // connection closes), so there is no unregister round trip that could block on a hung
+        // server here.
+        log?(statistics)
+    }
+
+    /// One line for the server's log.
+    public var pagePoolDescription: String {
+        guard let pagePool else { return "page cache pool: private (copies)" }
+        return pagePool.registered
+            ? "page cache pool: \(pagePool.memory.size) bytes registered with the storage server (zero copy)"
+            : "page cache pool: \(pagePool.memory.size) bytes shared, not registered (\(pagePool.registrationStatus)): the server copies"
+    }
 
     /// Connects to the storage server `name` in `directory`, and reconnects the same way after
     /// it restarts.
@@ -90,6 +150,7 @@ public final class StorageBlockStore: BlockStore {
                 try client.read(nsid, lba: lba, blocks: UInt64(chunk / sectorSize), sharedHandle: region.handle, count: UInt32(chunk))
             }
             (buffer.baseAddress! + done).copyMemory(from: region.memory.bytes.baseAddress!, byteCount: chunk)
+            bytesCopied += chunk
             done += chunk
         }
     }
@@ -105,10 +166,12 @@ public final class StorageBlockStore: BlockStore {
                 try retrying("write") { () throws(IPCError) -> IPCStatus in
                     try client.write(nsid, lba: lba, blocks: UInt64(remaining / sectorSize), data: slice)
                 }
+                inlineWrites += 1
                 done += remaining
             } else {
                 let chunk = min(remaining, Self.regionSize)
                 region.memory.mutableBytes!.baseAddress!.copyMemory(from: buffer.baseAddress! + done, byteCount: chunk)
+                bytesCopied += chunk
                 try retrying("write") { () throws(IPCError) -> IPCStatus in
                     try client.write(nsid, lba: lba, blocks: UInt64(chunk / sectorSize), sharedHandle: region.handle, count: UInt32(chunk))
                 }
@@ -121,17 +184,105 @@ public final class StorageBlockStore: BlockStore {
         try retrying("flush") { () throws(IPCError) -> IPCStatus in try client.flush(nsid) }
     }
 
+    // MARK: DirectPageIO (zero copy)
+
+    /// The pool as a shared-memory region (mmap: page aligned), shared with the server and
+    /// registered for the device. Nil when the region cannot be made or shared (the cache then
+    /// keeps its own pool) or a pool was already provided. A refused registration still
+    /// returns the region: page I/O through it costs the server a copy, this side none.
+    public func providePagePool(byteCount: Int) -> UnsafeMutableRawPointer? {
+        guard pagePool == nil, byteCount > 0 else { return nil }
+        // Whole pages: the registration wants them (NVMe PRPs are page granular).
+        let size = (byteCount + 4095) / 4096 * 4096
+        guard size <= Int(UInt32.max) else { return nil }
+        do {
+            let memory = try SharedMemory(size: size, name: "vfs-page-cache")
+            let handle = try client.connection.share(memory)
+            let pool = PagePool(memory: memory, handle: handle)
+            do {
+                try register(pool, on: client)
+            } catch {
+                // The connection broke: the next request reconnects, which registers again.
+                pool.registrationStatus = .EIO
+            }
+            pagePool = pool
+            return pool.memory.mutableBytes!.baseAddress!
+        } catch {
+            return nil
+        }
+    }
+
+    /// Registers the pool's region (its current handle) on `client`'s connection. A refusal is
+    /// recorded (the pool still works, copied by the server); a broken connection throws.
+    private func register(_ pool: PagePool, on client: BlockClient) throws(IPCError) {
+        pool.registered = false
+        switch try client.registerBuffer(sharedHandle: pool.handle, count: UInt32(pool.memory.size)) {
+        case .success:
+            pool.registered = true
+            pool.registrationStatus = .ok
+            poolRegistrations += 1
+        case .failure(let status):
+            pool.registrationStatus = status
+        }
+    }
+
+    public func readPages(at deviceOffset: UInt64, poolOffset: Int, count: Int) throws(FSError) {
+        try pageIO(.blockRead, deviceOffset, poolOffset, count)
+    }
+
+    public func writePages(at deviceOffset: UInt64, poolOffset: Int, count: Int) throws(FSError) {
+        try pageIO(.blockWrite, deviceOffset, poolOffset, count)
+    }
+
+    /// One block request per `BlockProtocol.maxSharedBytes`, naming the pool range itself: no
+    /// data inline, nothing copied here, the header-only reply read into no buffer (no
+    /// allocation).
+    private func pageIO(_ type: MessageType, _ deviceOffset: UInt64, _ poolOffset: Int, _ count: Int) throws(FSError) {
+        try checkRange(deviceOffset, count)
+        guard let pool = pagePool, poolOffset >= 0, poolOffset <= pool.memory.size, count <= pool.memory.size - poolOffset else {
+            throw FSError(.invalidArgument, "page I/O of \(count) bytes at pool offset \(poolOffset) outside the page pool")
+        }
+        let what = type == .blockRead ? "page read" : "page write"
+        var done = 0
+        while done < count {
+            let chunk = min(count - done, BlockProtocol.maxSharedBytes)
+            let lba = (deviceOffset + UInt64(done)) / UInt64(sectorSize)
+            let within = UInt32(poolOffset + done)
+            try retryingReply(what) { () throws(IPCError) -> Message in
+                var message = Message(type: type, param1: UInt64(nsid), param2: lba, param3: UInt64(chunk / sectorSize))
+                // The handle is read per attempt: a reconnect shares the pool again under a new one.
+                message.setSharedData(handle: pool.handle, offset: within, count: UInt32(chunk))
+                return try client.connection.sendReceive(message, into: UnsafeMutableRawBufferPointer(start: nil, count: 0),
+                                                         timeout: client.timeout).0
+            }
+            pageRequests += 1
+            done += chunk
+        }
+    }
+
     // MARK: Reconnecting
 
     /// Runs `request`; a reply's status is checked, a broken connection is made again (when this
     /// store knows how) and the request sent again, until `reconnectDeadline`.
     private func retrying(_ what: String, _ request: () throws(IPCError) -> IPCStatus) throws(FSError) {
+        try retryingReply(what) { () throws(IPCError) -> Message in
+            var reply = Message(type: .blockFlush)
+            reply.status = try request()
+            return reply
+        }
+    }
+
+    /// `retrying` for requests whose reply header matters: counts zero-copy replies (param2 = 1;
+    /// only block reads and writes set it, `retrying`'s stand-in header leaves it 0).
+    private func retryingReply(_ what: String, _ request: () throws(IPCError) -> Message) throws(FSError) {
         var deadline: ContinuousClock.Instant?
         var backoff = Duration.milliseconds(5)
         while true {
             let failure: IPCError
             do {
-                try check(try request(), what)
+                let reply = try request()
+                try check(reply.status, what)
+                if reply.param2 == 1 { zeroCopyReplies += 1 }
                 return
             } catch let error as IPCError {
                 failure = error
@@ -170,7 +321,14 @@ public final class StorageBlockStore: BlockStore {
             let fresh = try connect()
             guard case .success(let geometry) = try fresh.openNamespace(nsid),
                   geometry.blockSize == sectorSize, geometry.capacityBytes == capacity else { return false }
-            region.handle = try fresh.connection.share(region.memory)
+            let regionHandle = try fresh.connection.share(region.memory)
+            if let pagePool {
+                // Shared and registered again before the interrupted request is resent: the old
+                // connection's handle and registration died with it.
+                pagePool.handle = try fresh.connection.share(pagePool.memory)
+                try register(pagePool, on: fresh)
+            }
+            region.handle = regionHandle
             client = fresh
             reconnects += 1
             return true
