@@ -91,6 +91,14 @@ kill -TERM "$vfs"
 wait "$vfs"
 result $? "vfs_server stops on SIGTERM with exit 0 ($(grep -o "everything unmounted cleanly" "$work/vfs.log"))"
 vfs=0
+# The page cache's pages are registered with storage_server: the controller DMAs into them, and
+# every page request was answered zero copy (the store's own count, logged at unmount).
+grep -q "page cache pool: .* registered with the storage server (zero copy)" "$work/vfs.log" &&
+	counts=$(grep -o "[0-9]* page requests ([0-9]* zero copy)" "$work/vfs.log" | tail -1) &&
+	[[ $counts =~ ^([0-9]+)\ page\ requests\ \(([0-9]+)\ zero ]] &&
+	((BASH_REMATCH[1] > 0 && BASH_REMATCH[1] == BASH_REMATCH[2]))
+result $? "page cache I/O went device-to-page-cache, zero copy (${counts:-no counts logged})" ||
+	grep "page" "$work/vfs.log" | tail -3
 
 storage_tool read --nsid 1 --lba 0 --blocks $((image_blocks * 2)) --output "$work/after.img" >"$work/read.out" 2>&1
 result $? "namespace 1 read back" || cat "$work/read.out"
