@@ -149,8 +149,8 @@ let package = Package(
         .testTarget(name: "StorageTests", dependencies: ["Storage", "IPC", "NVMe", "Platform"]),
         .testTarget(name: "DeviceCatalogTests", dependencies: ["DeviceCatalog", "Platform"]),
         .testTarget(name: "Ext2Tests", dependencies: ["Ext2", "VFSCore"]),
-        .testTarget(name: "VFSTests", dependencies: ["VFS", "VFSCore", "Ext2", "IPC", "Storage"]),
-        .testTarget(name: "FUSETests", dependencies: ["FUSEBridge", "VFS", "VFSCore", "IPC"]),
-        .testTarget(name: "BenchTests", dependencies: ["Bench"]),
+        .testTarget(name: "VFSTests", dependencies: ["VFS", "VFSCore", "Ext2", "IPC", "Storage", "PlatformTestSupport"]),
+        .testTarget(name: "FUSETests", dependencies: ["FUSEBridge", "VFS", "VFSCore", "IPC", "PlatformTestSupport"]),
+        .testTarget(name: "BenchTests", dependencies: ["Bench", "PlatformTestSupport"]),
     ]
 )

@@ -1,3 +1,4 @@
+import PlatformTestSupport
 import Bench
 import XCTest
 #if canImport(Glibc)
@@ -102,12 +103,7 @@ final class VFSWorkloadTests: XCTestCase {
 
     /// The executables next to the test bundle (.build/debug or release).
     private func executable(_ name: String) throws -> String {
-        let me = CommandLine.arguments.first { $0.contains(".xctest") } ?? CommandLine.arguments[0]
-        var parts = me.split(separator: "/", omittingEmptySubsequences: false)
-        while let last = parts.last, !last.hasSuffix(".xctest") { parts.removeLast() }
-        if !parts.isEmpty { parts.removeLast() }
-        let path = parts.joined(separator: "/") + "/" + name
-        guard access(path, X_OK) == 0 else { throw XCTSkip("\(path) not built") }
+        guard let path = BuiltExecutables.path(name) else { throw XCTSkip("\(BuiltExecutables.directory)/\(name) not built") }
         return path
     }
 

@@ -1,3 +1,4 @@
+import PlatformTestSupport
 import Foundation
 import XCTest
 #if canImport(Glibc)
@@ -9,18 +10,8 @@ import Glibc
 /// not available; a watchdog kills the bridge if anything hangs, which makes the kernel fail
 /// the pending requests (ENOTCONN) so the test fails instead of hanging.
 final class FUSEMountTests: XCTestCase {
-    /// .build/debug (or release), where the test bundle sits next to the executables.
-    private var binaries: String {
-        let me = CommandLine.arguments.first { $0.contains(".xctest") } ?? CommandLine.arguments[0]
-        var parts = me.split(separator: "/", omittingEmptySubsequences: false)
-        while let last = parts.last, !last.hasSuffix(".xctest") { parts.removeLast() }
-        parts.removeLast()
-        return parts.joined(separator: "/")
-    }
-
     private func executable(_ name: String) throws -> String {
-        let path = binaries + "/" + name
-        guard access(path, X_OK) == 0 else { throw XCTSkip("\(path) not built") }
+        guard let path = BuiltExecutables.path(name) else { throw XCTSkip("\(BuiltExecutables.directory)/\(name) not built") }
         return path
     }
 

@@ -1,3 +1,4 @@
+import PlatformTestSupport
 import SystemPackage
 import VFS
 import VFSCore
@@ -8,18 +9,8 @@ import Glibc
 
 /// The real executables: vfs_server as a process, limitless-fs as its client.
 final class ProcessTests: XCTestCase {
-    /// .build/debug (or release), where the test bundle sits next to the executables.
-    private var binaries: String {
-        let me = CommandLine.arguments.first { $0.contains(".xctest") } ?? CommandLine.arguments[0]
-        var parts = me.split(separator: "/", omittingEmptySubsequences: false)
-        while let last = parts.last, !last.hasSuffix(".xctest") { parts.removeLast() }
-        parts.removeLast()
-        return parts.joined(separator: "/")
-    }
-
     private func executable(_ name: String) throws -> String {
-        let path = binaries + "/" + name
-        guard access(path, X_OK) == 0 else { throw XCTSkip("\(path) not built") }
+        guard let path = BuiltExecutables.path(name) else { throw XCTSkip("\(BuiltExecutables.directory)/\(name) not built") }
         return path
     }
 
