@@ -1,4 +1,5 @@
 import ArgumentParser
+import NVMe
 import Platform
 import ServerKit
 import Storage
@@ -46,6 +47,9 @@ struct StorageServerCommand: ParsableCommand {
     var ringWait: RingWait = .yield
 
     func run() throws {
+        // Start-up phases on CLOCK_MONOTONIC, logged once registered (the HIL suite places them
+        // on the restart's timeline: issue 4, crash to serving).
+        var phases = StartupPhases()
         let runtime: ServerRuntime
         do {
             runtime = try ServerRuntime(standaloneName: name ?? "storage")
@@ -53,6 +57,7 @@ struct StorageServerCommand: ParsableCommand {
             Self.say("storage_server: \(error)")
             throw ExitCode(78)
         }
+        phases.mark("runtime")
         var capabilities: [String: Int32] = [:]
         for capability in runtime.capabilityNames {
             capabilities[capability] = (try? runtime.capability(capability)) ?? -1
@@ -68,7 +73,10 @@ struct StorageServerCommand: ParsableCommand {
         let opened: StorageBringUp.Result
         do {
             let pci = try StorageBringUp.open(source)
+            phases.mark("adopted")
             opened = try StorageBringUp.bringUp(pci) { runtime.log(.warning, $0) }
+            phases.controllerSteps(opened.blockDevice.controller.transitions)
+            phases.mark("io-ready")
         } catch {
             runtime.log(.critical, "bring-up failed: \(error)")
             throw ExitCode(1)
@@ -87,6 +95,7 @@ struct StorageServerCommand: ParsableCommand {
         let loop = BlockServingLoop(server: server, endpoint: endpoint)
         loop.spinWhileAwaitingDevice = ringWait == .spin
         loop.start()
+        phases.mark("listening")
         runtime.log(.info, "listening on \(endpoint.endpoint.socketPath)"
             + (allowUIDs.isEmpty ? " (every uid accepted)" : " (uids \(allowUIDs.map(String.init).joined(separator: ",")))"))
 
@@ -97,6 +106,8 @@ struct StorageServerCommand: ParsableCommand {
             loop.stop()
             throw ExitCode(1)
         }
+        phases.mark("registered")
+        runtime.log(.info, phases.description)
         let reason = try runtime.runUntilStopped()
         loop.stop()
         do {
@@ -113,5 +124,46 @@ struct StorageServerCommand: ParsableCommand {
     static func say(_ text: String) {
         var line = text + "\n"
         line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+    }
+}
+
+/// When each start-up step finished, in microseconds after `run()` began; `description` is the
+/// one log line the supervised HIL suite reads (`startup phases (us after main at realtime N):
+/// name=us ...`). The controller's steps come from its recorded state transitions (NVMe 2.0
+/// section 3.5.1: disable, admin queue, enable, Identify).
+struct StartupPhases: CustomStringConvertible {
+    let clock = MonotonicClock()
+    let start: UInt64
+    let realtimeStart: Int64
+    var marks: [(String, UInt64)] = []
+
+    init() {
+        start = clock.now()
+        var time = timespec()
+        clock_gettime(CLOCK_REALTIME, &time)
+        realtimeStart = Int64(time.tv_sec) * 1_000_000_000 + Int64(time.tv_nsec)
+    }
+
+    mutating func mark(_ name: String, at time: UInt64? = nil) {
+        marks.append((name, ((time ?? clock.now()) &- start) / 1000))
+    }
+
+    /// The end of each bring-up step: device set-up (bus master, BAR, MSI-X, DMA allocator)
+    /// ends where the controller starts checking CAP; then CC.EN=0 / RDY=0, the admin queue,
+    /// CC.EN=1 / RDY=1, Identify Controller.
+    mutating func controllerSteps(_ transitions: [NVMeStateTransition]) {
+        let names: [(NVMeControllerState, String)] = [
+            (.checkingCapabilities, "device-setup"), (.disabling, "cap-read"), (.configuringAdminQueue, "disabled"),
+            (.enabling, "admin-queue"), (.identifying, "enabled"), (.ready, "identified"),
+        ]
+        for (state, name) in names {
+            if let step = transitions.last(where: { $0.to == state }), step.enteredAtNanoseconds >= start {
+                mark(name, at: step.enteredAtNanoseconds)
+            }
+        }
+    }
+
+    var description: String {
+        "startup phases (us after main at realtime \(realtimeStart)): " + marks.map { "\($0.0)=\($0.1)" }.joined(separator: " ")
     }
 }
