@@ -71,7 +71,7 @@ public final class NVMeController<R: RegisterIO> {
 
     private func enter(_ next: NVMeControllerState) {
         let now = clock.now()
-        transitions.append(NVMeStateTransition(from: state, to: next, elapsedNanoseconds: now &- stateEntered))
+        transitions.append(NVMeStateTransition(from: state, to: next, elapsedNanoseconds: now &- stateEntered, enteredAtNanoseconds: now))
         state = next
         stateEntered = now
     }

@@ -47,6 +47,16 @@ public struct NVMeStateTransition: Equatable, Sendable, CustomStringConvertible 
     public var to: NVMeControllerState
     /// Time spent in `from`.
     public var elapsedNanoseconds: UInt64
+    /// CLOCK_MONOTONIC (ns) when `to` was entered: lets a caller place the steps on a timeline
+    /// shared with other processes (the supervisor's restart phases, HIL reports).
+    public var enteredAtNanoseconds: UInt64
+
+    public init(from: NVMeControllerState, to: NVMeControllerState, elapsedNanoseconds: UInt64, enteredAtNanoseconds: UInt64 = 0) {
+        self.from = from
+        self.to = to
+        self.elapsedNanoseconds = elapsedNanoseconds
+        self.enteredAtNanoseconds = enteredAtNanoseconds
+    }
 
     public var description: String { "\(from) -> \(to) after \(elapsedNanoseconds / 1000) us" }
 }

@@ -321,10 +321,10 @@ private struct Parser {
         for option in arguments.dropFirst() {
             let parts = option.text.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let key = String(parts[0])
-            let keys = ["backoff", "max-backoff", "limit"]
+            let keys = ["backoff", "max-backoff", "limit", "healthy"]
             guard parts.count == 2, keys.contains(key) else {
-                error(line, option.column, "unknown restart option \(option.text); options are backoff=D, max-backoff=D and "
-                    + "limit=N/T, e.g. `restart on-failure backoff=100ms max-backoff=30s limit=5/60s`"
+                error(line, option.column, "unknown restart option \(option.text); options are backoff=D, max-backoff=D, "
+                    + "limit=N/T and healthy=D|never, e.g. `restart on-failure backoff=100ms max-backoff=30s limit=5/60s healthy=10s`"
                     + Suggestion.clause(for: key, among: keys))
                 valid = false
                 continue
@@ -340,6 +340,15 @@ private struct Parser {
                 if let duration = duration(value, line: line) { policy.initialBackoff = duration } else { valid = false }
             case "max-backoff":
                 if let duration = duration(value, line: line) { policy.maximumBackoff = duration } else { valid = false }
+            case "healthy":
+                // An instance that ran this long before failing restarts without the backoff pause.
+                if value.text == "never" {
+                    policy.healthyRun = nil
+                } else if let duration = duration(value, line: line) {
+                    policy.healthyRun = duration
+                } else {
+                    valid = false
+                }
             default:
                 let limit = value.text.split(separator: "/", omittingEmptySubsequences: false)
                 guard limit.count == 2, let count = Int(limit[0]), (1...1000).contains(count) else {

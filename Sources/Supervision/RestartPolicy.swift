@@ -2,7 +2,11 @@
 /// termination behaviour a configuration value rather than flags spread through the supervisor).
 ///
 /// A failing server is restarted after an exponentially growing pause (initial, doubled per
-/// recent restart, capped at the maximum). If it has already been restarted `intensity.restarts`
+/// recent restart, capped at the maximum) — except an instance that had been running for at least
+/// `healthyRun` before it failed: that one is restarted at once (issue 4: a crash after a long
+/// healthy run is not a crash loop, and every millisecond of pause is a millisecond the device
+/// goes unserved). The pause exists to keep a crash loop from spinning; a long run shows there is
+/// none. The intensity limit below still counts that restart. If it has already been restarted `intensity.restarts`
 /// times within the last `intensity.period`, restarting again is pointless: it is marked failed,
 /// and the servers depending on it are stopped (`DependencyGraph.dependents(of:)`).
 public struct RestartPolicy: Hashable, Sendable, CustomStringConvertible {
@@ -29,19 +33,25 @@ public struct RestartPolicy: Hashable, Sendable, CustomStringConvertible {
     public var initialBackoff: Duration
     public var maximumBackoff: Duration
     public var intensity: Intensity
+    /// An instance that ran at least this long before failing is restarted without a pause.
+    /// nil: always pause.
+    public var healthyRun: Duration?
 
     public static let defaultInitialBackoff = Duration.milliseconds(100)
     public static let defaultMaximumBackoff = Duration.seconds(30)
     public static let defaultIntensity = Intensity(restarts: 5, period: .seconds(60))
+    public static let defaultHealthyRun: Duration? = .seconds(10)
 
     public init(
         mode: Mode = .onFailure, initialBackoff: Duration = defaultInitialBackoff,
-        maximumBackoff: Duration = defaultMaximumBackoff, intensity: Intensity = defaultIntensity
+        maximumBackoff: Duration = defaultMaximumBackoff, intensity: Intensity = defaultIntensity,
+        healthyRun: Duration? = defaultHealthyRun
     ) {
         self.mode = mode
         self.initialBackoff = initialBackoff
         self.maximumBackoff = maximumBackoff
         self.intensity = intensity
+        self.healthyRun = healthyRun
     }
 
     /// The pause before the next restart when `recentRestarts` restarts already happened within
@@ -57,8 +67,10 @@ public struct RestartPolicy: Hashable, Sendable, CustomStringConvertible {
 
     /// The decision for one exit. `restarts` are the times of earlier restarts (any order, older
     /// ones are ignored); `now` comes from the caller's clock, so tests decide what time it is.
+    /// `ranFor` is how long the instance that exited had been running (nil: unknown, as for a
+    /// start that failed): at least `healthyRun` and the restart comes without a pause.
     public func decide<Instant: InstantProtocol>(
-        after exit: ServerExit, restarts: [Instant], now: Instant
+        after exit: ServerExit, restarts: [Instant], now: Instant, ranFor: Duration? = nil
     ) -> RestartDecision where Instant.Duration == Duration {
         switch (mode, exit) {
         case (_, .stopRequested):
@@ -74,6 +86,7 @@ public struct RestartPolicy: Hashable, Sendable, CustomStringConvertible {
         if recent >= intensity.restarts {
             return .failed(restarts: recent, period: intensity.period)
         }
+        if let healthyRun, let ranFor, ranFor >= healthyRun { return .restart(after: .zero) }
         return .restart(after: backoff(recentRestarts: recent))
     }
 
@@ -82,6 +95,7 @@ public struct RestartPolicy: Hashable, Sendable, CustomStringConvertible {
         if mode != .never {
             text += " backoff=\(DurationText.format(initialBackoff)) max-backoff=\(DurationText.format(maximumBackoff))"
                 + " limit=\(intensity.restarts)/\(DurationText.format(intensity.period))"
+            if healthyRun != Self.defaultHealthyRun { text += " healthy=\(healthyRun.map(DurationText.format) ?? "never")" }
         }
         return text
     }
@@ -148,11 +162,11 @@ public struct RestartTracker<C: Clock>: Sendable where C.Duration == Duration {
     }
 
     /// Decides what to do about `exit`, counting a restart when the decision is to restart.
-    public mutating func serverExited(_ exit: ServerExit) -> RestartDecision {
+    public mutating func serverExited(_ exit: ServerExit, ranFor: Duration? = nil) -> RestartDecision {
         let now = clock.now
         let period = policy.intensity.period
         restarts.removeAll { !($0 <= now && $0.duration(to: now) < period) }
-        let decision = policy.decide(after: exit, restarts: restarts, now: now)
+        let decision = policy.decide(after: exit, restarts: restarts, now: now, ranFor: ranFor)
         if case .restart = decision { restarts.append(now) }
         return decision
     }

@@ -27,10 +27,6 @@ extension Supervisor {
         // Anything it forked is stopped with it.
         _ = kill(-server.pid, SIGKILL)
         server.pid = 0
-        // Its devices are quiesced (bus mastering off, DMA unmapped) before anything restarts it.
-        if let provider = options.capabilityProvider {
-            for problem in provider.instanceExited(server.configuration) { note(server, .warning, problem) }
-        }
         server.registered = false
         server.deadline = nil
         server.killSent = false
@@ -55,7 +51,20 @@ extension Supervisor {
         let requested = server.stopRequested
         server.stopRequested = false
         server.lastExit = requested ? "stopped on request (\(text))" : text
+        // The exit is logged before the quiesce so that the record's time is when the exit was
+        // seen, and the quiesce gets its own record with its duration (restart phases, issue 4).
         note(server, requested || !exit.isFailure ? .info : .error, "instance \(server.instance) \(server.lastExit!)")
+        // Its devices are quiesced (bus mastering off, interrupts off, DMA unmapped) before
+        // anything restarts it: a dead driver's device must not DMA into memory that is reused.
+        if let provider = options.capabilityProvider {
+            let holding = (provider as? DeviceCapabilities)?.isHolding(server.name) ?? false
+            let start = ContinuousClock.now
+            let problems = provider.instanceExited(server.configuration)
+            for problem in problems { note(server, .warning, problem) }
+            if holding {
+                note(server, .info, "devices quiesced in \(Self.microseconds(start.duration(to: .now))) us")
+            }
+        }
         // Dependents still running are told (a stop on request has stopped them first, unless it
         // is a restart of this server alone).
         notifyDependents(of: server, .down)
@@ -70,12 +79,15 @@ extension Supervisor {
             server.state = .inactive
             return
         }
-        switch server.tracker.serverExited(exit) {
+        // How long this instance ran: a long healthy run restarts without the backoff pause.
+        let ranFor = server.startedMonotonic.map { $0.duration(to: .now) }
+        switch server.tracker.serverExited(exit, ranFor: ranFor) {
         case .restart(let pause):
             server.restarts += 1
             server.state = .backoff
             server.deadline = .now + pause
-            note(server, .notice, "restarting in \(DurationText.format(pause))")
+            note(server, .notice, pause == .zero ? "restarting now (it ran \(ranFor.map { "\($0.nanosecondsValue / 1_000_000) ms" } ?? "?") before failing)"
+                : "restarting in \(DurationText.format(pause))")
         case .stay(let reason):
             server.wanted = false
             server.state = .inactive
@@ -110,6 +122,8 @@ extension Supervisor {
                 if let interval = server.configuration.watchdogInterval, let last = server.lastHeartbeat,
                    now >= last + interval, server.exitOverride == nil {
                     server.exitOverride = (.watchdogExpired, "no heartbeat within \(DurationText.format(interval)) (watchdog)")
+                    // Its own record, stamped when the watchdog fired (not when the exit is seen).
+                    note(server, .warning, "watchdog: no heartbeat within \(DurationText.format(interval)); sending SIGKILL")
                     signal(server, SIGKILL)
                 }
             case .stopping where server.isAlive:
@@ -244,6 +258,7 @@ extension Supervisor {
             if let watchdog = config.watchdogInterval {
                 environment.append("\(SupervisorChannel.watchdogVariable)=\(max(1, watchdog.nanosecondsValue / 1_000_000))")
             }
+            let spawnStart = ContinuousClock.now
             let process = try ProcessLauncher.launch(ProcessLauncher.Request(
                 path: config.path, arguments: config.arguments, environment: environment,
                 inheritedDescriptors: descriptors, identity: identity))
@@ -277,7 +292,9 @@ extension Supervisor {
                 server.state = .running
                 server.deadline = nil
             }
-            note(server, .info, "instance \(instance) started as pid \(process.pid)")
+            // posix_spawn returns once the child has exec'd (glibc waits for it), so this is the
+            // fork + exec time.
+            note(server, .info, "instance \(instance) started as pid \(process.pid) (spawned in \(Self.microseconds(spawnStart.duration(to: .now))) us)")
         } catch {
             // As good as an immediate exit: the restart policy decides (a wrong path ends failed).
             note(server, .error, "\(error)")
@@ -306,4 +323,6 @@ extension Supervisor {
             for name in configuration.dependencies.dependents(of: server.name) { byName[name]?.wanted = false }
         }
     }
+
+    static func microseconds(_ duration: Duration) -> Int64 { duration.nanosecondsValue / 1000 }
 }

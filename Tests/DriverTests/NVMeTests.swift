@@ -20,6 +20,15 @@ struct NVMeTests {
         #expect(controller.version == NVMeVersion(major: 1, minor: 4))
         #expect(controller.transitions.map(\.to) == [.checkingCapabilities, .disabling, .configuringAdminQueue,
                                                      .enabling, .identifying, .ready])
+        // Each step carries when it was entered (CLOCK_MONOTONIC), in order, and the time spent
+        // in the previous step is the gap between those instants.
+        let before = MonotonicClock().now()
+        let entered = controller.transitions.map(\.enteredAtNanoseconds)
+        #expect(entered.allSatisfy { $0 > 0 && $0 <= before })
+        #expect(entered == entered.sorted())
+        for (previous, next) in zip(controller.transitions, controller.transitions.dropFirst()) {
+            #expect(next.enteredAtNanoseconds - previous.enteredAtNanoseconds == next.elapsedNanoseconds)
+        }
     }
 
     @Test("admin completions by interrupt: the eventfd is raised and consumed")

@@ -83,6 +83,14 @@ final class ConfigParserTests: XCTestCase {
         XCTAssertEqual(disk.location.line, 2)
     }
 
+    func testRestartHealthyOption() throws {
+        let configuration = try parse("start_server a /bin/a\n    restart on-failure healthy=1s\nstart_server b /bin/b\n    restart on-failure healthy=never\n")
+        XCTAssertEqual(configuration["a"]?.restart.healthyRun, .seconds(1))
+        XCTAssertEqual(configuration["b"]?.restart.healthyRun, nil)
+        XCTAssertEqual(configuration["b"]?.restart.description, "on-failure backoff=100ms max-backoff=30s limit=5/1m healthy=never")
+        assertError("start_server a /a\n    restart on-failure healthy=soon\n", line: 2, contains: "soon")
+    }
+
     func testDefaultsWhenOnlyTheSeedLineIsGiven() throws {
         let configuration = try parse("start_server a /bin/a\nstart_server b /bin/b x y\n")
         XCTAssertEqual(configuration.startOrder, ["a", "b"])

@@ -62,6 +62,42 @@ final class RestartPolicyTests: XCTestCase {
                        policy.decide(after: .exited(status: 2), restarts: history.reversed(), now: now))
     }
 
+    func testAnInstanceThatRanHealthyRestartsWithoutAPause() {
+        let clock = ManualClock()
+        let now = clock.now
+        var healthy = policy
+        healthy.healthyRun = .seconds(10)
+        let history = [now.advanced(by: .seconds(-30)), now.advanced(by: .seconds(-20))]
+        // Ran long enough: at once, whatever the recent restarts.
+        XCTAssertEqual(healthy.decide(after: .killed(signal: 9), restarts: history, now: now, ranFor: .seconds(10)), .restart(after: .zero))
+        XCTAssertEqual(healthy.decide(after: .watchdogExpired, restarts: history, now: now, ranFor: .seconds(11)), .restart(after: .zero))
+        // Not long enough, or unknown (a failed start): the backoff.
+        XCTAssertEqual(healthy.decide(after: .killed(signal: 9), restarts: history, now: now, ranFor: .milliseconds(9_999)),
+                       .restart(after: .milliseconds(400)))
+        XCTAssertEqual(healthy.decide(after: .killed(signal: 9), restarts: history, now: now), .restart(after: .milliseconds(400)))
+        // healthy=never: always the backoff.
+        healthy.healthyRun = nil
+        XCTAssertEqual(healthy.decide(after: .killed(signal: 9), restarts: history, now: now, ranFor: .seconds(3600)),
+                       .restart(after: .milliseconds(400)))
+        // A clean exit under on-failure stays put however long it ran.
+        healthy.healthyRun = .seconds(10)
+        guard case .stay = healthy.decide(after: .exited(status: 0), restarts: history, now: now, ranFor: .seconds(60)) else {
+            return XCTFail("clean exit restarted")
+        }
+    }
+
+    func testTheIntensityLimitStillCountsImmediateRestarts() {
+        let clock = ManualClock()
+        var healthy = policy
+        healthy.healthyRun = .seconds(1)
+        var tracker = RestartTracker(policy: healthy, clock: clock)
+        for _ in 0..<5 {
+            XCTAssertEqual(tracker.serverExited(.killed(signal: 9), ranFor: .seconds(2)), .restart(after: .zero))
+            clock.advance(by: .seconds(2))
+        }
+        XCTAssertEqual(tracker.serverExited(.killed(signal: 9), ranFor: .seconds(2)), .failed(restarts: 5, period: .seconds(60)))
+    }
+
     func testDependentsOfAFailedServerStopInStopOrder() throws {
         let graph = try DependencyGraph([
             ("storage", []), ("vfs", ["storage"]), ("usb", []), ("shell", ["vfs", "usb"]), ("power", ["usb"]),

@@ -136,6 +136,28 @@ final class SupervisorTests: XCTestCase {
         XCTAssertTrue(text.contains("restarting in 200ms"), text)
     }
 
+    func testAServerThatRanHealthyIsRestartedWithoutThePause() throws {
+        // A 5 s backoff that must not apply: each instance runs 0.4 s, past healthy=200ms.
+        let policy = RestartPolicy(mode: .onFailure, initialBackoff: .seconds(5), maximumBackoff: .seconds(5),
+                                   intensity: .init(restarts: 10, period: .seconds(60)), healthyRun: .milliseconds(200))
+        try run([shellServer("steady", "sleep 0.4; exit 3", restart: policy)], registration: false)
+        waitFor("the second instance") { state("steady").instance >= 2 }
+        let text = logText("steady")
+        XCTAssertTrue(text.contains("restarting now (it ran "), text)
+        XCTAssertFalse(text.contains("restarting in 5s"), text)
+        XCTAssertTrue(text.contains("instance 2 started as pid "), text)
+        XCTAssertTrue(text.contains("(spawned in "), text)
+    }
+
+    func testAServerThatDiesAtOnceStillWaitsTheBackoff() throws {
+        let policy = RestartPolicy(mode: .onFailure, initialBackoff: .milliseconds(300), maximumBackoff: .seconds(1),
+                                   intensity: .init(restarts: 10, period: .seconds(60)), healthyRun: .seconds(30))
+        try run([shellServer("crasher", "exit 3", restart: policy)], registration: false)
+        waitFor("a restart") { state("crasher").restarts >= 1 }
+        XCTAssertTrue(logText("crasher").contains("restarting in 300ms"), logText("crasher"))
+        XCTAssertFalse(logText("crasher").contains("restarting now"), logText("crasher"))
+    }
+
     func testIntensityLimitMarksFailedAndStopsDependents() throws {
         let policy = RestartPolicy(mode: .onFailure, initialBackoff: .milliseconds(10), maximumBackoff: .milliseconds(20),
                                    intensity: .init(restarts: 2, period: .seconds(60)))
