@@ -11,85 +11,7 @@ extension PCIAddress: ExpressibleByArgument {
     public init?(argument: String) { self.init(argument) }
 }
 
-/// The entry point. A command line made only of the options below, each written `--option value`
-/// (what servers.conf passes), is read directly: ArgumentParser's parse, which reflects over the
-/// command type, cost 80-120 ms of every restart under the rig's emulated CPU (issue 4 measured
-/// it: exec to main ~120 ms, then the parse ~95 ms). Anything else (`--help`, `--opt=value`, a
-/// bad value, an unknown option) goes to ArgumentParser, so its messages and exit codes are
-/// unchanged; a line both accept means the same to both.
 @main
-enum StorageServerEntry {
-    static func main() {
-        StartupPhases.entered = MonotonicClock().now()
-        guard let settings = StorageServerSettings(quickArguments: Array(CommandLine.arguments.dropFirst())) else {
-            StorageServerCommand.main()
-            return
-        }
-        do {
-            try settings.serve()
-        } catch {
-            StorageServerCommand.exit(withError: error)
-        }
-    }
-}
-
-/// What the command line chose, whichever parser read it.
-struct StorageServerSettings {
-    var device: PCIAddress?
-    var runtimeDir: String?
-    var name: String?
-    var label: String?
-    var allowUIDs: [UInt32] = []
-    var poll = false
-    var ringWait: StorageServerCommand.RingWait = .yield
-
-    init(device: PCIAddress?, runtimeDir: String?, name: String?, label: String?, allowUIDs: [UInt32], poll: Bool,
-         ringWait: StorageServerCommand.RingWait) {
-        self.device = device
-        self.runtimeDir = runtimeDir
-        self.name = name
-        self.label = label
-        self.allowUIDs = allowUIDs
-        self.poll = poll
-        self.ringWait = ringWait
-    }
-
-    /// The plain `--option value` / `--poll` forms only; nil for anything else, or a value that
-    /// does not parse, or an option given twice where only one counts (ArgumentParser decides).
-    init?(quickArguments arguments: [String]) {
-        var index = 0
-        var seen: Set<String> = []
-        while index < arguments.count {
-            let option = arguments[index]
-            index += 1
-            if option == "--poll" {
-                guard seen.insert(option).inserted else { return nil }
-                poll = true
-                continue
-            }
-            guard ["--device", "--runtime-dir", "--name", "--label", "--allow-uid", "--ring-wait"].contains(option),
-                  index < arguments.count, !arguments[index].hasPrefix("-") else { return nil }
-            let value = arguments[index]
-            index += 1
-            if option != "--allow-uid" { guard seen.insert(option).inserted else { return nil } }
-            switch option {
-            case "--device":
-                guard let address = PCIAddress(value) else { return nil }
-                device = address
-            case "--runtime-dir": runtimeDir = value
-            case "--name": name = value
-            case "--label": label = value
-            case "--allow-uid":
-                guard let uid = UInt32(value) else { return nil }
-                allowUIDs.append(uid)
-            default:
-                guard let wait = StorageServerCommand.RingWait(rawValue: value) else { return nil }
-                ringWait = wait
-            }
-        }
-    }
-}
-
 struct StorageServerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "storage_server",
@@ -125,18 +47,6 @@ struct StorageServerCommand: ParsableCommand {
     var ringWait: RingWait = .yield
 
     func run() throws {
-        try StorageServerSettings(device: device, runtimeDir: runtimeDir, name: name, label: label, allowUIDs: allowUIDs,
-                                  poll: poll, ringWait: ringWait).serve()
-    }
-
-    static func say(_ text: String) {
-        var line = text + "\n"
-        line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
-    }
-}
-
-extension StorageServerSettings {
-    func serve() throws {
         // Start-up phases on CLOCK_MONOTONIC, logged once registered (the HIL suite places them
         // on the restart's timeline: issue 4, crash to serving).
         var phases = StartupPhases()
@@ -144,7 +54,7 @@ extension StorageServerSettings {
         do {
             runtime = try ServerRuntime(standaloneName: name ?? "storage")
         } catch {
-            StorageServerCommand.say("storage_server: \(error)")
+            Self.say("storage_server: \(error)")
             throw ExitCode(78)
         }
         phases.mark("runtime")
@@ -210,6 +120,11 @@ extension StorageServerSettings {
         try? opened.device.setBusMaster(false)
         runtime.shutdown()
     }
+
+    static func say(_ text: String) {
+        var line = text + "\n"
+        line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+    }
 }
 
 /// When each start-up step finished, in microseconds after `run()` began; `description` is the
@@ -217,24 +132,16 @@ extension StorageServerSettings {
 /// name=us ...`). The controller's steps come from its recorded state transitions (NVMe 2.0
 /// section 3.5.1: disable, admin queue, enable, Identify).
 struct StartupPhases: CustomStringConvertible {
-    /// CLOCK_MONOTONIC when the Swift entry point began (before argument parsing); 0 if unknown.
-    /// Written once by the main thread before anything else runs.
-    nonisolated(unsafe) static var entered: UInt64 = 0
-
     let clock = MonotonicClock()
     let start: UInt64
     let realtimeStart: Int64
     var marks: [(String, UInt64)] = []
 
-    /// `start` is the entry point's time when known (then the first mark, "parsed", is the end of
-    /// argument parsing), else now.
     init() {
-        let now = clock.now()
-        start = Self.entered != 0 && Self.entered <= now ? Self.entered : now
+        start = clock.now()
         var time = timespec()
         clock_gettime(CLOCK_REALTIME, &time)
-        realtimeStart = Int64(time.tv_sec) * 1_000_000_000 + Int64(time.tv_nsec) - Int64(now - start)
-        if start != now { marks.append(("parsed", (now - start) / 1000)) }
+        realtimeStart = Int64(time.tv_sec) * 1_000_000_000 + Int64(time.tv_nsec)
     }
 
     mutating func mark(_ name: String, at time: UInt64? = nil) {
