@@ -162,6 +162,7 @@ final class ProcessTests: XCTestCase {
     }
 
     private func superviseVFS(image: String) throws -> SupervisedVFS {
+        try mountExt2OrSkip(try ImageFileStore(path: FilePath(image), readOnly: true), readOnly: true).unmount()
         let supervisor = try executable("limitless-supervisor")
         let server = try executable("vfs_server")
         let directory = makeTemporaryDirectory(self)
@@ -190,13 +191,11 @@ final class ProcessTests: XCTestCase {
     /// data is on disk. After the supervisor stops everything, e2fsck finds the image clean.
     func testSupervisedRestartKeepsDescriptorsAndFsyncedData() throws {
         let image = try makeExt2Image(self, blocks: 8192)
-        try mountExt2OrSkip(try ImageFileStore(path: FilePath(image), readOnly: true), readOnly: true).unmount()
         var supervised = try superviseVFS(image: image)
         let directory = supervised.directory
         defer { _ = stop(supervised.supervisorPID) }
-        guard let first = supervised.waitForServer(otherThan: nil) else {
-            return XCTFail("vfs_server did not start under the supervisor: \(readText(directory + "/supervisor.log"))")
-        }
+        let first = try XCTUnwrap(supervised.waitForServer(otherThan: nil),
+                                  "vfs_server did not start under the supervisor: \(readText(directory + "/supervisor.log"))")
         let client = try VFSClient.connect(name: "vfs", directory: directory)
         try client.writeFile("/kept", Array("0123456789".utf8))
         let fd = try client.open("/kept")
@@ -226,13 +225,11 @@ final class ProcessTests: XCTestCase {
     /// leave it needing repair (the README says so).
     func testSIGKILLUnderAWriteLoadKeepsEveryAcknowledgedFsync() throws {
         let image = try makeExt2Image(self, blocks: 8192)
-        try mountExt2OrSkip(try ImageFileStore(path: FilePath(image), readOnly: true), readOnly: true).unmount()
         var supervised = try superviseVFS(image: image)
         let directory = supervised.directory
         defer { _ = stop(supervised.supervisorPID) }
-        guard let first = supervised.waitForServer(otherThan: nil) else {
-            return XCTFail("vfs_server did not start under the supervisor: \(readText(directory + "/supervisor.log"))")
-        }
+        let first = try XCTUnwrap(supervised.waitForServer(otherThan: nil),
+                                  "vfs_server did not start under the supervisor: \(readText(directory + "/supervisor.log"))")
         let client = try VFSClient.connect(name: "vfs", directory: directory)
         try client.mkdir("/load")
         func contents(_ index: Int) -> [UInt8] {
