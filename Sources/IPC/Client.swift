@@ -137,18 +137,25 @@ public final class IPCClient {
 
     func send(_ message: Message, payload: UnsafeRawBufferPointer, descriptor: Int32) throws(IPCError) -> UInt32 {
         guard payload.count <= Message.maxInlinePayload else { throw .payloadTooLarge(payload.count) }
-        var message = message
-        message.sequence = nextSequence()
-        message.senderPID = 0
-        message.senderUID = 0
-        message.senderGID = 0
-        message.encode(into: headerBuffer)
+        let sequence = encodeForSending(message, into: headerBuffer)
         var fds = descriptor
         let sent = retryingEINTR {
             CL_ipc_send(fd, headerBuffer.baseAddress, Message.headerSize, payload.baseAddress, payload.count,
                         &fds, descriptor >= 0 ? 1 : 0, CL_MSG_NOSIGNAL)
         }
         try check(sent, "sendmsg")
+        return sequence
+    }
+
+    /// Numbers `message` and encodes it into `header`; the sender fields go out as zero, since
+    /// the receiver fills them from SO_PEERCRED whatever a client writes there.
+    private func encodeForSending(_ message: Message, into header: UnsafeMutableRawBufferPointer) -> UInt32 {
+        var message = message
+        message.sequence = nextSequence()
+        message.senderPID = 0
+        message.senderUID = 0
+        message.senderGID = 0
+        message.encode(into: header)
         return message.sequence
     }
 
@@ -157,12 +164,7 @@ public final class IPCClient {
     func trySendNow(_ message: Message, payload: UnsafeRawBufferPointer) throws(IPCError) -> UInt32? {
         guard payload.count <= Message.maxInlinePayload else { throw .payloadTooLarge(payload.count) }
         let previous = lastSequence
-        var message = message
-        message.sequence = nextSequence()
-        message.senderPID = 0
-        message.senderUID = 0
-        message.senderGID = 0
-        message.encode(into: headerBuffer)
+        let sequence = encodeForSending(message, into: headerBuffer)
         let sent = retryingEINTR {
             CL_ipc_send(fd, headerBuffer.baseAddress, Message.headerSize, payload.baseAddress, payload.count, nil, 0,
                         CL_MSG_NOSIGNAL | CL_MSG_DONTWAIT)
@@ -172,7 +174,7 @@ public final class IPCClient {
             return nil
         }
         try check(sent, "sendmsg")
-        return message.sequence
+        return sequence
     }
 
     /// Sends bytes exactly as given (tests use it to play a misbehaving client).
@@ -198,13 +200,9 @@ public final class IPCClient {
         while start < messages.count {
             let count = min(Self.batchLimit, messages.count - start)
             for index in 0..<count {
-                var message = messages[start + index]
-                message.sequence = nextSequence()
-                message.senderPID = 0
-                message.senderUID = 0
-                message.senderGID = 0
-                message.encode(into: UnsafeMutableRawBufferPointer(rebasing: headerBuffer[(index * Message.headerSize)...]))
-                if start == 0 && index == 0 { first = message.sequence }
+                let sequence = encodeForSending(messages[start + index],
+                                                into: UnsafeMutableRawBufferPointer(rebasing: headerBuffer[(index * Message.headerSize)...]))
+                if start == 0 && index == 0 { first = sequence }
             }
             var sentSoFar = 0
             while sentSoFar < count {

@@ -1,20 +1,14 @@
+import IPC
 import SystemPackage
 import VFSCore
 
 /// Who is asking: the kernel-verified pid, uid and gid of the client (SO_PEERCRED, stamped into
 /// every message's header by the IPC layer). Never taken from a request's parameters.
-public struct Credentials: Hashable, Sendable, CustomStringConvertible {
-    public var pid: Int32
-    public var uid: UInt32
-    public var gid: UInt32
-    public init(pid: Int32, uid: UInt32, gid: UInt32) {
-        self.pid = pid
-        self.uid = uid
-        self.gid = gid
-    }
-    public static let root = Credentials(pid: 0, uid: 0, gid: 0)
+public typealias Credentials = PeerCredentials
+
+extension PeerCredentials {
+    public static let root = PeerCredentials(pid: 0, uid: 0, gid: 0)
     public var isRoot: Bool { uid == 0 }
-    public var description: String { "pid \(pid) uid \(uid) gid \(gid)" }
 }
 
 /// The access an operation needs, as the rwx bits of one permission class.

@@ -107,7 +107,7 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
         do {
             client = try connect()
         } catch {
-            throw FSError(.init(rawValue: 107), "no storage server at \(directory)/\(name).sock: \(error)")  // ENOTCONN
+            throw FSError(.socketNotConnected, "no storage server at \(directory)/\(name).sock: \(error)")
         }
         try self.init(client: client, nsid: nsid, reconnect: connect)
     }
@@ -248,12 +248,15 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
             let chunk = min(count - done, BlockProtocol.maxSharedBytes)
             let lba = (deviceOffset + UInt64(done)) / UInt64(sectorSize)
             let within = UInt32(poolOffset + done)
-            try retryingReply(what) { () throws(IPCError) -> Message in
+            try retrying(what) { () throws(IPCError) -> IPCStatus in
                 var message = Message(type: type, param1: UInt64(nsid), param2: lba, param3: UInt64(chunk / sectorSize))
                 // The handle is read per attempt: a reconnect shares the pool again under a new one.
                 message.setSharedData(handle: pool.handle, offset: within, count: UInt32(chunk))
-                return try client.connection.sendReceive(message, into: UnsafeMutableRawBufferPointer(start: nil, count: 0),
-                                                         timeout: client.timeout).0
+                let reply = try client.connection.sendReceive(message, into: UnsafeMutableRawBufferPointer(start: nil, count: 0),
+                                                              timeout: client.timeout).0
+                // param2 = 1: the server moved the data zero copy (block reads and writes only).
+                if reply.status.isOK && reply.param2 == 1 { zeroCopyReplies += 1 }
+                return reply.status
             }
             pageRequests += 1
             done += chunk
@@ -262,27 +265,15 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
 
     // MARK: Reconnecting
 
-    /// Runs `request`; a reply's status is checked, a broken connection is made again (when this
-    /// store knows how) and the request sent again, until `reconnectDeadline`.
+    /// Runs `request`; the reply's status is checked, a broken connection is made again (when
+    /// this store knows how) and the request sent again, until `reconnectDeadline`.
     private func retrying(_ what: String, _ request: () throws(IPCError) -> IPCStatus) throws(FSError) {
-        try retryingReply(what) { () throws(IPCError) -> Message in
-            var reply = Message(type: .blockFlush)
-            reply.status = try request()
-            return reply
-        }
-    }
-
-    /// `retrying` for requests whose reply header matters: counts zero-copy replies (param2 = 1;
-    /// only block reads and writes set it, `retrying`'s stand-in header leaves it 0).
-    private func retryingReply(_ what: String, _ request: () throws(IPCError) -> Message) throws(FSError) {
         var deadline: ContinuousClock.Instant?
         var backoff = Duration.milliseconds(5)
         while true {
             let failure: IPCError
             do {
-                let reply = try request()
-                try check(reply.status, what)
-                if reply.param2 == 1 { zeroCopyReplies += 1 }
+                try check(try request(), what)
                 return
             } catch let error as IPCError {
                 failure = error

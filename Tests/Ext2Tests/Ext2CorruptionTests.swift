@@ -1,3 +1,4 @@
+import PlatformTestSupport
 import Foundation
 import SystemPackage
 import VFSCore
@@ -65,7 +66,7 @@ final class Ext2CorruptionTests: Ext2TestCase {
 
     func testGarbageGroupDescriptorsAreRefused() throws {
         let clean = try populatedImage()
-        var random = SeededRandom(seed: 99)
+        var random = SplitMix(seed: 99)
         for _ in 0..<20 {
             var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: clean)))
             for index in 2048..<(2048 + 32) { bytes[index] = UInt8(truncatingIfNeeded: random.next()) }
@@ -162,7 +163,7 @@ final class Ext2CorruptionTests: Ext2TestCase {
     /// directory and indirect blocks): every outcome is an FSError or success, never a trap.
     func testRandomByteFlipsNeverTrap() throws {
         let clean = try [UInt8](Data(contentsOf: URL(fileURLWithPath: try populatedImage())))
-        var random = SeededRandom(seed: 4242)
+        var random = SplitMix(seed: 4242)
         var mounted = 0, refused = 0, failed = 0
         for _ in 0..<300 {
             var bytes = clean
@@ -192,7 +193,7 @@ final class Ext2CorruptionTests: Ext2TestCase {
 
     /// Walks the tree (each directory once), reads every file and link, makes a few changes,
     /// unmounts. Returns how many operations failed with FSError.
-    func exercise(_ fs: FileSystem, _ random: inout SeededRandom) -> Int {
+    func exercise(_ fs: FileSystem, _ random: inout SplitMix) -> Int {
         var failures = 0
         var seen = Set<InodeNumber>()
         var queue: [InodeNumber] = [fs.rootInode]

@@ -1,3 +1,4 @@
+import PlatformTestSupport
 import Foundation
 import SystemPackage
 import VFSCore
@@ -12,7 +13,7 @@ final class Ext2RandomizedTests: Ext2TestCase {
     var real = ""
     var dirs: [String] = [""]   // paths relative to the root, "" is the root
     var files: [String] = []    // regular files and symlinks
-    var random = SeededRandom(seed: 0)
+    var random = SplitMix(seed: 0)
 
     func testRandomOperationsMatchARealDirectory() throws {
         for (seed, blockSize) in [(UInt64(20261127), 1024), (UInt64(7), 4096), (UInt64(1234), 2048)] {
@@ -21,7 +22,7 @@ final class Ext2RandomizedTests: Ext2TestCase {
     }
 
     func runSequence(seed: UInt64, blockSize: Int, operations: Int) throws {
-        random = SeededRandom(seed: seed)
+        random = SplitMix(seed: seed)
         dirs = [""]
         files = []
         real = directory + "/real-\(seed)"

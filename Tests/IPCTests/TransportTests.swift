@@ -1,3 +1,4 @@
+import PlatformTestSupport
 import CLimitless
 import XCTest
 @testable import IPC

@@ -8,29 +8,9 @@ import Glibc
 
 /// The ring path (`BlockRing`): a client ring attached over a real IPC connection, polled by the
 /// serving loop, against the RAM device (completes at submission) with its fake IOMMU.
-final class BlockRingTests: XCTestCase {
-    private var directory = ""
-    private var device: MemoryBlockDevice!
-    private var block: BlockServer!
-    private var loop: BlockServingLoop!
-
-    override func setUpWithError() throws {
-        var template = Array("/tmp/limitless-ring-XXXXXX".utf8CString)
-        directory = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-        device = MemoryBlockDevice(namespaces: [1: BlockGeometry(blockSize: 512, blockCount: 4096),
-                                                2: BlockGeometry(blockSize: 4096, blockCount: 1024)])
-        block = BlockServer(device: device)
-        loop = BlockServingLoop(server: block, endpoint: try block.makeIPCServer(name: "storage", directory: directory))
-        loop.wakeInterval = .milliseconds(20)
-        loop.start()
-    }
-
-    override func tearDown() {
-        loop?.stop()
-        loop = nil
-        block = nil
-        device = nil
-        _ = rmdir(directory)
+final class BlockRingTests: ServingLoopTestCase {
+    override class var namespaces: [UInt32: BlockGeometry] {
+        [1: BlockGeometry(blockSize: 512, blockCount: 4096), 2: BlockGeometry(blockSize: 4096, blockCount: 1024)]
     }
 
     /// Reaps until `count` completions arrived (or 10 s passed).

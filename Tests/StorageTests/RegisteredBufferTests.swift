@@ -9,29 +9,8 @@ import Glibc
 /// Zero copy: MSG_BLOCK_REGISTER_BUFFER / MSG_BLOCK_UNREGISTER_BUFFER over a real IPC server and
 /// client, against the RAM device's fake IOMMU (`MemoryBlockDevice` as `DirectBlockDevice`:
 /// transfers are refused unless their device address lies in a live mapping).
-final class RegisteredBufferTests: XCTestCase {
-    private var directory = ""
-    private var device: MemoryBlockDevice!
-    private var block: BlockServer!
-    private var loop: BlockServingLoop!
-
-    override func setUpWithError() throws {
-        var template = Array("/tmp/limitless-zerocopy-XXXXXX".utf8CString)
-        directory = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-        device = MemoryBlockDevice(namespaces: [2: BlockGeometry(blockSize: 4096, blockCount: 1024)])
-        block = BlockServer(device: device)
-        loop = BlockServingLoop(server: block, endpoint: try block.makeIPCServer(name: "storage", directory: directory))
-        loop.wakeInterval = .milliseconds(20)
-        loop.start()
-    }
-
-    override func tearDown() {
-        loop?.stop()
-        loop = nil
-        block = nil
-        device = nil
-        _ = rmdir(directory)
-    }
+final class RegisteredBufferTests: ServingLoopTestCase {
+    override class var namespaces: [UInt32: BlockGeometry] { [2: BlockGeometry(blockSize: 4096, blockCount: 1024)] }
 
     private func connect() throws -> BlockClient { try BlockClient.connect(name: "storage", directory: directory) }
 

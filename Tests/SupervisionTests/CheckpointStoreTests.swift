@@ -1,3 +1,4 @@
+import PlatformTestSupport
 import Glibc
 import SystemPackage
 import XCTest

@@ -1,3 +1,4 @@
+import PlatformTestSupport
 import Glibc
 import Platform
 import XCTest

@@ -1,3 +1,4 @@
+import PlatformTestSupport
 import Dispatch
 import IPC
 import Storage
@@ -10,17 +11,6 @@ import XCTest
 /// evictions are block requests naming pool offsets (zero copy), on an in-process BlockServer
 /// over a RAM device whose fake IOMMU only lets "DMA" reach mapped client memory.
 final class ZeroCopyPageCacheTests: XCTestCase {
-    /// Reproducible randomness (SplitMix64): a failure can be replayed with the same seed.
-    private struct Generator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
 
     /// A block device without DMA to client memory (like UIO): the server refuses registration.
     private final class CopyOnlyDevice: BlockDevice {
@@ -100,7 +90,7 @@ final class ZeroCopyPageCacheTests: XCTestCase {
         let service = VFSService()
         try service.mount(try mountExt2OrSkip(cache), at: "/", cache: cache, source: "storage")
         try service.mkdir("/r".bytes, mode: 0o755, root)
-        var generator = Generator(state: 0x5EED_0006)
+        var generator = SplitMix(state: 0x5EED_0006)
         var expected: [String: [UInt8]] = [:]
         func randomBytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) } }
         for step in 0..<120 {
@@ -174,7 +164,7 @@ final class ZeroCopyPageCacheTests: XCTestCase {
         let cache = PageCache(backing: store, pageCount: 48, readAheadPages: 8)
         XCTAssertTrue(cache.usesDirectPageIO)
         var reference = [UInt8](repeating: 0, count: sectors * 512)
-        var generator = Generator(state: 42)
+        var generator = SplitMix(state: 42)
         for step in 0..<1500 {
             let offset = Int.random(in: 0..<(sectors - 1), using: &generator) * 512
             let count = min(Int.random(in: 1...40, using: &generator) * 512, reference.count - offset)
