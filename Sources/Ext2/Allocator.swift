@@ -38,12 +38,19 @@ extension Ext2FileSystem {
             var bitmap = try takeMetaBlock(descriptors[group].blockBitmap)
             var from = step == 0 ? Int(goal - start) : 0
             var wrapped = false
+            var heldBack = false
             while true {
                 guard let bit = firstClearBit(bitmap, from: from, limit: count) else {
                     if !wrapped && from > 0 { wrapped = true; from = 0; continue }
                     break
                 }
                 let block = start + UInt32(bit)
+                if transaction.freed.contains(block) {
+                    // Freed in the running transaction: not reused before its commit.
+                    heldBack = true
+                    from = bit + 1
+                    continue
+                }
                 if isMetadata(block) {
                     log("ext2: corrupted: block bitmap of group \(group) shows metadata block \(block) free; not using it")
                     from = bit + 1
@@ -57,7 +64,9 @@ extension Ext2FileSystem {
                 cache.removeValue(forKey: block)
                 return block
             }
-            log("ext2: corrupted: group \(group) counts \(descriptors[group].freeBlocks) free blocks but its bitmap has none")
+            if !heldBack {
+                log("ext2: corrupted: group \(group) counts \(descriptors[group].freeBlocks) free blocks but its bitmap has none")
+            }
         }
         throw FSError(.noSpace, "no free block")
     }
@@ -79,6 +88,7 @@ extension Ext2FileSystem {
         bitmap[bit >> 3] &= ~(1 << UInt8(bit & 7))
         try writeMetaRange(descriptors[group].blockBitmap, bitmap, offset: bit >> 3, count: 1)
         cache.removeValue(forKey: block)
+        if journal != nil { transaction.free(block) }
         // A count that already says the whole group is free disagrees with the bitmap.
         guard UInt32(descriptors[group].freeBlocks) < geometry.blocksInGroup(group) else {
             log("ext2: corrupted: group \(group) free block count exceeds the group")

@@ -5,12 +5,14 @@ import Glibc
 #endif
 
 /// A mounted ext2 file system (revision 0 or 1) on a `BlockStore`. Metadata blocks (bitmaps,
-/// inode table, indirect and directory blocks) go through a small write-through cache; file data
-/// goes straight to the store. Single-threaded, as the `FileSystem` contract promises.
+/// inode table, indirect and directory blocks) go through a small cache; file data goes straight
+/// to the store. Without a journal metadata is written through; with one (ext3's has_journal)
+/// it collects in the running transaction and reaches the disk through the journal on commit
+/// (Transaction.swift). Single-threaded, as the `FileSystem` contract promises.
 public final class Ext2FileSystem: FileSystem {
     public var typeName: String { "ext2" }
     public var rootInode: InodeNumber { 2 }
-    public private(set) var isReadOnly: Bool
+    public internal(set) var isReadOnly: Bool
 
     let store: BlockStore
     let geometry: Geometry
@@ -29,6 +31,11 @@ public final class Ext2FileSystem: FileSystem {
     /// (8 MiB of blocks).
     var cache: [UInt32: [UInt8]] = [:]
     let cacheLimit: Int
+    /// The ext3 journal when the image has one and the mount is read-write; nil for plain ext2
+    /// (write-through) and read-only mounts.
+    var journal: Journal? = nil
+    /// Metadata changed since the last commit (journalled mounts only).
+    var transaction = RunningTransaction()
     /// One block of scratch space for partial-block data reads and writes.
     let scratch: UnsafeMutableRawBufferPointer
     let blockSize: Int
@@ -38,7 +45,7 @@ public final class Ext2FileSystem: FileSystem {
         self.store = store
         self.log = log
         let raw = try Self.readBytes(store, at: Superblock.offset, count: Superblock.size)
-        var sb = Superblock(raw: raw)
+        let sb = Superblock(raw: raw)
         let geometry: Geometry
         do throws(FSError) { geometry = try Geometry(sb, capacity: store.capacity) } catch {
             log("ext2: refusing to mount: \(error.detail)")
@@ -49,7 +56,10 @@ public final class Ext2FileSystem: FileSystem {
         cacheLimit = max(64, (8 << 20) / geometry.blockSize)
         directIO = geometry.blockSize % store.sectorSize == 0
 
-        let unknownIncompat = sb.featureIncompat & ~Features.incompatSupported
+        let hasJournal = sb.featureCompat & Features.compatHasJournal != 0
+        // needs_recovery means something only with a journal to recover from.
+        let understood = Features.incompatSupported | (hasJournal ? Features.incompatRecover : 0)
+        let unknownIncompat = sb.featureIncompat & ~understood
         if unknownIncompat != 0 {
             let names = Features.names(unknownIncompat, Features.incompatNames, "incompat")
             log("ext2: refusing to mount: unsupported incompatible features: \(names.joined(separator: ", "))")
@@ -64,35 +74,29 @@ public final class Ext2FileSystem: FileSystem {
         }
         isReadOnly = readOnly || forceReadOnly
 
-        // Group descriptor table: the block after the superblock's (ext2 s_first_data_block + 1).
-        let tableBytes = try Self.readBytes(store, at: UInt64(geometry.firstDataBlock + 1) * UInt64(blockSize),
-                                            count: geometry.descriptorBlocks * blockSize)
-        var descriptors: [GroupDescriptor] = []
-        descriptors.reserveCapacity(geometry.groupCount)
-        var freeBlocks: UInt64 = 0, freeInodes: UInt64 = 0
-        for group in 0..<geometry.groupCount {
-            let descriptor = GroupDescriptor(tableBytes, at: group * GroupDescriptor.size)
-            do throws(FSError) { try descriptor.validate(group: group, geometry) } catch {
-                log("ext2: refusing to mount: \(error.detail)")
-                throw error
-            }
-            freeBlocks += UInt64(descriptor.freeBlocks)
-            freeInodes += UInt64(descriptor.freeInodes)
-            descriptors.append(descriptor)
-        }
-        self.descriptors = descriptors
+        descriptors = try Self.readDescriptors(store, geometry, log: log)
         scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: geometry.blockSize, alignment: 64)
+        superblock = sb
 
-        if sb.state & Superblock.validFS == 0 || sb.state & Superblock.errorFS != 0 {
-            log("ext2: mounting a file system that was not cleanly unmounted or has errors (s_state \(sb.state)); run e2fsck")
+        var recovered = false
+        if hasJournal {
+            // May replay the journal, which rereads the superblock and the descriptors.
+            recovered = try openJournal()
+        } else if !isReadOnly {
+            log("ext2: no journal: a crash in the middle of a write-back may leave the image needing `e2fsck -fy`; `tune2fs -j` adds one (ext3)")
+        }
+        let state = superblock.state
+        if !recovered && (state & Superblock.validFS == 0 || state & Superblock.errorFS != 0) {
+            log("ext2: mounting a file system that was not cleanly unmounted or has errors (s_state \(state)); run e2fsck")
         }
         // The kernel's ext2 trusts the group descriptors' counts over the superblock's summary.
-        if freeBlocks != UInt64(sb.freeBlocksCount) || freeInodes != UInt64(sb.freeInodesCount) {
-            sb.freeBlocksCount = UInt32(truncatingIfNeeded: freeBlocks)
-            sb.freeInodesCount = UInt32(truncatingIfNeeded: freeInodes)
+        let freeBlocks = descriptors.reduce(UInt64(0)) { $0 + UInt64($1.freeBlocks) }
+        let freeInodes = descriptors.reduce(UInt64(0)) { $0 + UInt64($1.freeInodes) }
+        if freeBlocks != UInt64(superblock.freeBlocksCount) || freeInodes != UInt64(superblock.freeInodesCount) {
+            superblock.freeBlocksCount = UInt32(truncatingIfNeeded: freeBlocks)
+            superblock.freeInodesCount = UInt32(truncatingIfNeeded: freeInodes)
             superblockDirty = true
         }
-        superblock = sb
 
         let root = try loadInode(2)
         guard root.isDirectory else {
@@ -105,13 +109,34 @@ public final class Ext2FileSystem: FileSystem {
             superblock.state &= ~Superblock.validFS
             superblock.mountCount &+= 1
             superblock.mountTime = UInt32(truncatingIfNeeded: Self.now().seconds)
+            // A journalled mount needs recovery until unmount (EXT3_FEATURE_INCOMPAT_RECOVER).
+            if journal != nil { superblock.featureIncompat |= Features.incompatRecover }
             superblockDirty = true
-            try writeSuperblock()
+            try writeSuperblock(inPlace: true)
             try store.flush()
         }
     }
 
     deinit { scratch.deallocate() }
+
+    /// Reads and checks the group descriptor table: the block after the superblock's (ext2
+    /// s_first_data_block + 1).
+    static func readDescriptors(_ store: BlockStore, _ geometry: Geometry, log: (String) -> Void) throws(FSError) -> [GroupDescriptor] {
+        let blockSize = geometry.blockSize
+        let tableBytes = try readBytes(store, at: UInt64(geometry.firstDataBlock + 1) * UInt64(blockSize),
+                                       count: geometry.descriptorBlocks * blockSize)
+        var descriptors: [GroupDescriptor] = []
+        descriptors.reserveCapacity(geometry.groupCount)
+        for group in 0..<geometry.groupCount {
+            let descriptor = GroupDescriptor(tableBytes, at: group * GroupDescriptor.size)
+            do throws(FSError) { try descriptor.validate(group: group, geometry) } catch {
+                log("ext2: refusing to mount: \(error.detail)")
+                throw error
+            }
+            descriptors.append(descriptor)
+        }
+        return descriptors
+    }
 
     static func now() -> FileTime {
         var ts = timespec()
@@ -153,6 +178,10 @@ public final class Ext2FileSystem: FileSystem {
 
     /// Writes bytes at any offset, reading and merging partial sectors first.
     func writeBytes(at offset: UInt64, _ bytes: [UInt8]) throws(FSError) {
+        try Self.writeBytes(store, at: offset, bytes)
+    }
+
+    static func writeBytes(_ store: BlockStore, at offset: UInt64, _ bytes: [UInt8]) throws(FSError) {
         let sector = UInt64(store.sectorSize)
         if offset % sector == 0 && UInt64(bytes.count) % sector == 0 {
             try store.write(at: offset, from: bytes)
@@ -160,7 +189,7 @@ public final class Ext2FileSystem: FileSystem {
         }
         let start = offset - offset % sector
         let end = (offset + UInt64(bytes.count) + sector - 1) / sector * sector
-        var merged = try Self.readBytes(store, at: start, count: Int(end - start))
+        var merged = try readBytes(store, at: start, count: Int(end - start))
         let skip = Int(offset - start)
         merged.replaceSubrange(skip..<(skip + bytes.count), with: bytes)
         try store.write(at: start, from: merged)
@@ -193,6 +222,7 @@ public final class Ext2FileSystem: FileSystem {
 
     /// A metadata block (bitmap, inode table, indirect or directory block), through the cache.
     func metaBlock(_ block: UInt32) throws(FSError) -> [UInt8] {
+        if let changed = transaction.blocks[block] { return changed }
         if let cached = cache[block] { return cached }
         try checkBlock(block, "metadata read")
         let bytes = try Self.readBytes(store, at: UInt64(block) * UInt64(blockSize), count: blockSize)
@@ -203,16 +233,20 @@ public final class Ext2FileSystem: FileSystem {
 
     /// A metadata block to change: taken out of the cache so the caller holds the only reference
     /// and changes it in place (no copy per bit set); writeMetaBlock / writeMetaRange put it back.
+    /// A block of the running transaction stays in it (a caller that gives up must not lose
+    /// the transaction's change), so changing it copies it once.
     func takeMetaBlock(_ block: UInt32) throws(FSError) -> [UInt8] {
         let bytes = try metaBlock(block)
         cache.removeValue(forKey: block)
         return bytes
     }
 
-    /// Replaces a metadata block in the cache and on the store.
+    /// Replaces a metadata block in the cache and on the store (in the running transaction when
+    /// journalled).
     func writeMetaBlock(_ block: UInt32, _ bytes: [UInt8]) throws(FSError) {
         try checkBlock(block, "metadata write")
         precondition(bytes.count == blockSize)
+        if journal != nil { return transaction.change(block, bytes, cache: &cache) }
         if cache.count >= cacheLimit { cache.removeAll(keepingCapacity: true) }
         cache[block] = bytes
         try writeBytes(at: UInt64(block) * UInt64(blockSize), bytes)
@@ -222,6 +256,7 @@ public final class Ext2FileSystem: FileSystem {
     /// sectors that changed go to the store).
     func writeMetaRange(_ block: UInt32, _ bytes: [UInt8], offset: Int, count: Int) throws(FSError) {
         try checkBlock(block, "metadata write")
+        if journal != nil { return transaction.change(block, bytes, cache: &cache) }
         cache[block] = bytes
         let sector = store.sectorSize
         guard directIO else { return try writeBytes(at: UInt64(block) * UInt64(blockSize), bytes) }
@@ -278,9 +313,20 @@ public final class Ext2FileSystem: FileSystem {
 
     // MARK: Superblock and descriptors
 
-    func writeSuperblock() throws(FSError) {
+    /// Writes the superblock: into the running transaction when journalled, unless `inPlace`
+    /// (at mount and unmount, when the journal is empty).
+    func writeSuperblock(inPlace: Bool = false) throws(FSError) {
         superblock.writeTime = UInt32(truncatingIfNeeded: Self.now().seconds)
-        try writeBytes(at: Superblock.offset, superblock.raw)
+        if journal != nil && !inPlace {
+            // The superblock is bytes 1024..<2048, block 1 of 1 KiB blocks, inside block 0 of larger.
+            let block = UInt32(Superblock.offset / UInt64(blockSize))
+            let start = Int(Superblock.offset % UInt64(blockSize))
+            var bytes = try metaBlock(block)
+            bytes.replaceSubrange(start..<(start + Superblock.size), with: superblock.raw)
+            transaction.change(block, bytes, cache: &cache)
+        } else {
+            try writeBytes(at: Superblock.offset, superblock.raw)
+        }
         superblockDirty = false
     }
 
@@ -292,11 +338,16 @@ public final class Ext2FileSystem: FileSystem {
             let first = tableBlock * perBlock
             // Bytes past the last group keep what the table block had.
             let block = geometry.firstDataBlock + 1 + UInt32(tableBlock)
-            var bytes = try Self.readBytes(store, at: UInt64(block) * UInt64(blockSize), count: blockSize)
+            var bytes = journal != nil ? try metaBlock(block)
+                : try Self.readBytes(store, at: UInt64(block) * UInt64(blockSize), count: blockSize)
             for group in first..<min(first + perBlock, descriptors.count) {
                 descriptors[group].store(into: &bytes, at: (group - first) * GroupDescriptor.size)
             }
-            try writeBytes(at: UInt64(block) * UInt64(blockSize), bytes)
+            if journal != nil {
+                transaction.change(block, bytes, cache: &cache)
+            } else {
+                try writeBytes(at: UInt64(block) * UInt64(blockSize), bytes)
+            }
         }
         dirtyDescriptorBlocks.removeAll()
         if superblockDirty { try writeSuperblock() }
@@ -322,7 +373,12 @@ public final class Ext2FileSystem: FileSystem {
     public func sync() throws(FSError) {
         try checkMounted()
         if !isReadOnly { try flushMetadata() }
-        try store.flush()
+        if journal != nil {
+            // The commit flushes the store (file data first, ordered mode).
+            try commitTransaction()
+        } else {
+            try store.flush()
+        }
     }
 
     public func unmount() throws(FSError) {
@@ -333,9 +389,16 @@ public final class Ext2FileSystem: FileSystem {
                 do throws(FSError) { try evict(number) } catch { log("ext2: could not free inode \(number): \(error)") }
             }
             try flushMetadata()
+            if let journal {
+                try commitTransaction()
+                try journal.markEmpty()
+                log("ext2: journal: \(journal.commits) commits, \(journal.blocksJournalled) blocks journalled in this mount")
+                // With the log empty and on disk, the superblock is written in place.
+                superblock.featureIncompat &= ~Features.incompatRecover
+            }
             // Cleanly unmounted (ext2 s_state EXT2_VALID_FS).
             superblock.state |= Superblock.validFS
-            try writeSuperblock()
+            try writeSuperblock(inPlace: true)
         }
         try store.flush()
         mounted = false

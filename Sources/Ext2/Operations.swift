@@ -5,12 +5,14 @@ import VFSCore
 extension Ext2FileSystem {
     /// Runs a change to the file system: refused on a read-only mount; the superblock and group
     /// descriptors are written afterwards whether it succeeded or not (allocations made before
-    /// a failure are real).
+    /// a failure are real). With a journal a change is never split between two commits.
     func change<T>(_ body: () throws(FSError) -> T) throws(FSError) -> T {
         try checkWritable()
+        try commitIfFreedSpaceIsNeeded()
         do throws(FSError) {
             let result = try body()
             try flushMetadata()
+            try commitIfLarge()
             return result
         } catch {
             try? flushMetadata()

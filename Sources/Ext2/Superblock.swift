@@ -31,10 +31,15 @@ struct Superblock {
     var firstInode: UInt32 { revisionLevel == 0 ? 11 : raw.le32(84) }
     var inodeSize: Int { revisionLevel == 0 ? 128 : Int(raw.le16(88)) }
     var featureCompat: UInt32 { revisionLevel == 0 ? 0 : raw.le32(92) }
-    var featureIncompat: UInt32 { revisionLevel == 0 ? 0 : raw.le32(96) }
+    var featureIncompat: UInt32 {
+        get { revisionLevel == 0 ? 0 : raw.le32(96) }
+        set { raw.setLE32(96, newValue) }
+    }
     var featureROCompat: UInt32 { revisionLevel == 0 ? 0 : raw.le32(100) }
     var reservedGDTBlocks: UInt32 { UInt32(raw.le16(206)) }
     var wantExtraInodeSize: UInt16 { raw.le16(0x15E) }
+    /// s_journal_inum: the journal's inode (has_journal), 0 for an external journal.
+    var journalInode: UInt32 { raw.le32(0xE0) }
 
     static let validFS: UInt16 = 1
     static let errorFS: UInt16 = 2
@@ -43,6 +48,8 @@ struct Superblock {
 /// Feature flags (ext2_fs.h EXT2_FEATURE_*): which ones this implementation reads and writes, and
 /// names for the rest so a refusal can say what it refused.
 enum Features {
+    /// EXT3_FEATURE_COMPAT_HAS_JOURNAL: a jbd2 journal, in the inode s_journal_inum.
+    static let compatHasJournal: UInt32 = 0x0004
     static let compatExtAttr: UInt32 = 0x0008
     static let compatResizeInode: UInt32 = 0x0010
     static let compatDirIndex: UInt32 = 0x0020
@@ -55,6 +62,9 @@ enum Features {
 
     static let incompatFiletype: UInt32 = 0x0002
     static let incompatSupported: UInt32 = incompatFiletype
+    /// EXT3_FEATURE_INCOMPAT_RECOVER (needs_recovery): mounted with a journal and not cleanly
+    /// unmounted; understood only together with has_journal.
+    static let incompatRecover: UInt32 = 0x0004
 
     static let incompatNames: [UInt32: String] = [
         0x0001: "compression", 0x0002: "filetype", 0x0004: "needs_recovery", 0x0008: "journal_dev",

@@ -44,11 +44,12 @@ class Ext2TestCase: XCTestCase {
         if !directory.isEmpty { try? FileManager.default.removeItem(atPath: directory) }
     }
 
-    /// A fresh ext2 image of `kib` KiB with `blockSize`-byte blocks (mke2fs defaults otherwise).
+    /// A fresh ext2 image of `kib` KiB with `blockSize`-byte blocks (mke2fs defaults otherwise);
+    /// `type` "ext3" adds mke2fs's default journal.
     func makeImage(_ name: String = "fs.img", blockSize: Int = 1024, kib: Int = 8192, options: [String] = [],
-                   populate: String? = nil) throws -> String {
+                   populate: String? = nil, type: String = "ext2") throws -> String {
         let path = directory + "/" + name
-        var arguments = ["-q", "-t", "ext2", "-b", "\(blockSize)", "-F"] + options
+        var arguments = ["-q", "-t", type, "-b", "\(blockSize)", "-F"] + options
         if let populate { arguments += ["-d", populate] }
         arguments += [path, "\(kib)k"]
         let result = try runTool("/usr/sbin/mke2fs", arguments)

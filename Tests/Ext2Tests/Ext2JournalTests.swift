@@ -1,0 +1,319 @@
+import PlatformTestSupport
+import Foundation
+import SystemPackage
+import VFSCore
+import XCTest
+@testable import Ext2
+
+/// A store that dies after its first `limit` writes: that write and every later one fail and
+/// persist nothing, as when the process is killed (writes that returned are in the kernel's
+/// page cache and survive; later ones never happen).
+final class CrashingStore: BlockStore {
+    let backing: MemoryBlockStore
+    let limit: Int
+    private(set) var writes = 0
+    var crashed: Bool { writes >= limit }
+
+    init(bytes: [UInt8], crashAfter limit: Int) {
+        backing = MemoryBlockStore(bytes: bytes)
+        self.limit = limit
+    }
+
+    var sectorSize: Int { backing.sectorSize }
+    var capacity: UInt64 { backing.capacity }
+
+    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(FSError) {
+        try backing.read(at: offset, into: buffer)
+    }
+
+    func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(FSError) {
+        guard writes < limit else { throw FSError(.ioError, "crashed (after write \(limit))") }
+        writes += 1
+        try backing.write(at: offset, from: buffer)
+    }
+
+    func flush() throws(FSError) {
+        if crashed { throw FSError(.ioError, "crashed (after write \(limit))") }
+    }
+}
+
+/// A file system's tree as path -> contents (directories as nil), lost+found left out.
+typealias TreeModel = [String: [UInt8]?]
+
+/// Crash consistency with the ext3 journal: a fixed workload crashed at every write, replayed,
+/// checked against what was synced and by e2fsck; and our replay against e2fsprogs' own.
+final class Ext2JournalTests: Ext2TestCase {
+    /// The workload: creates, appends, mkdir, rename, unlink, block-aligned truncate, with syncs
+    /// between some. Each step changes `model` as it changes the file system; the model at each
+    /// successful sync goes to `synced`. Appends and block-aligned truncates only, so a file's
+    /// bytes never change in place (overwrites in place may read new or old after a crash, as in
+    /// ext3's data=ordered, and are left out of the exact check).
+    struct Workload {
+        var model: TreeModel = [:]
+        /// The model at the last sync that returned.
+        var synced: TreeModel = [:]
+        /// The model at the sync (or unmount) the crash interrupted, if it was one.
+        var interrupted: TreeModel? = nil
+        var syncs = 0
+
+        mutating func run(_ fs: FileSystem) throws {
+            var step = 0
+            func sync() throws {
+                interrupted = model
+                try fs.sync()
+                synced = model
+                interrupted = nil
+                syncs += 1
+            }
+            func create(_ dir: String, _ name: String, _ bytes: [UInt8]) throws {
+                let parent = try fs.resolve(dir)
+                let file = try fs.create(try FileName(name), in: parent, type: .regular, permissions: 0o644, uid: 0, gid: 0)
+                model[dir + "/" + name] = [UInt8]()
+                if !bytes.isEmpty { try append(dir + "/" + name, bytes, file) }
+            }
+            func append(_ path: String, _ bytes: [UInt8], _ known: InodeNumber? = nil) throws {
+                let file = try known ?? fs.resolve(path)
+                let old = (model[path] ?? nil) ?? []
+                _ = try fs.write(file, at: UInt64(old.count), bytes)
+                model[path] = old + bytes
+            }
+            step += 1
+            try create("", "a", pattern(3000, seed: 1))
+            try fs.makeDirectory(try FileName("d"), in: fs.rootInode, permissions: 0o755, uid: 0, gid: 0)
+            model["/d"] = .some(nil)
+            try create("/d", "b", pattern(40_000, seed: 2))
+            try sync()
+            try append("/a", pattern(20_000, seed: 3))
+            try create("", "c", pattern(700, seed: 4))
+            try sync()
+            // rename across directories, replacing nothing
+            _ = try fs.rename(try FileName("c"), in: fs.rootInode, to: try FileName("c2"), in: fs.resolve("/d"))
+            model["/d/c2"] = model.removeValue(forKey: "/c")!
+            let b = try fs.resolve("/d/b")
+            try fs.truncate(b, to: 8192)
+            model["/d/b"] = Array(model["/d/b"]!!.prefix(8192))
+            try sync()
+            // unlink (and evict, as the VFS does with no descriptor open)
+            let gone = try fs.unlink(try FileName("a"), in: fs.rootInode)
+            try fs.evict(gone)
+            model.removeValue(forKey: "/a")
+            try create("", "e", pattern(30_000, seed: 5))
+            try fs.makeDirectory(try FileName("f"), in: fs.resolve("/d"), permissions: 0o700, uid: 0, gid: 0)
+            model["/d/f"] = .some(nil)
+            try create("/d/f", "g", pattern(13_000, seed: 6))
+            try sync()
+            try append("/d/b", pattern(50_000, seed: 7))
+            // rename replacing a file
+            try create("", "h", pattern(100, seed: 8))
+            if let replaced = try fs.rename(try FileName("h"), in: fs.rootInode, to: try FileName("e"), in: fs.rootInode) {
+                try fs.evict(replaced)
+            }
+            model["/e"] = model.removeValue(forKey: "/h")!
+            try sync()
+            let g = try fs.unlink(try FileName("g"), in: fs.resolve("/d/f"))
+            try fs.evict(g)
+            model.removeValue(forKey: "/d/f/g")
+            let f = try fs.removeDirectory(try FileName("f"), in: fs.resolve("/d"))
+            try fs.evict(f)
+            model.removeValue(forKey: "/d/f")
+            try create("/d", "i", pattern(5000, seed: 9))
+            // unsynced until unmount
+            try append("/d/i", pattern(9000, seed: 10))
+            interrupted = model
+            try fs.unmount()
+            synced = model
+            interrupted = nil
+        }
+    }
+
+    /// The tree on `fs` as a model.
+    func tree(_ fs: FileSystem, _ directory: InodeNumber? = nil, _ path: String = "") throws -> TreeModel {
+        var result: TreeModel = [:]
+        for entry in try fs.entries(directory ?? fs.rootInode) {
+            let name = String(decoding: entry.name.bytes, as: UTF8.self)
+            guard name != ".", name != "..", !(path.isEmpty && name == "lost+found") else { continue }
+            let full = path + "/" + name
+            if entry.type == .directory {
+                result[full] = .some(nil)
+                result.merge(try tree(fs, entry.inode, full)) { a, _ in a }
+            } else {
+                result[full] = try fs.readAll(entry.inode)
+            }
+        }
+        return result
+    }
+
+    func describe(_ model: TreeModel) -> String {
+        model.keys.sorted().map { "\($0)\(model[$0]!.map { " (\($0.count) bytes)" } ?? "/")" }.joined(separator: ", ")
+    }
+
+    /// Runs the workload crashed after each write 0...total on an image; returns how many crash
+    /// points e2fsck -fn found damage at, after our own mount (and replay) and unmount.
+    func crashAtEveryWrite(_ image: String, blockSize: Int, journalled: Bool, oracle: Bool) throws -> (points: Int, damaged: Int) {
+        let clean = try [UInt8](Data(contentsOf: URL(fileURLWithPath: image)))
+        // Uninterrupted run: how many writes the workload makes, and its final tree.
+        let full = CrashingStore(bytes: clean, crashAfter: .max)
+        var reference = Workload()
+        try reference.run(try Ext2.mount(store: full, readOnly: false) { _ in })
+        let total = full.writes
+        print("crash test (\(journalled ? "ext3" : "ext2")): the workload makes \(total) writes, \(reference.syncs) syncs")
+
+        var damaged = 0, oracles = 0, replays = 0
+        var firstDamage: String? = nil
+        var oracleTransactions = Set<String>()
+        let crashed = directory + "/crashed.img"
+        for limit in 0...total {
+            let store = CrashingStore(bytes: clean, crashAfter: limit)
+            var workload = Workload()
+            do {
+                try workload.run(try Ext2.mount(store: store, readOnly: false) { _ in })
+            } catch {
+                XCTAssertTrue(store.crashed, "crash point \(limit): workload failed before the crash: \(error)")
+            }
+            try Data(store.backing.bytes).write(to: URL(fileURLWithPath: crashed))
+            if journalled && oracle && oracles < 3, let commit = try committedTransaction(crashed),
+               oracleTransactions.insert(commit).inserted {
+                try compareWithE2fsprogsReplay(crashed, blockSize: blockSize, limit: limit)
+                oracles += 1
+            }
+
+            logLines = []
+            let fs = try mount(crashed)
+            if logLines.contains(where: { $0.contains("replayed") }) { replays += 1 }
+            let recovered = try tree(fs)
+            try fs.unmount()
+            let check = try runTool("/usr/sbin/e2fsck", ["-fn", crashed])
+            if check.status != 0 {
+                damaged += 1
+                if firstDamage == nil {
+                    let problems = check.output.split(separator: "\n").filter { !$0.hasPrefix("Pass") && !$0.hasPrefix("e2fsck") }
+                    firstDamage = "crash point \(limit): " + problems.prefix(4).joined(separator: " | ")
+                }
+            }
+            guard journalled else { continue }
+            XCTAssertEqual(check.status, 0, "crash point \(limit): e2fsck -fn after replay:\n\(check.output)")
+            let allowed = [workload.synced] + (workload.interrupted.map { [$0] } ?? [])
+            XCTAssertTrue(allowed.contains(recovered),
+                          "crash point \(limit): recovered \(describe(recovered)); synced \(describe(workload.synced))")
+            if !allowed.contains(recovered) || check.status != 0 { break }
+        }
+        if let firstDamage { print("first damage seen by e2fsck -fn: \(firstDamage)") }
+        if journalled {
+            print("crash test (ext3): \(total + 1) crash points, \(replays) replayed a committed transaction, \(oracles) compared with e2fsprogs' replay")
+        }
+        return (total + 1, damaged)
+    }
+
+    /// The line naming the commit block in the journal of `image` (debugfs logdump, e2fsprogs'
+    /// reading), nil when the log holds no committed transaction.
+    func committedTransaction(_ image: String) throws -> String? {
+        try debugfs(image, "logdump").split(separator: "\n").first { $0.contains("(commit block)") }.map(String.init)
+    }
+
+    /// e2fsck -fy replays a copy; our mount replays another: every block e2fsprogs' logdump
+    /// names in the journal must then be the same in both (the superblock aside, whose
+    /// mount times and counts each side sets its own way).
+    func compareWithE2fsprogsReplay(_ image: String, blockSize: Int, limit: Int) throws {
+        let dump = try debugfs(image, "logdump -a")
+        var blocks = Set<UInt64>()
+        for line in dump.split(separator: "\n") where line.contains("FS block") {
+            let words = line.split(separator: " ")
+            if let index = words.firstIndex(of: "block"), index + 1 < words.count, let block = UInt64(words[index + 1]) {
+                blocks.insert(block)
+            }
+        }
+        XCTAssertFalse(blocks.isEmpty, "crash point \(limit): logdump names no blocks:\n\(dump)")
+        let theirs = directory + "/theirs.img", ours = directory + "/ours.img"
+        try? FileManager.default.removeItem(atPath: theirs)
+        try? FileManager.default.removeItem(atPath: ours)
+        try FileManager.default.copyItem(atPath: image, toPath: theirs)
+        try FileManager.default.copyItem(atPath: image, toPath: ours)
+        let fsck = try runTool("/usr/sbin/e2fsck", ["-fy", theirs])
+        XCTAssertTrue(fsck.output.contains("recovering journal"), "e2fsck did not replay:\n\(fsck.output)")
+        XCTAssertTrue(fsck.status == 0 || fsck.status == 1, "e2fsck -fy exit \(fsck.status):\n\(fsck.output)")
+        let fs = try mount(ours)
+        try fs.unmount()
+        let a = try [UInt8](Data(contentsOf: URL(fileURLWithPath: theirs)))
+        let b = try [UInt8](Data(contentsOf: URL(fileURLWithPath: ours)))
+        let superblockBlock = UInt64(1024 / blockSize)
+        var equal = 0
+        for block in blocks.sorted() where block != superblockBlock {
+            let range = Int(block) * blockSize..<Int(block + 1) * blockSize
+            XCTAssertEqual(Array(a[range]), Array(b[range]), "crash point \(limit): block \(block) differs after the two replays")
+            if a[range] == b[range] { equal += 1 }
+        }
+        print("oracle at crash point \(limit): \(blocks.count) blocks in the journal (logdump); after e2fsck's replay and ours \(equal) of the \(blocks.count - (blocks.contains(superblockBlock) ? 1 : 0)) other than the superblock's are equal")
+    }
+
+    /// ext3 (mke2fs -t ext3): a crash at any write leaves, after our replay, exactly the tree of
+    /// the last sync (or of the sync the crash interrupted), and an image e2fsck finds clean.
+    func testCrashAtEveryWriteIsConsistentWithTheJournal() throws {
+        // 1 KiB blocks (the superblock fills block 1) and 4 KiB (it shares block 0).
+        for (blockSize, kib) in [(1024, 4096), (4096, 16384)] {
+            let image = try makeImage("ext3-\(blockSize).img", blockSize: blockSize, kib: kib, type: "ext3")
+            let (points, damaged) = try crashAtEveryWrite(image, blockSize: blockSize, journalled: true, oracle: true)
+            XCTAssertEqual(damaged, 0)
+            XCTAssertGreaterThan(points, 100)
+        }
+    }
+
+    /// The same workload on plain ext2 (write-through, no journal): printed, not asserted.
+    func testCrashAtEveryWriteWithoutAJournalPrintsTheDamage() throws {
+        let image = try makeImage("ext2.img", blockSize: 1024, kib: 4096)
+        let (points, damaged) = try crashAtEveryWrite(image, blockSize: 1024, journalled: false, oracle: false)
+        print("crash test (ext2, no journal): e2fsck -fn found damage after \(damaged) of \(points) crash points")
+    }
+}
+
+/// Journal features this implementation does not write or replay, and what e2fsprogs reads of
+/// the journal we write.
+final class Ext2JournalFormatTests: Ext2TestCase {
+    /// Sets big-endian word `offset` of the journal superblock (journal block 0).
+    func setJournalSuperblockWord(_ image: String, _ offset: Int, _ value: UInt32) throws {
+        let bmap = try debugfs(image, "bmap <8> 0").split(separator: "\n").last.map(String.init) ?? ""
+        let block = try XCTUnwrap(UInt64(bmap.trimmingCharacters(in: .whitespaces)), "debugfs bmap said \(bmap)")
+        let handle = try XCTUnwrap(FileHandle(forUpdatingAtPath: image))
+        defer { try? handle.close() }
+        try handle.seek(toOffset: block * 1024 + UInt64(offset))
+        try handle.write(contentsOf: withUnsafeBytes(of: value.bigEndian) { Data($0) })
+    }
+
+    /// An empty journal with checksum v3: mounted read-only, the feature named. One that also
+    /// holds transactions: refused (they cannot be replayed), the feature named.
+    func testUnknownJournalFeaturesAreNamed() throws {
+        let image = try makeImage("csum.img", blockSize: 1024, kib: 4096, type: "ext3")
+        try setJournalSuperblockWord(image, 40, JournalFormat.incompatCsumV3)
+        let fs = try mount(image)
+        XCTAssertTrue(fs.isReadOnly)
+        XCTAssertTrue(logLines.contains { $0.contains("mounting read-only") && $0.contains("journal_checksum_v3") }, "\(logLines)")
+        XCTAssertFSError(.readOnlyFileSystem, try fs.create("x", in: fs.rootInode, type: .regular, permissions: 0o644, uid: 0, gid: 0))
+        try fs.unmount()
+
+        try setJournalSuperblockWord(image, 28, 1)  // s_start: the log holds transactions
+        logLines = []
+        XCTAssertFSError(.notSupported, try mount(image))
+        XCTAssertTrue(logLines.contains { $0.contains("refusing to mount") && $0.contains("journal_checksum_v3") }, "\(logLines)")
+    }
+
+    /// A journalled mount sets needs_recovery until unmount; a sync commits and checkpoints (the
+    /// log is empty again, as e2fsprogs' logdump reads it); a clean unmount clears the flag and
+    /// e2fsck finds the image clean.
+    func testNeedsRecoveryWhileMountedAndCleanAfterUnmount() throws {
+        let image = try makeImage("flag.img", blockSize: 1024, kib: 4096, type: "ext3")
+        let crashing = CrashingStore(bytes: try [UInt8](Data(contentsOf: URL(fileURLWithPath: image))), crashAfter: .max)
+        let fs = try Ext2.mount(store: crashing, readOnly: false) { _ in }
+        try Data(crashing.backing.bytes).write(to: URL(fileURLWithPath: image))
+        XCTAssertTrue(try runTool("/usr/sbin/dumpe2fs", ["-h", image]).output.contains("needs_recovery"))
+        let file = try fs.create("f", in: fs.rootInode, type: .regular, permissions: 0o644, uid: 0, gid: 0)
+        _ = try fs.write(file, at: 0, pattern(5000, seed: 3))
+        try fs.sync()
+        // The committed transaction is checkpointed and the log marked empty.
+        try Data(crashing.backing.bytes).write(to: URL(fileURLWithPath: image))
+        XCTAssertTrue(try debugfs(image, "logdump").contains("Journal starts at block 0"))
+        try fs.unmount()
+        try Data(crashing.backing.bytes).write(to: URL(fileURLWithPath: image))
+        XCTAssertFalse(try runTool("/usr/sbin/dumpe2fs", ["-h", image]).output.contains("needs_recovery"))
+        try assertClean(image)
+        XCTAssertEqual(try debugfsContents(image, "/f"), pattern(5000, seed: 3))
+    }
+}
