@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Scripts/vfs-bench.sh: our file-system stack (vfs_server over storage_server over our NVMe driver)
-# against the Linux kernel's ext2 (ext4 driver, nvme driver), side by side in one rig boot, on two
-# identical emulated disks holding the same ext2 image (Hardware/rig-vfsbench.conf). Issue 6.
+# against the Linux kernel's ext3 (ext4 driver, nvme driver), side by side in one rig boot, on two
+# identical emulated disks holding the same ext3 image (Hardware/rig-vfsbench.conf). Issue 6.
 #
 #   Scripts/vfs-bench.sh [--files N] [--mib M] [--rounds R]   on the host: boots the profile, prints the table
 #   Scripts/vfs-bench.sh --in-guest              inside the rig guest (the profile's suite runs this)
 #
-# One image: mke2fs -t ext2 -b 4096 over the whole 64 MiB namespace, written onto both disks
-# (ours with limitless-storage write, the kernel's with dd). The kernel's is mounted with
-# mount -t ext2; ours is served by vfs_server --storage. The same workload runs on both
+# One image: mke2fs -t ext3 -b 4096 over the whole 64 MiB namespace, written onto both disks
+# (ours with limitless-storage write, the kernel's with dd). Both sides journal metadata in
+# ordered mode (file data on disk before the commit naming it): the kernel's is mounted with
+# mount -t ext3 -o data=ordered, ours is served by vfs_server --storage, which journals an ext3
+# image (a commit per fsync and per write-back). The same workload runs on both
 # (limitless-bench vfs, --posix on the mount, --server on vfs_server):
 #   create  N x open(O_CREAT|O_EXCL|O_WRONLY) + close        ops/s, p50, p99 per op
 #   stat    N x stat of those files                         ops/s, p50, p99
@@ -126,8 +128,8 @@ bytes=$(($(cat "/sys/block/$bdev/size") * 512))
 echo "     logical_block_size=$(cat "/sys/block/$bdev/queue/logical_block_size") size=$((bytes >> 20)) MiB"
 
 # One image for both disks: the whole namespace, 4 KiB blocks.
-"$mke2fs" -q -F -t ext2 -b 4096 "$work/fs.img" $((bytes / 4096)) >"$work/mke2fs.out" 2>&1
-result $? "mke2fs made a $((bytes >> 20)) MiB ext2 image with 4 KiB blocks" || { cat "$work/mke2fs.out"; finish; }
+"$mke2fs" -q -F -t ext3 -b 4096 "$work/fs.img" $((bytes / 4096)) >"$work/mke2fs.out" 2>&1
+result $? "mke2fs made a $((bytes >> 20)) MiB ext3 image with 4 KiB blocks" || { cat "$work/mke2fs.out"; finish; }
 
 dd if="$work/fs.img" of="$dev" bs=1M oflag=direct conv=fsync status=none
 result $? "the image is on $dev (dd)" || finish
@@ -140,8 +142,8 @@ result $? "storage_server --poll on $ours answers" || { tail -20 "$work/storage.
 result $? "the image is on namespace 1 ($(head -1 "$work/write.out"))" || { cat "$work/write.out"; finish; }
 
 mkdir -p "$mnt"
-mount -t ext2 "$dev" "$mnt"
-result $? "mount -t ext2 $dev ($(grep " $mnt " /proc/mounts | cut -d' ' -f3,4))" || finish
+mount -t ext3 -o data=ordered "$dev" "$mnt"
+result $? "mount -t ext3 -o data=ordered $dev ($(grep " $mnt " /proc/mounts | cut -d' ' -f3,4))" || finish
 mounted=1
 start_vfs
 result $? "vfs_server mounts namespace 1 through storage_server ($(grep -m1 -o 'mounted ext2 at /' "$work/vfs.log"))" ||
@@ -152,11 +154,11 @@ result $? "vfs_server mounts namespace 1 through storage_server ($(grep -m1 -o '
 for round in $(seq 1 "$rounds"); do
 	# The kernel: metadata and write, caches dropped, the cold read, clean-up.
 	run_bench "$work/k1" --posix "$mnt" --phases metadata,write --label "kernel round=$round"
-	result $? "round $round, kernel ext2: create/stat/unlink and sequential write"
+	result $? "round $round, kernel ext3: create/stat/unlink and sequential write"
 	sync && echo 3 >/proc/sys/vm/drop_caches
 	result $? "round $round, kernel: sync; echo 3 > /proc/sys/vm/drop_caches"
 	run_bench "$work/k2" --posix "$mnt" --phases read,cleanup --label "kernel round=$round"
-	result $? "round $round, kernel ext2: cold sequential read"
+	result $? "round $round, kernel ext3: cold sequential read"
 	# The kernel's dirty metadata (the unlinks) goes out now, not during our round.
 	sync
 
@@ -174,7 +176,7 @@ done
 
 # Both file systems unmounted, then checked.
 umount "$mnt"
-result $? "umount the kernel's ext2"
+result $? "umount the kernel's ext3"
 mounted=0
 "$e2fsck" -fn "$dev" >"$work/fsck-kernel.out" 2>&1
 result $? "e2fsck -fn $dev (kernel's disk): $(tail -1 "$work/fsck-kernel.out")" || cat "$work/fsck-kernel.out"
@@ -187,11 +189,14 @@ vfs=0
 result $? "namespace 1 read back" || cat "$work/read.out"
 "$e2fsck" -fn "$work/after.img" >"$work/fsck-ours.out" 2>&1
 result $? "e2fsck -fn on namespace 1 (our disk): $(tail -1 "$work/fsck-ours.out")" || cat "$work/fsck-ours.out"
+# What the journal cost ours: each vfs_server logs its commits and journalled blocks at unmount.
+grep -o "journal: [0-9]* commits, [0-9]* blocks journalled" "$work/vfs.log" | awk '{ c += $2; b += $4; n++ }
+	END { printf "     our journal over %d mounts: %d commits, %d blocks journalled (%.1f blocks per commit)\n", n, c, b, c ? b / c : 0 }'
 stop "$storage"
 result $? "storage_server stops on SIGTERM with exit 0" || tail -5 "$work/storage.log"
 storage=0
 
-echo "==== vfs-bench table: ${files} files, ${mib} MiB file in 128 KiB calls, ext2 4 KiB blocks on two identical QEMU NVMe disks, TCG, all on guest CPU ${cpu}; median of ${rounds} alternating rounds"
+echo "==== vfs-bench table: ${files} files, ${mib} MiB file in 128 KiB calls, ext3 (data=ordered) 4 KiB blocks on two identical QEMU NVMe disks, TCG, all on guest CPU ${cpu}; median of ${rounds} alternating rounds"
 awk '
 	function field(line, name,   n, i, kv) {
 		n = split(line, kv, " ")
@@ -213,7 +218,7 @@ awk '
 		split("create stat unlink seqwrite seqread", ops, " ")
 		names["create"] = "create (open O_EXCL + close)"; names["stat"] = "stat"; names["unlink"] = "unlink"
 		names["seqwrite"] = "sequential write + fsync"; names["seqread"] = "sequential read (cold)"
-		printf "%-29s %-6s %25s %25s %12s %s\n", "operation", "unit", "kernel ext2 (p50/p99 us)", "ours (p50/p99 us)", "ours/kernel", "per round"
+		printf "%-29s %-6s %25s %25s %12s %s\n", "operation", "unit", "kernel ext3 (p50/p99 us)", "ours (p50/p99 us)", "ours/kernel", "per round"
 		for (i = 1; i <= 5; i++) {
 			op = ops[i]; unit = (op ~ /^seq/) ? "MB/s" : "ops/s"
 			k = median(v["kernel", op]); o = median(v["ours", op])

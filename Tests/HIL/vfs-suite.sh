@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Tests/HIL/vfs-suite.sh: the whole storage stack. An ext2 image made by mke2fs is written onto
-# NVMe namespace 1 with limitless-storage; storage_server serves the NVMe, vfs_server mounts the
-# namespace through it (--storage), limitless-fs works on files; then vfs_server stops cleanly,
-# the namespace is read back and e2fsck -fn must find it clean, and debugfs must read a file
-# written through the VFS. In the rig: Scripts/rig.sh test vfs
+# Tests/HIL/vfs-suite.sh: the whole storage stack. An ext3 image (ext2 with a journal) made by
+# mke2fs is written onto NVMe namespace 1 with limitless-storage; storage_server serves the NVMe,
+# vfs_server mounts the namespace through it (--storage), limitless-fs works on files; vfs_server
+# is killed (SIGKILL) under a stream of fsync'd writes and started again (it replays its journal),
+# every acknowledged file must read back; then vfs_server stops cleanly, the namespace is read
+# back and e2fsck -fn must find it clean, and debugfs must read a file written through the VFS.
+# In the rig: Scripts/rig.sh test vfs
 # On spare hardware (NVMe bound to vfio-pci): sudo bash Tests/HIL/vfs-suite.sh BDF
 # Ends with one "N passed, N failed" line; exit 1 on failure.
 set -uo pipefail
@@ -37,8 +39,8 @@ done
 mke2fs=$(sbin mke2fs) && e2fsck=$(sbin e2fsck) && debugfs=$(sbin debugfs)
 result $? "e2fsprogs found (mke2fs, e2fsck, debugfs)" || finish
 
-"$mke2fs" -q -F -t ext2 -b 1024 "$work/fs.img" "$image_blocks" >"$work/mke2fs.out" 2>&1
-result $? "mke2fs made a $((image_blocks / 1024)) MiB ext2 image" || { cat "$work/mke2fs.out"; finish; }
+"$mke2fs" -q -F -t ext3 -b 1024 "$work/fs.img" "$image_blocks" >"$work/mke2fs.out" 2>&1
+result $? "mke2fs made a $((image_blocks / 1024)) MiB ext3 image (ext2 with a journal)" || { cat "$work/mke2fs.out"; finish; }
 
 "$bin/storage_server" --device "$device" --runtime-dir "$work" >"$work/storage.log" 2>&1 &
 storage=$!
@@ -87,6 +89,30 @@ grep -qE "^ext2 +16[0-9]{3} " <<<"$df"
 result $? "df reports the 16 MiB ext2 file system"
 while IFS= read -r line; do echo "     $line"; done <<<"$df"
 
+# A crash under load: files put (each fsync'd) in a loop, vfs_server killed in the middle, then
+# started again; it replays what its journal committed, and every put that returned reads back.
+rm -f "$work/acked"
+(for i in $(seq 1 400); do fs put "$work/note.txt" "/data/crash$i" >/dev/null 2>&1 && echo "$i" >>"$work/acked"; done) &
+writer=$!
+for _ in $(seq 1 600); do [[ $(wc -l <"$work/acked" 2>/dev/null || echo 0) -ge 5 ]] && break; sleep 0.1; done
+kill -KILL "$vfs"
+wait "$vfs" 2>/dev/null
+kill -TERM "$writer" 2>/dev/null
+wait "$writer" 2>/dev/null
+acked=$(wc -l <"$work/acked" 2>/dev/null || echo 0)
+((acked >= 5))
+result $? "vfs_server killed (SIGKILL) after $acked acknowledged puts"
+"$bin/vfs_server" --storage storage --nsid 1 --runtime-dir "$work" --writeback-interval 1s >>"$work/vfs.log" 2>&1 &
+vfs=$!
+for _ in $(seq 1 300); do [[ $(grep -c "mounted ext2 at /" "$work/vfs.log") -ge 2 ]] && break; sleep 0.1; done
+wait_socket "$work/vfs.sock" && fs ls /data >/dev/null 2>&1
+result $? "vfs_server started again ($(grep -m1 -o "journal: replayed.*" "$work/vfs.log" || echo "nothing committed was left to replay"))" ||
+	{ tail -20 "$work/vfs.log"; finish; }
+lost=0
+while read -r i; do [[ $(fs cat "/data/crash$i" 2>/dev/null) == "written through the VFS" ]] || lost=$((lost + 1)); done <"$work/acked"
+((lost == 0))
+result $? "all $acked acknowledged files read back after the restart ($lost lost)"
+
 kill -TERM "$vfs"
 wait "$vfs"
 result $? "vfs_server stops on SIGTERM with exit 0 ($(grep -o "everything unmounted cleanly" "$work/vfs.log"))"
@@ -103,7 +129,7 @@ result $? "page cache I/O went device-to-page-cache, zero copy (${counts:-no cou
 storage_tool read --nsid 1 --lba 0 --blocks $((image_blocks * 2)) --output "$work/after.img" >"$work/read.out" 2>&1
 result $? "namespace 1 read back" || cat "$work/read.out"
 "$e2fsck" -fn "$work/after.img" >"$work/fsck.out" 2>&1
-result $? "e2fsck -fn finds the file system clean" || cat "$work/fsck.out"
+result $? "e2fsck -fn finds the file system clean after the kill, the replay and a clean stop" || cat "$work/fsck.out"
 [[ $("$debugfs" -R "cat /data/note.txt" "$work/after.img" 2>/dev/null) == "written through the VFS" ]]
 result $? "debugfs reads /data/note.txt as written through the VFS"
 

@@ -110,11 +110,11 @@ func tool(_ name: String) -> String? {
     ["/usr/sbin/", "/sbin/", "/usr/bin/", "/bin/"].map { $0 + name }.first { access($0, X_OK) == 0 }
 }
 
-/// An ext2 image made by the real mke2fs: `blocks` 1 KiB blocks.
-func makeExt2Image(_ test: XCTestCase, blocks: Int = 8192, blockSize: Int = 1024) throws -> String {
+/// An ext2 image made by the real mke2fs: `blocks` 1 KiB blocks; `type` "ext3" adds a journal.
+func makeExt2Image(_ test: XCTestCase, blocks: Int = 8192, blockSize: Int = 1024, type: String = "ext2") throws -> String {
     guard let mke2fs = tool("mke2fs") else { throw XCTSkip("mke2fs not installed") }
     let path = makeTemporaryDirectory(test) + "/fs.img"
-    let (status, output) = runProgram(mke2fs, ["-q", "-F", "-t", "ext2", "-b", String(blockSize), path, String(blocks)])
+    let (status, output) = runProgram(mke2fs, ["-q", "-F", "-t", type, "-b", String(blockSize), path, String(blocks)])
     guard status == 0 else { throw XCTSkip("mke2fs failed: \(output)") }
     return path
 }
