@@ -128,7 +128,7 @@ extension Ext2FileSystem {
             try removeEntry(location, in: directory, &parent)
             inode = try loadInode(number)
             if inode.linksCount > 0 { inode.linksCount -= 1 }
-            if inode.linksCount == 0 { unlinkedInodes.insert(number) }
+            if inode.linksCount == 0 { orphan(number, &inode) }
             inode.changeTime = Self.now()
             try storeInode(number, inode)
             return number
@@ -151,7 +151,7 @@ extension Ext2FileSystem {
             try removeEntry(location, in: directory, &parent)
             inode = try loadInode(number)
             inode.linksCount = 0
-            unlinkedInodes.insert(number)
+            orphan(number, &inode)
             inode.changeTime = Self.now()
             try storeInode(number, inode)
             return number
@@ -241,7 +241,7 @@ extension Ext2FileSystem {
                 } else if inode.linksCount > 0 {
                     inode.linksCount -= 1
                 }
-                if inode.linksCount == 0 { unlinkedInodes.insert(number) }
+                if inode.linksCount == 0 { orphan(number, &inode) }
                 inode.changeTime = Self.now()
                 try storeInode(number, inode)
             }
@@ -269,7 +269,7 @@ extension Ext2FileSystem {
         guard !isReadOnly else { return }
         try change { () throws(FSError) in
             try checkInodeNumber(number)
-            unlinkedInodes.remove(number)
+            if unlinkedInodes.remove(number) != nil { try removeOrphan(number) }
             var inode = try loadInode(number)
             guard inode.linksCount == 0, inode.mode != 0, number >= InodeNumber(geometry.firstInode) else { return }
             // Only files, directories and slow symlinks hold block pointers in i_block; fast

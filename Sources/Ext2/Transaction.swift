@@ -82,7 +82,10 @@ extension Ext2FileSystem {
             log("ext2: mounting read-only: the journal uses features this implementation does not write: \(unsupported.joined(separator: ", "))")
             isReadOnly = true
         }
-        if !isReadOnly { self.journal = journal }
+        if !isReadOnly {
+            self.journal = journal
+            try adoptOrphans()
+        }
         return recovered
     }
 
@@ -133,5 +136,69 @@ extension Ext2FileSystem {
     func commitIfLarge() throws(FSError) {
         guard let journal, transaction.blocks.count >= journal.transactionLimit else { return }
         try commitTransaction()
+    }
+}
+
+/// The orphan list (ext3 s_last_orphan, chained through i_dtime): inodes whose last name went
+/// while the VFS still holds them open. With a journal the list is on disk, in the same
+/// transaction as the unlink, so after a crash the image is consistent (e2fsck and Linux know
+/// the list) and a restarted server knows which inodes to free once their descriptors close.
+extension Ext2FileSystem {
+    /// Notes that `number` lost its last name; the caller stores `inode`.
+    func orphan(_ number: InodeNumber, _ inode: inout Inode) {
+        guard unlinkedInodes.insert(number).inserted, journal != nil else { return }
+        inode.dtime = superblock.lastOrphan
+        superblock.lastOrphan = UInt32(number)
+        superblockDirty = true
+    }
+
+    /// Takes `number` off the on-disk orphan list (before it is freed).
+    func removeOrphan(_ number: InodeNumber) throws(FSError) {
+        guard journal != nil, superblock.lastOrphan != 0 else { return }
+        var previous: InodeNumber = 0
+        var current = InodeNumber(superblock.lastOrphan)
+        var steps = 0
+        while current != 0 && current != number {
+            steps += 1
+            guard steps <= Int(geometry.inodesCount) else { throw corrupt("the orphan list loops") }
+            previous = current
+            current = InodeNumber(try loadInode(current).dtime)
+        }
+        guard current == number else { return }
+        let next = try loadInode(number).dtime
+        if previous == 0 {
+            superblock.lastOrphan = next
+            superblockDirty = true
+        } else {
+            var inode = try loadInode(previous)
+            inode.dtime = next
+            try storeInode(previous, inode)
+        }
+    }
+
+    /// At a journalled mount: the orphans a crash left become this mount's unlinked inodes, kept
+    /// for descriptors the restarted VFS restores and freed when those close, or at unmount.
+    func adoptOrphans() throws(FSError) {
+        var current = superblock.lastOrphan
+        var adopted: [InodeNumber] = []
+        while current != 0 {
+            let number = InodeNumber(current)
+            // A damaged list is left to e2fsck (it rebuilds the counts); the mount goes on.
+            guard number >= InodeNumber(geometry.firstInode), number <= InodeNumber(geometry.inodesCount),
+                  adopted.count < Int(geometry.inodesCount), !adopted.contains(number) else {
+                log("ext2: corrupted: the orphan list names inode \(number); not following it further")
+                break
+            }
+            let inode = try loadInode(number)
+            guard inode.linksCount == 0, inode.mode != 0 else {
+                log("ext2: corrupted: the orphan list names inode \(number), which has \(inode.linksCount) links (mode 0o\(String(inode.mode, radix: 8))); not following it further")
+                break
+            }
+            adopted.append(number)
+            current = inode.dtime
+        }
+        guard !adopted.isEmpty else { return }
+        unlinkedInodes.formUnion(adopted)
+        log("ext2: \(adopted.count) orphan inodes (unlinked while open) kept until their descriptors close or unmount: \(adopted.map(String.init).joined(separator: ", "))")
     }
 }
