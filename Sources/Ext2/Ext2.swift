@@ -6,11 +6,14 @@ import VFSCore
 /// `Geometry`), `GroupDescriptor`, `Inode` (128-byte and larger inodes), `BlockMap` (direct and
 /// single/double/triple indirect blocks), `Allocator` (bitmaps and free counts), `Directory`
 /// (records, insert by splitting slack, delete by merging), `Ext2FileSystem` (mount, raw I/O,
-/// the metadata cache, sync and unmount), and the `FileSystem` operations in `Operations`,
-/// `FileData` and `Namespace`.
+/// the metadata cache, sync and unmount), the `FileSystem` operations in `Operations`,
+/// `FileData` and `Namespace`, and ext3's journal: `JournalFormat` (jbd2 on disk), `Journal`
+/// (commit, checkpoint, replay) and `Transaction` (the running transaction, commit policy, the
+/// orphan list).
 ///
-/// Supported on disk: what `mke2fs -t ext2` makes (ext_attr, resize_inode, dir_index, filetype,
-/// sparse_super, large_file) and images without those features. Deliberate limits:
+/// Supported on disk: what `mke2fs -t ext2` and `mke2fs -t ext3` make (has_journal, ext_attr,
+/// resize_inode, dir_index, filetype, sparse_super, large_file) and images without those
+/// features. Deliberate limits:
 /// - an htree-indexed directory (dir_index) is read linearly and loses its EXT2_INDEX_FL on its
 ///   first change, as the kernel's ext2 does; indexes are never built;
 /// - extended attributes are kept as they are; an evicted inode drops its reference to its

@@ -91,15 +91,15 @@ while IFS= read -r line; do echo "     $line"; done <<<"$df"
 
 # A crash under load: files put (each fsync'd) in a loop, vfs_server killed in the middle, then
 # started again; it replays what its journal committed, and every put that returned reads back.
-rm -f "$work/acked"
+: >"$work/acked"
 (for i in $(seq 1 400); do fs put "$work/note.txt" "/data/crash$i" >/dev/null 2>&1 && echo "$i" >>"$work/acked"; done) &
 writer=$!
-for _ in $(seq 1 600); do [[ $(wc -l <"$work/acked" 2>/dev/null || echo 0) -ge 5 ]] && break; sleep 0.1; done
+for _ in $(seq 1 600); do [[ $(wc -l <"$work/acked") -ge 5 ]] && break; sleep 0.1; done
 kill -KILL "$vfs"
 wait "$vfs" 2>/dev/null
 kill -TERM "$writer" 2>/dev/null
 wait "$writer" 2>/dev/null
-acked=$(wc -l <"$work/acked" 2>/dev/null || echo 0)
+acked=$(wc -l <"$work/acked")
 ((acked >= 5))
 result $? "vfs_server killed (SIGKILL) after $acked acknowledged puts"
 "$bin/vfs_server" --storage storage --nsid 1 --runtime-dir "$work" --writeback-interval 1s >>"$work/vfs.log" 2>&1 &
