@@ -78,9 +78,10 @@ final class Journal {
     ///    puts on disk the file data written before (ordered: data before the metadata naming it);
     /// 2. the commit block; flush: from here a crash replays the transaction;
     /// 3. the blocks in place (checkpoint); flush;
-    /// 4. the superblock marks the log empty with the next sequence number. Not flushed: until it
-    ///    reaches the disk a replay only rewrites what step 3 wrote, and the next commit's step 1
-    ///    rewrites it with a flush before anything can depend on it.
+    /// 4. the superblock marks the log empty with the next sequence number; flush. Without this
+    ///    flush the next transaction's copies could reach the disk (a page-cache eviction, a
+    ///    drive's cache) while the superblock still points at this one's descriptor, and a replay
+    ///    would write the new copies over this transaction's blocks.
     func commit(_ changes: [(block: UInt32, bytes: [UInt8])]) throws(FSError) {
         guard !changes.isEmpty else { return }
         precondition(fits(changes.count), "transaction of \(changes.count) blocks does not fit the journal")
@@ -138,6 +139,7 @@ final class Journal {
         superblock.start = 0
         superblock.sequence = sequence &+ 1
         try writeSuperblock()
+        try store.flush()
         commits += 1
         blocksJournalled += changes.count
     }

@@ -7,16 +7,36 @@ import XCTest
 
 /// A store that dies after its first `limit` writes: that write and every later one fail and
 /// persist nothing, as when the process is killed (writes that returned are in the kernel's
-/// page cache and survive; later ones never happen).
+/// page cache and survive; later ones never happen). With `unflushedKept` set, only a random
+/// part (seeded) of the writes since the last flush survives, in any order, as after a power
+/// loss or when the lost writes sat in vfs_server's own page cache: `durable` is then what the
+/// disk holds.
 final class CrashingStore: BlockStore {
     let backing: MemoryBlockStore
     let limit: Int
     private(set) var writes = 0
     var crashed: Bool { writes >= limit }
+    /// nil: every write that returned survives; else the seed choosing which unflushed ones do.
+    let unflushedKept: UInt64?
+    private var flushed: [UInt8]
+    private var unflushed: [(offset: Int, bytes: [UInt8])] = []
 
-    init(bytes: [UInt8], crashAfter limit: Int) {
+    init(bytes: [UInt8], crashAfter limit: Int, unflushedKept seed: UInt64? = nil) {
         backing = MemoryBlockStore(bytes: bytes)
         self.limit = limit
+        unflushedKept = seed
+        flushed = seed == nil ? [] : backing.bytes
+    }
+
+    /// The disk after the crash.
+    var durable: [UInt8] {
+        guard let seed = unflushedKept else { return backing.bytes }
+        var bytes = flushed
+        var random = SplitMix(seed: seed)
+        for write in unflushed where random.next() % 2 == 0 {
+            bytes.replaceSubrange(write.offset..<(write.offset + write.bytes.count), with: write.bytes)
+        }
+        return bytes
     }
 
     var sectorSize: Int { backing.sectorSize }
@@ -30,10 +50,15 @@ final class CrashingStore: BlockStore {
         guard writes < limit else { throw FSError(.ioError, "crashed (after write \(limit))") }
         writes += 1
         try backing.write(at: offset, from: buffer)
+        if unflushedKept != nil { unflushed.append((Int(offset), Array(buffer))) }
     }
 
     func flush() throws(FSError) {
         if crashed { throw FSError(.ioError, "crashed (after write \(limit))") }
+        for write in unflushed {
+            flushed.replaceSubrange(write.offset..<(write.offset + write.bytes.count), with: write.bytes)
+        }
+        unflushed.removeAll()
     }
 }
 
@@ -150,14 +175,15 @@ final class Ext2JournalTests: Ext2TestCase {
     /// Runs the workload crashed after each write 0...total (every `every`th) on an image;
     /// returns how many crash points it ran and at how many e2fsck -fn found damage, after our
     /// own mount (and replay) and unmount.
-    func crashAtEveryWrite(_ image: String, blockSize: Int, journalled: Bool, oracle: Bool, every: Int = 1) throws -> (points: Int, damaged: Int) {
+    func crashAtEveryWrite(_ image: String, blockSize: Int, journalled: Bool, oracle: Bool, every: Int = 1,
+                           reordered: Bool = false) throws -> (points: Int, damaged: Int) {
         let clean = try [UInt8](Data(contentsOf: URL(fileURLWithPath: image)))
         // Uninterrupted run: how many writes the workload makes, and its final tree.
         let full = CrashingStore(bytes: clean, crashAfter: .max)
         var reference = Workload()
         try reference.run(try Ext2.mount(store: full, readOnly: false) { _ in })
         let total = full.writes
-        print("crash test (\(journalled ? "ext3" : "ext2")): the workload makes \(total) writes, \(reference.syncs) syncs")
+        print("crash test (\(journalled ? "ext3" : "ext2")\(reordered ? ", unflushed writes kept at random" : "")): the workload makes \(total) writes, \(reference.syncs) syncs")
 
         var damaged = 0, oracles = 0, replays = 0
         var firstDamage: String? = nil
@@ -166,14 +192,14 @@ final class Ext2JournalTests: Ext2TestCase {
         var points = 0
         for limit in stride(from: 0, through: total, by: every) {
             points += 1
-            let store = CrashingStore(bytes: clean, crashAfter: limit)
+            let store = CrashingStore(bytes: clean, crashAfter: limit, unflushedKept: reordered ? UInt64(limit) : nil)
             var workload = Workload()
             do {
                 try workload.run(try Ext2.mount(store: store, readOnly: false) { _ in })
             } catch {
                 XCTAssertTrue(store.crashed, "crash point \(limit): workload failed before the crash: \(error)")
             }
-            try Data(store.backing.bytes).write(to: URL(fileURLWithPath: crashed))
+            try Data(store.durable).write(to: URL(fileURLWithPath: crashed))
             if journalled && oracle && oracles < 3, let commit = try committedTransaction(crashed),
                oracleTransactions.insert(commit).inserted {
                 try compareWithE2fsprogsReplay(crashed, blockSize: blockSize, limit: limit)
@@ -202,7 +228,7 @@ final class Ext2JournalTests: Ext2TestCase {
         }
         if let firstDamage { print("first damage seen by e2fsck -fn: \(firstDamage)") }
         if journalled {
-            print("crash test (ext3): \(points) crash points, \(replays) replayed a committed transaction, \(oracles) compared with e2fsprogs' replay")
+            print("crash test (ext3\(reordered ? ", unflushed writes kept at random" : "")): \(points) crash points, \(replays) replayed a committed transaction, \(oracles) compared with e2fsprogs' replay")
         }
         return (points, damaged)
     }
@@ -258,6 +284,16 @@ final class Ext2JournalTests: Ext2TestCase {
             XCTAssertEqual(damaged, 0)
             XCTAssertGreaterThan(points, 100)
         }
+    }
+
+    /// The same with a harsher crash: of the writes since the last flush, a random part reaches
+    /// the disk (as after a power loss, or a SIGKILL with dirty pages in vfs_server's page cache,
+    /// some of them already evicted). Only the flushes order anything then.
+    func testCrashWithUnflushedWritesReorderedIsConsistentWithTheJournal() throws {
+        let image = try makeImage("ext3-reordered.img", blockSize: 1024, kib: 4096, type: "ext3")
+        let (points, damaged) = try crashAtEveryWrite(image, blockSize: 1024, journalled: true, oracle: false, reordered: true)
+        XCTAssertEqual(damaged, 0)
+        XCTAssertGreaterThan(points, 100)
     }
 
     /// The same workload on plain ext2 (write-through, no journal): printed, not asserted. Every
