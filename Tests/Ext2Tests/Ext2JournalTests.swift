@@ -181,9 +181,12 @@ final class Ext2JournalTests: Ext2TestCase {
         // Uninterrupted run: how many writes the workload makes, and its final tree.
         let full = CrashingStore(bytes: clean, crashAfter: .max)
         var reference = Workload()
-        try reference.run(try Ext2.mount(store: full, readOnly: false) { _ in })
+        var figures = ""
+        try reference.run(try Ext2.mount(store: full, readOnly: false) { line in
+            if line.contains("commits") { figures = "; " + line }
+        })
         let total = full.writes
-        print("crash test (\(journalled ? "ext3" : "ext2")\(reordered ? ", unflushed writes kept at random" : "")): the workload makes \(total) writes, \(reference.syncs) syncs")
+        print("crash test (\(journalled ? "ext3" : "ext2")\(reordered ? ", unflushed writes kept at random" : "")): the workload makes \(total) writes, \(reference.syncs) syncs\(figures)")
 
         var damaged = 0, oracles = 0, replays = 0
         var firstDamage: String? = nil

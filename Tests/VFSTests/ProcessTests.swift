@@ -269,6 +269,8 @@ final class ProcessTests: XCTestCase {
         supervised.supervisorPID = 0
         let replayed = runProgram("/bin/grep", ["-rh", "journal: replayed", directory + "/logs", directory + "/supervisor.log"])
         print("after the restart: \(replayed.0 == 0 ? replayed.1 : "no committed transaction was left to replay")")
+        let figures = runProgram("/bin/grep", ["-rhoE", "journal: [0-9]+ commits, [0-9]+ blocks journalled", directory + "/logs", directory + "/supervisor.log"])
+        print("the restarted server's journal until its clean stop: \(figures.1)")
         guard let e2fsck = tool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
         let (status, output) = runProgram(e2fsck, ["-fn", image])
         XCTAssertEqual(status, 0, "e2fsck -fn after a SIGKILL under load and a clean stop:\n\(output)")
