@@ -64,6 +64,18 @@ public final class VFSClient {
         return reply
     }
 
+    /// `call` without allocating: the reply's inline payload lands in `reply`; returns its header.
+    private func call(_ message: Message, into reply: UnsafeMutableRawBufferPointer) throws(VFSError) -> Message {
+        let header: Message
+        do {
+            (header, _) = try connection.sendReceive(message, into: reply, timeout: timeout)
+        } catch {
+            throw VFSError(.ENOTCONN, "\(error)")
+        }
+        guard header.status.isOK else { throw VFSError(header.status) }
+        return header
+    }
+
     @discardableResult
     private func pathMessage(_ type: MessageType, _ path: String, param1: UInt64 = 0, param2: UInt64 = 0) throws(VFSError) -> IPCClient.Reply {
         try call(Message(type: type, param1: param1, param2: param2), Array(path.utf8))
@@ -96,25 +108,46 @@ public final class VFSClient {
     public func close(_ fd: Int32) throws(VFSError) { try call(Message(type: .vfsClose, param1: UInt64(fd))) }
 
     /// Up to `count` bytes from the file position (or `offset`); fewer at the end, none past it.
+    /// A new array per call; `read(_:into:at:)` fills the caller's buffer instead.
     public func read(_ fd: Int32, count: Int, at offset: UInt64? = nil) throws(VFSError) -> [UInt8] {
-        let position = offset ?? VFSProtocol.currentPosition
-        if count <= VFSProtocol.maxInlineData {
-            let reply = try call(Message(type: .vfsRead, param1: UInt64(fd), param2: UInt64(count), param3: position))
-            return Array(reply.payload.prefix(Int(reply.message.param1)))
+        var bytes = [UInt8](repeating: 0, count: count)
+        var failure: VFSError? = nil
+        let got = bytes.withUnsafeMutableBytes { buffer -> Int in
+            do throws(VFSError) { return try read(fd, into: buffer, at: offset) } catch {
+                failure = error
+                return 0
+            }
+        }
+        if let failure { throw failure }
+        bytes.removeLast(count - got)
+        return bytes
+    }
+
+    /// Reads into `buffer` with no array per call (the reply lands in `buffer` through the IPC
+    /// client's allocation-free sendReceive): up to `buffer.count` bytes from the file position
+    /// (or `offset`); returns how many, fewer at the end, none past it. Up to 64 KiB come inline
+    /// in the reply; more through the shared region, a megabyte per request.
+    public func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64? = nil) throws(VFSError) -> Int {
+        if buffer.count <= VFSProtocol.maxInlineData {
+            let message = Message(type: .vfsRead, param1: UInt64(fd), param2: UInt64(buffer.count),
+                                  param3: offset ?? VFSProtocol.currentPosition)
+            return min(Int(try call(message, into: buffer).param1), buffer.count)
         }
         let region = try sharedRegion()
-        var result: [UInt8] = []
+        var done = 0
         var nextOffset = offset
-        while result.count < count {
-            let chunk = min(count - result.count, Self.sharedRegionSize)
+        while done < buffer.count {
+            let chunk = min(buffer.count - done, Self.sharedRegionSize)
             var message = Message(type: .vfsRead, param1: UInt64(fd), param2: UInt64(chunk), param3: nextOffset ?? VFSProtocol.currentPosition)
             message.setSharedData(handle: region.handle, count: UInt32(chunk))
-            let n = Int(try call(message).message.param1)
-            result += region.memory.bytes[..<n]
+            let n = min(Int(try call(message, into: UnsafeMutableRawBufferPointer(start: nil, count: 0)).param1), chunk)
+            UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + n)])
+                .copyMemory(from: UnsafeRawBufferPointer(rebasing: region.memory.bytes[..<n]))
+            done += n
             nextOffset = nextOffset.map { $0 + UInt64(n) }
             if n < chunk { break }
         }
-        return result
+        return done
     }
 
     /// Writes all of `bytes` (in several requests when large); returns the count written.

@@ -113,6 +113,33 @@ final class VFSIPCTests: XCTestCase {
 
     /// A server that restarts from a checkpoint gives a reconnecting client (same pid) its
     /// descriptors back, positions included.
+    /// read(into:) fills the caller's buffer: inline (up to 64 KiB), through the shared region
+    /// (more, in several requests), short at the end of the file, with or without an offset, and
+    /// the file position moves as with the array form.
+    func testReadIntoACallersBuffer() throws {
+        let client = try connect()
+        let bytes = (0..<(2 << 20) + 777).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 11) }
+        try client.writeFile("/tmp/into", bytes)
+        let fd = try client.open("/tmp/into")
+        defer { try? client.close(fd) }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: (1 << 20) + 4096, alignment: 64)
+        defer { buffer.deallocate() }
+        func read(_ count: Int, at offset: UInt64? = nil) throws -> [UInt8] {
+            let part = UnsafeMutableRawBufferPointer(rebasing: buffer[..<count])
+            part.initializeMemory(as: UInt8.self, repeating: 0xEE)
+            let n = try client.read(fd, into: part, at: offset)
+            return Array(part[..<n])
+        }
+        XCTAssertEqual(try read(1000), Array(bytes[0..<1000]), "inline, from the position")
+        XCTAssertEqual(try read(65_536), Array(bytes[1000..<66_536]), "inline, the largest")
+        XCTAssertEqual(try read((1 << 20) + 4096), Array(bytes[66_536..<(66_536 + (1 << 20) + 4096)]), "shared region, two requests")
+        XCTAssertEqual(try read(300, at: 5), Array(bytes[5..<305]), "pread leaves the position")
+        XCTAssertEqual(try client.seek(fd, offset: 0, whence: .current), UInt64(66_536 + (1 << 20) + 4096))
+        XCTAssertEqual(try read(200_000, at: UInt64(bytes.count - 100)), Array(bytes[(bytes.count - 100)...]), "short at the end")
+        XCTAssertEqual(try read(10, at: UInt64(bytes.count) + 5), [], "past the end")
+        XCTAssertStatus(.EBADF, try client.read(9999, into: buffer))
+    }
+
     func testDescriptorsSurviveARestartFromTheCheckpoint() throws {
         let client = try connect()
         try client.writeFile("/tmp/survivor", Array("0123456789".utf8))
