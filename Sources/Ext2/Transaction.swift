@@ -106,8 +106,10 @@ extension Ext2FileSystem {
     func commitTransaction() throws(FSError) {
         guard let journal else { return }
         try flushMetadata()
-        defer { transaction.freed.removeAll() }
-        guard !transaction.blocks.isEmpty else { return try store.flush() }
+        guard !transaction.blocks.isEmpty else {
+            transaction.freed.removeAll()
+            return try store.flush()
+        }
         let changes = transaction.blocks.sorted { $0.key < $1.key }.map { (block: $0.key, bytes: $0.value) }
         if journal.fits(changes.count) {
             try journal.commit(changes)
@@ -121,6 +123,9 @@ extension Ext2FileSystem {
         }
         for change in changes where cache.count < cacheLimit { cache[change.block] = change.bytes }
         transaction.blocks.removeAll(keepingCapacity: true)
+        // Only now, with the frees on disk, may the freed blocks be handed out again (a failed
+        // commit keeps them held back and the transaction whole for the next try).
+        transaction.freed.removeAll()
     }
 
     /// Before an operation: commit when the blocks held back as freed are most of what is free,
