@@ -19,6 +19,10 @@ public struct IPCPayload {
     /// Where the handler may put up to `Message.maxInlinePayload` bytes of reply payload; say
     /// how many in `IPCReply.payloadCount`.
     public let reply: UnsafeMutableRawBufferPointer
+    /// The descriptor that came with a message of a type in
+    /// `IPCServer.Configuration.descriptorMessages` (-1: none). The server closes it after the
+    /// handler returns: dup it to keep it.
+    public var descriptor: Int32 = -1
 }
 
 /// A handler's answer. The server builds the reply header from it: same type and sequence as the
