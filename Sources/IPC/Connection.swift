@@ -52,7 +52,8 @@ public struct IPCReply: Equatable, Sendable {
 public enum IPCRefusal {
     /// A reply (flag .reply) was sent to a server.
     public static let replySentToServer: UInt64 = 8
-    /// Descriptors came with a message other than MSG_IPC_SHARE, or more than one with it.
+    /// Descriptors came with a message other than MSG_IPC_SHARE (or a type in the server's
+    /// `descriptorMessages`), or more than one with it.
     public static let unexpectedDescriptors: UInt64 = 9
     /// MSG_IPC_SHARE without a descriptor.
     public static let missingDescriptor: UInt64 = 10

@@ -136,8 +136,7 @@ public final class ServerRuntime: @unchecked Sendable {
 
     // MARK: Capabilities
 
-    /// The descriptor of a granted capability (-1 for a grant without one, such as CAP_BLOCK_READ
-    /// enforced by the peer). Throws `missingCapability`, naming it, when not granted.
+    /// The descriptor of a granted capability (-1 for a grant without one). Throws `missingCapability`, naming it, when not granted.
     public func capability(_ name: String) throws(ServerKitError) -> Int32 {
         guard let fd = capabilityTable.withLock({ $0[name] }) else { throw .missingCapability(name) }
         return fd
