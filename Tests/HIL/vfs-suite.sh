@@ -182,6 +182,19 @@ result $? "supervised: vfs_server carries on after the restart" || { cat "$work/
 result $? "supervised: the restarted storage_server got the tokens again and vfs_server presented them again"
 ! grep -q "refused MSG_BLOCK" <<<"$(storage_log)"
 result $? "supervised: storage_server refused no block request"
+
+# Revoking CAP_BLOCK_WRITE: the supervisor tells storage_server to forget that token, and the
+# next write from vfs_server's connection (which presented it) is refused; reads go on.
+ctl revoke vfs CAP_BLOCK_WRITE >"$work/out" 2>&1
+result $? "supervised: serverctl revoke vfs CAP_BLOCK_WRITE" || cat "$work/out"
+echo "after the revoke" >"$work/cap3.txt"
+! fs put "$work/cap3.txt" /data/cap3.txt >"$work/out" 2>&1
+result $? "supervised: after the revoke a write through vfs_server fails ($(head -1 "$work/out"))"
+refusal=$(grep -m1 -o "refused MSG_BLOCK_WRITE.*" <<<"$(storage_log)")
+grep -q "lacks CAP_BLOCK_WRITE (it presented tokens for CAP_BLOCK_READ)" <<<"$refusal"
+result $? "supervised: storage_server refused it: ${refusal:-no refusal logged}"
+grep -q "vfs's block token withdrawn" <<<"$(storage_log)"
+result $? "supervised: storage_server was told the token is withdrawn"
 kill -TERM "$supervisor"
 wait "$supervisor"
 result $? "supervised: limitless-supervisor stops with exit 0"
