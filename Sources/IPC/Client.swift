@@ -405,6 +405,14 @@ public final class IPCClient {
         return UInt32(reply.message.param1)
     }
 
+    /// Sends `message` with `descriptor` attached (SCM_RIGHTS) and waits for the reply: for the
+    /// types a server takes a descriptor with (`IPCServer.Configuration.descriptorMessages`),
+    /// such as MSG_BLOCK_PRESENT_CAPABILITY. The descriptor stays ours too.
+    public func sendReceive(_ message: Message, descriptor: Int32, timeout: Duration? = .seconds(10)) throws(IPCError) -> Reply {
+        let sequence = try send(message, payload: UnsafeRawBufferPointer(start: nil, count: 0), descriptor: descriptor)
+        return try awaitReply(sequence: sequence, timeout: timeout)
+    }
+
     /// Tells the server to forget a handle (close its descriptor, unmap).
     public func release(handle: UInt32, timeout: Duration? = .seconds(10)) throws(IPCError) {
         let reply = try sendReceive(Message(type: .ipcRelease, param1: UInt64(handle)), timeout: timeout)

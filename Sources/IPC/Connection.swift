@@ -19,6 +19,10 @@ public struct IPCPayload {
     /// Where the handler may put up to `Message.maxInlinePayload` bytes of reply payload; say
     /// how many in `IPCReply.payloadCount`.
     public let reply: UnsafeMutableRawBufferPointer
+    /// The descriptor that came with a message of a type in
+    /// `IPCServer.Configuration.descriptorMessages` (-1: none). The server closes it after the
+    /// handler returns: dup it to keep it.
+    public var descriptor: Int32 = -1
 }
 
 /// A handler's answer. The server builds the reply header from it: same type and sequence as the
@@ -48,7 +52,8 @@ public struct IPCReply: Equatable, Sendable {
 public enum IPCRefusal {
     /// A reply (flag .reply) was sent to a server.
     public static let replySentToServer: UInt64 = 8
-    /// Descriptors came with a message other than MSG_IPC_SHARE, or more than one with it.
+    /// Descriptors came with a message other than MSG_IPC_SHARE (or a type in the server's
+    /// `descriptorMessages`), or more than one with it.
     public static let unexpectedDescriptors: UInt64 = 9
     /// MSG_IPC_SHARE without a descriptor.
     public static let missingDescriptor: UInt64 = 10

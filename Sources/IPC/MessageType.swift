@@ -54,6 +54,9 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// Carries a sealed memfd the server maps for DMA; reply param1 names it in later requests.
     public static let blockRegisterBuffer = MessageType(rawValue: 0x0206)
     public static let blockUnregisterBuffer = MessageType(rawValue: 0x0207)
+    /// Carries a capability token (SCM_RIGHTS) the supervisor gave the client as its
+    /// CAP_BLOCK_READ or CAP_BLOCK_WRITE; the server grants the connection what the token stands for.
+    public static let blockPresentCapability = MessageType(rawValue: 0x0208)
 
     // 0x0300: USB (usb_server).
     public static let usbListDevices = MessageType(rawValue: 0x0300)
@@ -83,6 +86,9 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let supervisorDependencyState = MessageType(rawValue: 0x0507)
     /// Supervisor to a server: a capability is withdrawn; its descriptors are to be closed.
     public static let supervisorCapabilityRevoke = MessageType(rawValue: 0x0508)
+    /// Supervisor to a block provider: a client's CAP_BLOCK_* token (SCM_RIGHTS), param1 its
+    /// rights (0: withdrawn), inline the holder's name.
+    public static let supervisorBlockToken = MessageType(rawValue: 0x0509)
 
     /// The seed-style name (`MSG_VFS_OPEN`), or nil for a number not in the registry.
     public var name: String? {
@@ -123,6 +129,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         case 0x0205: "MSG_BLOCK_TRIM"
         case 0x0206: "MSG_BLOCK_REGISTER_BUFFER"
         case 0x0207: "MSG_BLOCK_UNREGISTER_BUFFER"
+        case 0x0208: "MSG_BLOCK_PRESENT_CAPABILITY"
         case 0x0300: "MSG_USB_LIST_DEVICES"
         case 0x0301: "MSG_USB_DEVICE_DESCRIPTOR"
         case 0x0302: "MSG_USB_CONTROL_TRANSFER"
@@ -143,6 +150,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         case 0x0506: "MSG_SUPERVISOR_CONTROL"
         case 0x0507: "MSG_SUPERVISOR_DEPENDENCY_STATE"
         case 0x0508: "MSG_SUPERVISOR_CAPABILITY_REVOKE"
+        case 0x0509: "MSG_SUPERVISOR_BLOCK_TOKEN"
         default: nil
         }
     }

@@ -47,6 +47,13 @@ public final class IPCServer: @unchecked Sendable {
         public var maxRingCapacity = 1024
         /// How ring threads wait for requests: spin briefly, then sleep on the futex.
         public var ringWaitPolicy = RingWaitPolicy.adaptive
+        /// Message types besides MSG_IPC_SHARE that may carry one descriptor (SCM_RIGHTS): the
+        /// handler sees it as `IPCPayload.descriptor`, valid during the call only (the server
+        /// closes it afterwards). Any other type with a descriptor is refused with EBADMSG.
+        public var descriptorMessages: [MessageType] = []
+        /// Called on the serving thread when a client's connection ends (it went away, was
+        /// disconnected, or the server stopped), so a handler can forget what it kept per connection.
+        public var connectionEnded: (@Sendable (IPCConnection) -> Void)? = nil
         public init() {}
     }
 
@@ -283,6 +290,7 @@ public final class IPCServer: @unchecked Sendable {
         _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, client.fd, nil)
         closeDescriptor(client.fd)
         connections.wrappingDecrement(ordering: .relaxed)
+        configuration.connectionEnded?(client.connection)
     }
 
     private func releaseBuffer(_ buffer: Int32) {
@@ -390,7 +398,7 @@ public final class IPCServer: @unchecked Sendable {
         message.senderGID = client.connection.credentials.gid
 
         let descriptor = poolFDs[Int(buffer)]
-        if descriptor == -2 || (descriptor >= 0 && message.type != .ipcShare) {
+        if descriptor == -2 || (descriptor >= 0 && message.type != .ipcShare && !configuration.descriptorMessages.contains(message.type)) {
             return protocolError(slot, type: message.type, sequence: message.sequence, status: .EBADMSG,
                                  code: IPCRefusal.unexpectedDescriptors)
         }
@@ -443,7 +451,9 @@ public final class IPCServer: @unchecked Sendable {
             writable = region.writable ? view : nil
         }
         let payload = IPCPayload(inline: inline, data: data, writableData: writable,
-                                 reply: UnsafeMutableRawBufferPointer(rebasing: replyBuffer[Message.headerSize...]))
+                                 reply: UnsafeMutableRawBufferPointer(rebasing: replyBuffer[Message.headerSize...]),
+                                 descriptor: descriptor)
+        // A descriptor the handler was shown stays in the pool slot: `releaseBuffer` closes it.
         var reply = handler(message, payload, client.connection)
         if reply.payloadCount < 0 || reply.payloadCount > Message.maxInlinePayload { reply = .error(.EIO) }
         sendReply(slot, type: message.type, sequence: message.sequence, reply: reply)

@@ -13,7 +13,8 @@
 /// Environment:
 /// - `LIMITLESS_SERVER_NAME`: the server's name from servers.conf.
 /// - `LIMITLESS_CAPABILITIES`: `CAP_NAME=FD,CAP_NAME=FD,...` (a capability granted without a
-///   descriptor, such as CAP_BLOCK_READ enforced by the peer, appears as `CAP_NAME=-1`).
+///   descriptor appears as `CAP_NAME=-1`; CAP_BLOCK_READ / CAP_BLOCK_WRITE are token memfds the
+///   block provider checks, see `supervisorBlockToken`).
 /// - `LIMITLESS_RUNTIME_DIR`: where servers' sockets live (default /run/limitless).
 /// - `LIMITLESS_INSTANCE`: 1 for the first start, then counting restarts.
 /// - `LIMITLESS_WATCHDOG_MS`: the heartbeat deadline in milliseconds (absent: no watchdog).
@@ -32,6 +33,9 @@
 /// - `supervisorCapabilityRevoke`: inline capability name; the server closes the descriptor and
 ///   confirms. One that does not confirm within the supervisor's revoke deadline is restarted
 ///   without the capability (a process cannot be made to close a descriptor) (`serverctl revoke`).
+/// - `supervisorBlockToken`: to a block provider: the CAP_BLOCK_* token of a server that uses it
+///   (SCM_RIGHTS), param1 = the right (1 read, 2 write; 0 withdrawn), inline the holder's name.
+///   Those for a starting provider are queued before it is spawned.
 /// - `supervisorDependencyState`: a server this one depends on went down / came up / failed
 ///   (param1 = `DependencyState`, param2 = its instance, inline name). The dependent keeps running.
 /// Stopping is SIGTERM, then SIGKILL after the grace period.

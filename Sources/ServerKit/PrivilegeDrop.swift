@@ -138,8 +138,11 @@ extension ServerRuntime {
     /// Drops privileges before serving: sets no_new_privs (execve can never again raise
     /// privileges) and, with `seccomp`, installs a filter allowing the base system calls plus
     /// what the granted capabilities need (`SeccompPolicy`) plus `extraSyscalls`; anything else
-    /// then fails with EPERM. Call after opening files and setting up endpoints.
-    public func dropPrivileges(seccomp: Bool = true, extraSyscalls: [String] = []) throws(ServerKitError) {
+    /// then fails with EPERM. Call after opening files and setting up endpoints. `capabilities`
+    /// replaces the granted names (a standalone server that opened its device itself names the
+    /// capabilities it acts with).
+    public func dropPrivileges(seccomp: Bool = true, capabilities: [String]? = nil, extraSyscalls: [String] = []) throws(ServerKitError) {
+        let capabilityNames = capabilities ?? self.capabilityNames
         guard CL_sk_set_no_new_privs() == 0 else { throw .privilegeDrop("prctl(PR_SET_NO_NEW_PRIVS)", Errno(rawValue: CL_errno())) }
         guard seccomp else {
             log(.info, "privileges dropped: no_new_privs")

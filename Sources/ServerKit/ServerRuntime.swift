@@ -73,6 +73,7 @@ public final class ServerRuntime: @unchecked Sendable {
     let dependencies = DependencyWatch()
     /// Handlers for run-time grants and revokes (`onCapabilityChange`).
     let capabilityHandlers = CapabilityHandlers()
+    let blockTokenHandler = BlockTokenHandler()
     /// The channel, for the extensions in other files (nil when standalone).
     var supervisorLink: SupervisorLink? { link }
 
@@ -135,8 +136,7 @@ public final class ServerRuntime: @unchecked Sendable {
 
     // MARK: Capabilities
 
-    /// The descriptor of a granted capability (-1 for a grant without one, such as CAP_BLOCK_READ
-    /// enforced by the peer). Throws `missingCapability`, naming it, when not granted.
+    /// The descriptor of a granted capability (-1 for a grant without one). Throws `missingCapability`, naming it, when not granted.
     public func capability(_ name: String) throws(ServerKitError) -> Int32 {
         guard let fd = capabilityTable.withLock({ $0[name] }) else { throw .missingCapability(name) }
         return fd
@@ -226,6 +226,8 @@ public final class ServerRuntime: @unchecked Sendable {
         case .supervisorCapabilityRevoke where !received.message.flags.contains(.reply):
             if received.descriptor >= 0 { _ = Glibc.close(received.descriptor) }
             applyRevoke(received.message, payload: received.payload)
+        case .supervisorBlockToken:
+            applyBlockToken(received.message, payload: received.payload, descriptor: received.descriptor)
         case .supervisorDependencyState:
             if received.descriptor >= 0 { _ = Glibc.close(received.descriptor) }
             let notice = received.payload.withUnsafeBytes { DependencyNotice(message: received.message, payload: $0) }

@@ -12,6 +12,23 @@ public final class BlockClient {
         BlockClient(connection: try IPCClient.connect(name: name, directory: directory))
     }
 
+    /// Connects and presents `tokens` (this process's CAP_BLOCK_READ / CAP_BLOCK_WRITE
+    /// descriptors). A refused token is not an error here: the requests it would have allowed
+    /// are answered EACCES, and the server logs why.
+    public static func connect(name: String, directory: String, presenting tokens: [Int32]) throws(IPCError) -> BlockClient {
+        let client = try connect(name: name, directory: directory)
+        for token in tokens { _ = try client.present(token: token) }
+        return client
+    }
+
+    /// MSG_BLOCK_PRESENT_CAPABILITY: sends the token descriptor (SCM_RIGHTS); on success the
+    /// connection's rights now.
+    public func present(token: Int32) throws(IPCError) -> Result<BlockRights, IPCStatus> {
+        let reply = try connection.sendReceive(Message(type: .blockPresentCapability), descriptor: token, timeout: timeout)
+        guard reply.status.isOK else { return .failure(reply.status) }
+        return .success(BlockRights(rawValue: reply.message.param1))
+    }
+
     public func openNamespace(_ nsid: UInt32) throws(IPCError) -> Result<BlockGeometry, IPCStatus> {
         let reply = try connection.sendReceive(Message(type: .blockOpenNamespace, param1: UInt64(nsid)), timeout: timeout)
         guard reply.status.isOK else { return .failure(reply.status) }

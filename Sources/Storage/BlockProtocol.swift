@@ -16,6 +16,16 @@ import IPC
 /// | MSG_BLOCK_TRIM             | nsid   | LBA    | blocks | none                                             | ok (the range is deallocated; reads return what DLFEAT says)    |
 /// | MSG_BLOCK_REGISTER_BUFFER  | 0 or 1 | -      | -      | shared: the region (range) to register: writable, page aligned, whole pages; param1 1: the region is a `BlockRing` | ok; param1 = the share handle, param2 = bytes registered |
 /// | MSG_BLOCK_UNREGISTER_BUFFER| handle | -      | -      | none                                             | ok (the pages are unmapped from the device)                      |
+/// | MSG_BLOCK_PRESENT_CAPABILITY | -    | -      | -      | none; one descriptor (SCM_RIGHTS): a CAP_BLOCK_READ or CAP_BLOCK_WRITE token from the supervisor | ok; param1 = the connection's rights now (`BlockRights`: 1 read, 2 write) |
+///
+/// Access: capabilities are descriptors. The supervisor gives each server granted CAP_BLOCK_READ
+/// or CAP_BLOCK_WRITE a token (a sealed memfd) and tells the block provider which token stands
+/// for which right (`BlockCapabilityTokens`). A client presents its tokens once per connection
+/// (MSG_BLOCK_PRESENT_CAPABILITY); from then on the connection has exactly the rights of the
+/// tokens it presented, re-checked per request, so a revoke takes effect on its next request.
+/// A connection that presents nothing is judged by its uid (`BlockAccessPolicy`; storage_server
+/// admits root only unless `--allow-uid` says otherwise). Present errors: EACCES (not a token
+/// this server knows, or revoked), EINVAL (no descriptor).
 ///
 /// Zero copy: after MSG_BLOCK_REGISTER_BUFFER the server has the client's pages mapped in the
 /// device's IOMMU domain (VFIO_IOMMU_MAP_DMA on its own mapping of the memfd, once). A read or
@@ -42,8 +52,9 @@ import IPC
 ///   submitted; also when the device itself reports LBA Out of Range).
 /// - `EMSGSIZE`: an inline read of more than 64 KiB, or a request over
 ///   `BlockProtocol.maxSharedBytes` (send larger transfers as several requests).
-/// - `EACCES`: the client's uid is not allowed (CAP_BLOCK_READ for open/geometry/read,
-///   CAP_BLOCK_WRITE for write/flush/trim; see `BlockAccessPolicy`).
+/// - `EACCES`: the connection lacks the capability: CAP_BLOCK_READ for open/geometry/read,
+///   CAP_BLOCK_WRITE for write/flush/trim (its presented tokens, or without tokens its uid; see
+///   `BlockAccessPolicy`). The server logs which capability was missing.
 /// - `EIO`: the device failed the command (the NVMe status is logged by the server).
 /// - `EBADF`: an unknown shared-memory handle (answered by the IPC layer).
 /// - `ENOSYS`: a message type this server does not serve.
@@ -172,9 +183,10 @@ public enum BlockRequestDecoder {
     }
 }
 
-/// Who may use the server. `CAP_BLOCK_READ` (open, geometry, read) and `CAP_BLOCK_WRITE` (write,
-/// flush, trim) are checked per request against the client's uid from SO_PEERCRED. The default
-/// accepts every uid: in this first step the socket's file permissions are the real fence.
+/// Who may use the server without presenting capability tokens: `CAP_BLOCK_READ` (open,
+/// geometry, read) and `CAP_BLOCK_WRITE` (write, flush, trim) are checked per request against
+/// the client's uid from SO_PEERCRED. storage_server uses `rootOnly` unless told otherwise
+/// (an administrator's `limitless-storage`); servers prove their rights with tokens instead.
 public struct BlockAccessPolicy: Equatable, Sendable {
     public enum Rule: Equatable, Sendable {
         case anyone
@@ -196,6 +208,7 @@ public struct BlockAccessPolicy: Equatable, Sendable {
     }
 
     public static let acceptAll = BlockAccessPolicy()
+    public static let rootOnly = BlockAccessPolicy(readers: .uids([0]), writers: .uids([0]))
 
     public func allows(_ request: BlockRequest, uid: UInt32) -> Bool {
         request.isWrite ? writers.allows(uid) : readers.allows(uid)

@@ -6,8 +6,17 @@ import Platform
 /// `handle` runs on the IPC server's one thread, which is also the only user of the device.
 public final class BlockServer: @unchecked Sendable {
     public let device: any BlockDevice
+    /// Who may use the server without presenting a capability token (by uid).
     public let policy: BlockAccessPolicy
+    /// The CAP_BLOCK_* tokens the supervisor said stand for rights (see `BlockCapabilityTokens`).
+    public let tokens: BlockCapabilityTokens
+    /// The rights each connection proved with tokens (serving thread only).
+    private var presented = PresentedCapabilities()
+    /// Requests refused for a missing capability.
+    public private(set) var refusals: UInt64 = 0
     private let log: @Sendable (String) -> Void
+    /// Where routine access news goes (a token presented); `log` gets refusals and errors.
+    public var info: @Sendable (String) -> Void = { _ in }
     /// Requests served (any status), for statistics.
     public private(set) var requests: UInt64 = 0
     public private(set) var deviceErrors: UInt64 = 0
@@ -27,9 +36,11 @@ public final class BlockServer: @unchecked Sendable {
     public private(set) var ringRequests: UInt64 = 0
     public var ringCount: Int { rings.count }
 
-    public init(device: any BlockDevice, policy: BlockAccessPolicy = .acceptAll, log: @escaping @Sendable (String) -> Void = { _ in }) {
+    public init(device: any BlockDevice, policy: BlockAccessPolicy = .acceptAll, tokens: BlockCapabilityTokens = BlockCapabilityTokens(),
+                log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.device = device
         self.policy = policy
+        self.tokens = tokens
         self.log = log
         direct = device as? any DirectBlockDevice
         queued = device as? any QueuedBlockDevice
@@ -41,8 +52,13 @@ public final class BlockServer: @unchecked Sendable {
     }
 
     /// The same with the IPC server's limits spelled out.
+    /// MSG_BLOCK_PRESENT_CAPABILITY is let through with its descriptor, and a connection's
+    /// presented capabilities are forgotten when it ends.
     public func makeIPCServer(name: String, directory: String, configuration: IPCServer.Configuration) throws(IPCError) -> IPCServer {
-        try IPCServer(name: name, directory: directory, configuration: configuration) { [self] message, payload, connection in
+        var configuration = configuration
+        configuration.descriptorMessages.append(.blockPresentCapability)
+        configuration.connectionEnded = { [self] connection in connectionEnded(connection.id) }
+        return try IPCServer(name: name, directory: directory, configuration: configuration) { [self] message, payload, connection in
             handle(message, payload, uid: connection.credentials.uid, client: connection.id, pid: connection.credentials.pid)
         }
     }
@@ -69,6 +85,9 @@ public final class BlockServer: @unchecked Sendable {
         if message.type == .blockRegisterBuffer || message.type == .blockUnregisterBuffer {
             return registration(message, payload, uid: uid, client: client, pid: pid)
         }
+        if message.type == .blockPresentCapability {
+            return present(payload.descriptor, client: client, uid: uid, pid: pid)
+        }
         let sharedWritable: Bool
         if case .shared = message.data { sharedWritable = payload.writableData != nil } else { sharedWritable = true }
         let request: BlockRequest
@@ -76,8 +95,8 @@ public final class BlockServer: @unchecked Sendable {
         case .failure(let status): return .error(status)
         case .success(let decoded): request = decoded
         }
-        guard policy.allows(request, uid: uid) else {
-            log("uid \(uid) refused \(message.type) (\(request.isWrite ? "CAP_BLOCK_WRITE" : "CAP_BLOCK_READ") not allowed)")
+        guard allows(write: request.isWrite, client: client, uid: uid) else {
+            refuse(message.type, needing: .needed(write: request.isWrite), client: client, uid: uid, pid: pid)
             return .error(.EACCES)
         }
         let geometry = device.geometry(request.nsid)!
@@ -127,13 +146,55 @@ public final class BlockServer: @unchecked Sendable {
         }
     }
 
+    // MARK: Access (CAP_BLOCK_READ, CAP_BLOCK_WRITE)
+
+    /// Whether connection `client` may run a request that reads (`write` false) or changes the
+    /// device. A connection that presented capability tokens has exactly the rights they stand
+    /// for now; one that presented nothing is judged by its uid (`policy`).
+    @inline(__always)
+    func allows(write: Bool, client: UInt64, uid: UInt32) -> Bool {
+        if let rights = presented.rights(client: client, table: tokens) { return rights.contains(.needed(write: write)) }
+        return write ? policy.writers.allows(uid) : policy.readers.allows(uid)
+    }
+
+    private func refuse(_ type: MessageType, needing rights: BlockRights, client: UInt64, uid: UInt32, pid: Int32) {
+        refusals &+= 1
+        let proved = presented.rights(client: client, table: tokens)
+        log("refused \(type) from connection \(client) (pid \(pid), uid \(uid)): it lacks \(rights) ("
+            + (proved.map { "it presented tokens for \($0)" } ?? "no token presented, and uid \(uid) is not allowed by --allow-uid") + ")")
+    }
+
+    /// MSG_BLOCK_PRESENT_CAPABILITY: identifies the token by its file (the IPC server closes the
+    /// received descriptor after this) and adds its rights to the connection's. Replies with the
+    /// connection's rights in param1; an unknown or revoked token is refused with EACCES, a
+    /// message without a descriptor with EINVAL.
+    private func present(_ descriptor: Int32, client: UInt64, uid: UInt32, pid: Int32) -> IPCReply {
+        guard descriptor >= 0 else { return .error(.EINVAL) }
+        guard let (entry, token) = tokens.lookup(descriptor: descriptor) else {
+            refusals &+= 1
+            log("connection \(client) (pid \(pid), uid \(uid)) presented a descriptor that is no CAP_BLOCK token the supervisor gave out: refused")
+            return .error(.EACCES)
+        }
+        let rights = presented.add(token, client: client, table: tokens)
+        info("connection \(client) (pid \(pid)) presented \(entry.holder)'s \(entry.rights) token; it now has \(rights)")
+        return IPCReply(param1: rights.rawValue)
+    }
+
+    /// Forgets what connection `client` presented (its connection ended).
+    func connectionEnded(_ client: UInt64) {
+        presented.forget(client: client)
+    }
+
+    /// Connections that presented tokens and are still open.
+    public var connectionsWithTokens: Int { presented.count }
+
     // MARK: Registered buffers (zero copy)
 
     /// MSG_BLOCK_REGISTER_BUFFER / MSG_BLOCK_UNREGISTER_BUFFER (see `BlockProtocol`).
     private func registration(_ message: Message, _ payload: IPCPayload, uid: UInt32, client: UInt64, pid: Int32) -> IPCReply {
         guard let direct else { return .error(.ENOTSUP) }
-        guard policy.readers.allows(uid) || policy.writers.allows(uid) else {
-            log("uid \(uid) refused \(message.type) (neither CAP_BLOCK_READ nor CAP_BLOCK_WRITE allowed)")
+        guard allows(write: false, client: client, uid: uid) || allows(write: true, client: client, uid: uid) else {
+            refuse(message.type, needing: [.read, .write], client: client, uid: uid, pid: pid)
             return .error(.EACCES)
         }
         if message.type == .blockUnregisterBuffer {
@@ -302,9 +363,10 @@ public final class BlockServer: @unchecked Sendable {
         let offset = Int(request.dataOffset)
         guard offset & 3 == 0, offset <= ring.data.size, bytes <= ring.data.size - offset else { return .EINVAL }
         let write = request.opcode == BlockRing.opcodeWrite
-        guard policy.allows(write ? .write(nsid: request.nsid, lba: request.lba, blocks: Int(request.blocks))
-                                  : .read(nsid: request.nsid, lba: request.lba, blocks: Int(request.blocks), toShared: true),
-                            uid: ring.uid) else { return .EACCES }
+        guard allows(write: write, client: ring.client, uid: ring.uid) else {
+            refuse(write ? .blockWrite : .blockRead, needing: .needed(write: write), client: ring.client, uid: ring.uid, pid: 0)
+            return .EACCES
+        }
         let slot = ring.hold(tag: request.tag, bytes: UInt32(bytes))
         do throws(BlockDeviceError) {
             try device.submit(write: write, nsid: request.nsid, lba: request.lba, blocks: Int(request.blocks),

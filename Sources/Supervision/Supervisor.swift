@@ -48,6 +48,8 @@ public final class Supervisor: @unchecked Sendable {
     public let logs: LogStore
 
     let lock = Lock()
+    /// CAP_BLOCK_READ / CAP_BLOCK_WRITE tokens (under the lock).
+    let blockTokens = BlockTokenStore()
     var servers: [ServerProcess] = []
     var byName: [String: ServerProcess] = [:]
     let epollFD: Int32

@@ -45,12 +45,14 @@ extension Supervisor {
                 if !server.configuration.capabilities.contains(capability) { server.grantedAtRuntime.insert(capability) }
                 server.pendingRevokes[capability.description] = nil
             }
+            announceBlockTokens(holder: server, capabilities: capabilities, granted: true)
             guard server.isAlive, server.channel >= 0 else {
                 note(server, .notice, "granted \(names.joined(separator: ", ")) from its next start (not running now)")
                 return []
             }
             let effective = server.effectiveConfiguration
             var provided = options.capabilityDescriptors(effective)
+            provided.merge(blockTokenDescriptors(for: effective)) { _, token in token }
             if let provider = options.capabilityProvider {
                 do {
                     provided.merge(try provider.descriptors(for: effective)) { _, device in device }
@@ -98,6 +100,8 @@ extension Supervisor {
                 server.grantedAtRuntime.remove(capability)
                 if server.configuration.capabilities.contains(capability) { server.revokedAtRuntime.insert(capability) }
             }
+            // The providers forget the token first: its next request is refused even before it closes it.
+            announceBlockTokens(holder: server, capabilities: capabilities, granted: false)
             guard server.isAlive, server.channel >= 0 else {
                 server.capabilities.removeAll { keys.contains($0.name) }
                 note(server, .notice, "revoked \(keys.joined(separator: ", ")) (not running now)")

@@ -203,6 +203,7 @@ extension Supervisor {
         let config = server.effectiveConfiguration
         // Device capabilities first: a server whose devices cannot be opened does not start.
         var provided = options.capabilityDescriptors(config)
+        provided.merge(blockTokenDescriptors(for: config)) { _, token in token }
         if let provider = options.capabilityProvider {
             do {
                 provided.merge(try provider.descriptors(for: config)) { _, device in device }
@@ -236,6 +237,8 @@ extension Supervisor {
                 throw .systemCall("socketpair", errno)
             }
             defer { close(pair[1]) }
+            // Waiting on its channel when it starts: the tokens of the grants it serves.
+            queueBlockTokens(for: config, channel: pair[0])
             // Capabilities: descriptors from 5 up, in the order of the sorted grant list.
             var descriptors: [Int32] = [pair[1], server.checkpoint!.fileDescriptor.rawValue]
             var capabilities: [(name: String, fd: Int32)] = []

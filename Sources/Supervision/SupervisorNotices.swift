@@ -24,12 +24,17 @@ extension Supervisor {
     /// its channel loses the message, not the supervisor's time). False when it was not sent.
     @discardableResult
     func send(_ message: Message, payload: [UInt8] = [], descriptor: Int32 = -1, to server: ServerProcess) -> Bool {
-        guard server.channel >= 0, payload.count <= Message.maxInlinePayload else { return false }
+        send(message, payload: payload, descriptor: descriptor, channel: server.channel)
+    }
+
+    /// The same on a channel descriptor (a server's, possibly before it is spawned).
+    func send(_ message: Message, payload: [UInt8] = [], descriptor: Int32 = -1, channel: Int32) -> Bool {
+        guard channel >= 0, payload.count <= Message.maxInlinePayload else { return false }
         return withUnsafeTemporaryAllocation(byteCount: Message.headerSize, alignment: 16) { header in
             message.encode(into: header)
             var fd = descriptor
             let sent = payload.withUnsafeBytes { body in
-                CL_ipc_send(server.channel, header.baseAddress, Message.headerSize, body.baseAddress, body.count,
+                CL_ipc_send(channel, header.baseAddress, Message.headerSize, body.baseAddress, body.count,
                             &fd, descriptor >= 0 ? 1 : 0, CL_MSG_NOSIGNAL | CL_MSG_DONTWAIT)
             }
             return sent >= 0

@@ -25,10 +25,11 @@ public enum MountSources {
         return try ext2(on: store, readOnly: readOnly, cachePages: cachePages, what: "image \(path)", log: log)
     }
 
-    /// Namespace `nsid` of the storage server at `directory/name.sock`.
-    public static func storage(name: String, directory: String, nsid: UInt32, readOnly: Bool, cachePages: Int,
+    /// Namespace `nsid` of the storage server at `directory/name.sock`, presenting `tokens()`
+    /// (the CAP_BLOCK_* descriptors held then) on each connection.
+    public static func storage(name: String, directory: String, nsid: UInt32, tokens: @escaping () -> [Int32] = { [] }, readOnly: Bool, cachePages: Int,
                                log: @escaping (String) -> Void) throws(FSError) -> Mounted {
-        let store = try StorageBlockStore(name: name, directory: directory, nsid: nsid)
+        let store = try StorageBlockStore(name: name, directory: directory, nsid: nsid, tokens: tokens)
         let what = "storage \(name) nsid \(nsid) (\(store.capacity / UInt64(store.sectorSize)) blocks of \(store.sectorSize))"
         // The page cache takes its pool from the store (registered with the server: the device
         // DMAs straight into cached pages); say whether that worked.

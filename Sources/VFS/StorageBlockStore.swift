@@ -100,9 +100,14 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
     }
 
     /// Connects to the storage server `name` in `directory`, and reconnects the same way after
-    /// it restarts.
-    public convenience init(name: String, directory: String, nsid: UInt32) throws(FSError) {
-        let connect = { () throws(IPCError) -> BlockClient in try BlockClient.connect(name: name, directory: directory) }
+    /// it restarts. `tokens` gives the CAP_BLOCK_READ / CAP_BLOCK_WRITE descriptors held at the
+    /// time (asked again per connection: a revoked one is gone); they are presented on every
+    /// connection, the first and each one after a restart.
+    public convenience init(name: String, directory: String, nsid: UInt32,
+                            tokens: @escaping () -> [Int32] = { [] }) throws(FSError) {
+        let connect = { () throws(IPCError) -> BlockClient in
+            try BlockClient.connect(name: name, directory: directory, presenting: tokens())
+        }
         let client: BlockClient
         do {
             client = try connect()

@@ -75,6 +75,15 @@ struct TestServerBehaviour {
         if !runtime.capabilityNames.isEmpty {
             say("capabilities: " + runtime.capabilityNames.joined(separator: ","))
         }
+        // Block tokens: which file each CAP_BLOCK_* descriptor is, and which tokens the
+        // supervisor passes this server as a block provider (the inodes must match).
+        for name in runtime.capabilityNames where name.hasPrefix("CAP_BLOCK_") {
+            if let fd = try? runtime.capability(name), fd >= 0 { say("token: \(name) inode \(Self.inode(fd))") }
+        }
+        runtime.onBlockToken { notice in
+            print("block token: \(notice.holder) rights \(notice.rights) inode \(Self.inode(notice.descriptor))")
+            fflush(nil)
+        }
         // Grants and revokes at run time: what the descriptor is, to show it is the real thing.
         runtime.onCapabilityChange { change in
             var line = "capability: \(change.name) " + (change.granted ? "granted" : "revoked")
@@ -110,6 +119,11 @@ struct TestServerBehaviour {
         runtime.shutdown()
         endpoint?.stop()
         return 0
+    }
+
+    static func inode(_ descriptor: Int32) -> UInt64 {
+        var info = stat()
+        return fstat(descriptor, &info) == 0 ? UInt64(info.st_ino) : 0
     }
 
     /// What /proc/self/fd/N points at (`/dev/null`, `/memfd:NAME (deleted)`, `anon_inode:[eventfd]`).

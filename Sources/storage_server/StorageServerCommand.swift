@@ -21,6 +21,12 @@ struct StorageServerCommand: ParsableCommand {
             the VFIO device and container descriptors granted as CAP_MMIO_<LABEL> and CAP_DMA_ALLOC. Brings the \
             controller up, creates one I/O queue pair, registers with the supervisor and serves \
             RUNTIME_DIR/NAME.sock until SIGTERM (exit 0). Protocol: Sources/Storage/BlockProtocol.swift.
+
+            Access: a client that presents CAP_BLOCK_READ / CAP_BLOCK_WRITE tokens (descriptors the \
+            supervisor granted it; MSG_BLOCK_PRESENT_CAPABILITY) gets exactly those rights. A client that \
+            presents nothing is judged by its uid: root (uid 0) only, unless --allow-uid names others \
+            (an administrator's limitless-storage runs as root). Once listening it installs a seccomp \
+            filter (no open, no exec, no socket but AF_UNIX; --no-seccomp to debug).
             """)
 
     @Option(help: "The NVMe function (standalone; with capabilities only for display).")
@@ -35,8 +41,11 @@ struct StorageServerCommand: ParsableCommand {
     @Option(help: "With several CAP_MMIO_<LABEL> grants, the label to serve.")
     var label: String?
 
-    @Option(name: .customLong("allow-uid"), help: "Only these uids may use the server (repeatable; default: every uid).")
+    @Option(name: .customLong("allow-uid"), help: "Uids that may read and write without presenting capability tokens (repeatable; default: 0, root only).")
     var allowUIDs: [UInt32] = []
+
+    @Flag(help: "Do not install the seccomp filter (debugging).")
+    var noSeccomp = false
 
     @Flag(help: "Poll the I/O completion queue instead of sleeping on its MSI-X vector (lower latency, one core busy while requests are in flight).")
     var poll = false
@@ -58,6 +67,18 @@ struct StorageServerCommand: ParsableCommand {
             throw ExitCode(78)
         }
         phases.mark("runtime")
+        // The supervisor queued the CAP_BLOCK_* tokens of our clients before starting us: take
+        // them all before listening, so no client presents a token we have not heard of yet.
+        let tokens = BlockCapabilityTokens()
+        runtime.onBlockToken { notice in
+            let rights = BlockRights(rawValue: notice.rights)
+            if tokens.update(descriptor: notice.descriptor, rights: rights, holder: notice.holder) {
+                runtime.log(.info, rights.isEmpty ? "\(notice.holder)'s block token withdrawn" : "\(notice.holder) holds \(rights) (token)")
+            } else {
+                runtime.log(.warning, "could not record \(notice.holder)'s block token (rights \(notice.rights))")
+            }
+        }
+        try? runtime.pollSupervisor()
         var capabilities: [String: Int32] = [:]
         for capability in runtime.capabilityNames {
             capabilities[capability] = (try? runtime.capability(capability)) ?? -1
@@ -84,12 +105,23 @@ struct StorageServerCommand: ParsableCommand {
         if poll { opened.blockDevice.queue.polling = true }
         runtime.log(.info, "serving \(opened.summary)" + (poll ? " (completions polled)" : ""))
 
-        let policy = allowUIDs.isEmpty ? BlockAccessPolicy.acceptAll
+        let policy = allowUIDs.isEmpty ? BlockAccessPolicy.rootOnly
             : BlockAccessPolicy(readers: .uids(Set(allowUIDs)), writers: .uids(Set(allowUIDs)))
-        let server = BlockServer(device: opened.blockDevice, policy: policy) { runtime.log(.error, $0) }
+        let server = BlockServer(device: opened.blockDevice, policy: policy, tokens: tokens) { runtime.log(.error, $0) }
+        server.info = { runtime.log(.info, $0) }
         let directory = runtimeDir ?? runtime.environment.runtimeDirectory
         let socketName = name ?? runtime.name
         let endpoint = try server.makeIPCServer(name: socketName, directory: directory)
+        if !noSeccomp {
+            do {
+                try runtime.dropPrivileges(capabilities: StorageSandbox.capabilities(granted: runtime.capabilityNames),
+                                           extraSyscalls: StorageSandbox.extraSyscalls)
+            } catch {
+                runtime.log(.critical, "\(error)")
+                endpoint.stop()
+                throw ExitCode(1)
+            }
+        }
         // Served on the loop's thread, which also unmaps the registered buffers of vanished
         // clients (zero copy).
         let loop = BlockServingLoop(server: server, endpoint: endpoint)
@@ -97,7 +129,7 @@ struct StorageServerCommand: ParsableCommand {
         loop.start()
         phases.mark("listening")
         runtime.log(.info, "listening on \(endpoint.endpoint.socketPath)"
-            + (allowUIDs.isEmpty ? " (every uid accepted)" : " (uids \(allowUIDs.map(String.init).joined(separator: ",")))"))
+            + " (\(tokens.count) capability tokens; without a token: uids \((allowUIDs.isEmpty ? [0] : allowUIDs).map(String.init).joined(separator: ",")))")
 
         do {
             try runtime.register()

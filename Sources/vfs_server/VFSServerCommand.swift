@@ -82,7 +82,9 @@ struct VFSServerCommand: ParsableCommand {
             } else if storage == nil {
                 root = MountSources.tmpfs()
             } else {
-                root = try MountSources.storage(name: storage!, directory: directory, nsid: nsid, readOnly: readOnly,
+                // CAP_BLOCK_READ / CAP_BLOCK_WRITE are tokens the storage server checks: present them.
+                let tokens = { ["CAP_BLOCK_READ", "CAP_BLOCK_WRITE"].compactMap { (try? runtime.capability($0)).flatMap { $0 >= 0 ? $0 : nil } } }
+                root = try MountSources.storage(name: storage!, directory: directory, nsid: nsid, tokens: tokens, readOnly: readOnly,
                                                 cachePages: pages, log: log)
             }
             try service.mount(root.fileSystem, at: "/", cache: root.cache, readOnly: readOnly, source: root.description)

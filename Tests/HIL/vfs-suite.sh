@@ -6,6 +6,8 @@
 # every acknowledged file must read back; then vfs_server stops cleanly, the namespace is read
 # back and e2fsck -fn must find it clean, and debugfs must read a file written through the VFS.
 # In the rig: Scripts/rig.sh test vfs
+# Then the same under limitless-supervisor, vfs_server as uid 65534 admitted by its CAP_BLOCK_*
+# tokens, across a SIGKILL of storage_server.
 # On spare hardware (NVMe bound to vfio-pci): sudo bash Tests/HIL/vfs-suite.sh BDF
 # Ends with one "N passed, N failed" line; exit 1 on failure.
 set -uo pipefail
@@ -18,11 +20,13 @@ passed=0
 failed=0
 storage=0
 vfs=0
+supervisor=0
 image_blocks=16384 # 1 KiB blocks: a 16 MiB file system on the 512-byte-sector namespace 1
 result() { if (($1 == 0)); then passed=$((passed + 1)); echo "PASS $2"; else failed=$((failed + 1)); echo "FAIL $2"; fi; }
 finish() {
 	((vfs > 0)) && kill -TERM "$vfs" 2>/dev/null && wait "$vfs" 2>/dev/null
 	((storage > 0)) && kill -TERM "$storage" 2>/dev/null && wait "$storage" 2>/dev/null
+	((supervisor > 0)) && kill -TERM "$supervisor" 2>/dev/null && wait "$supervisor" 2>/dev/null
 	rm -rf "$work"
 	echo "$passed passed, $failed failed"
 	((failed == 0))
@@ -33,7 +37,7 @@ fs() { "$bin/limitless-fs" "$@" --runtime-dir "$work"; }
 storage_tool() { "$bin/limitless-storage" "$@" --runtime-dir "$work"; }
 wait_socket() { for _ in $(seq 1 300); do [[ -S $1 ]] && return 0; sleep 0.1; done; return 1; }
 
-for program in storage_server vfs_server limitless-fs limitless-storage; do
+for program in storage_server vfs_server limitless-fs limitless-storage limitless-supervisor serverctl; do
 	[[ -x $bin/$program ]] || { result 1 "$bin/$program not found: run swift build -c release first"; finish; }
 done
 mke2fs=$(sbin mke2fs) && e2fsck=$(sbin e2fsck) && debugfs=$(sbin debugfs)
@@ -137,4 +141,88 @@ kill -TERM "$storage"
 wait "$storage"
 result $? "storage_server stops on SIGTERM with exit 0"
 storage=0
+
+# The same stack under limitless-supervisor, with vfs_server running as uid 65534: storage_server
+# admits a client without a token as root only, so vfs_server gets in only by presenting the
+# CAP_BLOCK_READ / CAP_BLOCK_WRITE tokens the supervisor gave it (and told storage_server about).
+# Then storage_server is killed: its next instance gets the tokens again from the supervisor
+# and vfs_server, reconnecting, presents them again.
+ctl() { "$bin/serverctl" "$@" --runtime-dir "$work"; }
+server_pid() { ctl status "$1" --json 2>/dev/null | grep -o '"pid":[0-9]*' | grep -o '[0-9]*$'; }
+chmod 0777 "$work"
+cat >"$work/servers.conf" <<CONF
+start_server storage $PWD/$bin/storage_server --runtime-dir $work
+    device NVME0 $device
+    capabilities CAP_PCI_CONFIG CAP_MMIO_NVME0 CAP_IRQ_NVME0 CAP_DMA_ALLOC CAP_BLOCK_READ CAP_BLOCK_WRITE
+    restart on-failure backoff=100ms
+start_server vfs $PWD/$bin/vfs_server --storage storage --nsid 1 --runtime-dir $work --writeback-interval 1s
+    depends storage
+    capabilities CAP_BLOCK_READ CAP_BLOCK_WRITE
+    user 65534
+    group 65534
+    restart on-failure backoff=100ms
+CONF
+# umask 0: the servers' sockets are open to every uid (the rig has no limitless group); the
+# tokens, not the file mode, decide who may use the device.
+(umask 0 && exec "$bin/limitless-supervisor" --config "$work/servers.conf" --runtime-dir "$work" --log-dir "$work/logs") \
+	>"$work/supervisor.log" 2>&1 &
+supervisor=$!
+wait_socket "$work/vfs.sock" && sleep 1 && fs ls / >"$work/out" 2>&1
+result $? "supervised: vfs_server (uid 65534) mounts namespace 1 through storage_server" ||
+	{ cat "$work/out"; ctl logs storage | tail -20; ctl logs vfs | tail -20; }
+storage_log() { ctl logs storage 2>&1; }
+vfs_uid=$(awk '/^Uid:/ { print $2 }' "/proc/$(server_pid vfs)/status" 2>/dev/null)
+[[ $vfs_uid == 65534 ]]
+result $? "supervised: vfs_server runs as uid ${vfs_uid:-unknown}, which storage_server admits by token only"
+# Line numbers in storage's log: both tokens arrive before the socket listens.
+told() { grep -n -m1 "vfs holds $1 (token)" <<<"$(storage_log)" | cut -d: -f1; }
+listening=$(grep -n -m1 "listening on" <<<"$(storage_log)" | cut -d: -f1)
+read_at=$(told CAP_BLOCK_READ)
+write_at=$(told CAP_BLOCK_WRITE)
+[[ -n $read_at && -n $write_at && -n $listening ]] && ((read_at < listening && write_at < listening))
+result $? "supervised: storage_server was told vfs's two tokens before listening (log lines $read_at, $write_at < $listening)" ||
+	storage_log | head -20
+grep -q "presented vfs's CAP_BLOCK_WRITE token; it now has CAP_BLOCK_READ+CAP_BLOCK_WRITE" <<<"$(storage_log)"
+result $? "supervised: vfs_server presented its tokens: $(grep -m1 -o "presented vfs's CAP_BLOCK_WRITE.*" <<<"$(storage_log)")"
+grep -q "privileges dropped: no_new_privs, seccomp filter" <<<"$(storage_log)"
+result $? "supervised: storage_server serves under its seccomp filter ($(grep -m1 -o "seccomp filter of [0-9]* instructions" <<<"$(storage_log)"))"
+echo "through the capability path" >"$work/cap.txt"
+fs put "$work/cap.txt" /data/cap.txt >"$work/out" 2>&1 && fs get /data/cap.txt "$work/cap.back" >>"$work/out" 2>&1 &&
+	cmp -s "$work/cap.txt" "$work/cap.back"
+result $? "supervised: a file put through vfs_server reads back" || cat "$work/out"
+
+old_pid=$(server_pid storage)
+[[ -n $old_pid ]] && kill -KILL "$old_pid"
+for _ in $(seq 1 300); do
+	new_pid=$(server_pid storage)
+	[[ -n $new_pid && $new_pid != "$old_pid" ]] && grep -q '"registered":true' <<<"$(ctl status storage --json 2>/dev/null)" && break
+	sleep 0.1
+done
+[[ -n $old_pid && -n ${new_pid:-} && $new_pid != "$old_pid" ]]
+result $? "supervised: storage_server SIGKILLed (pid $old_pid) and restarted (pid ${new_pid:-none})"
+echo "after the restart" >"$work/cap2.txt"
+fs put "$work/cap2.txt" /data/cap2.txt >"$work/out" 2>&1 && fs get /data/cap.txt "$work/cap.back2" >>"$work/out" 2>&1 &&
+	cmp -s "$work/cap.txt" "$work/cap.back2"
+result $? "supervised: vfs_server carries on after the restart" || { cat "$work/out"; ctl logs vfs | tail -20; }
+(($(grep -c "presented vfs's CAP_BLOCK_WRITE token" <<<"$(storage_log)") >= 2))
+result $? "supervised: the restarted storage_server got the tokens again and vfs_server presented them again"
+! grep -q "refused MSG_BLOCK" <<<"$(storage_log)"
+result $? "supervised: storage_server refused no block request"
+
+# Revoking CAP_BLOCK_WRITE: the supervisor tells storage_server to forget that token, and the
+# next write from vfs_server's connection (which presented it) is refused; reads go on.
+ctl revoke vfs CAP_BLOCK_WRITE >"$work/out" 2>&1
+result $? "supervised: serverctl revoke vfs CAP_BLOCK_WRITE" || cat "$work/out"
+echo "after the revoke" >"$work/cap3.txt"
+! fs put "$work/cap3.txt" /data/cap3.txt >"$work/out" 2>&1
+result $? "supervised: after the revoke a write through vfs_server fails ($(head -1 "$work/out"))"
+refusal=$(grep -m1 -o "refused MSG_BLOCK_WRITE.*" <<<"$(storage_log)")
+grep -q "lacks CAP_BLOCK_WRITE (it presented tokens for CAP_BLOCK_READ)" <<<"$refusal"
+result $? "supervised: storage_server refused it: ${refusal:-no refusal logged}"
+grep -q "vfs's block token withdrawn" <<<"$(storage_log)"
+result $? "supervised: storage_server was told the token is withdrawn"
+kill -TERM "$supervisor"
+wait "$supervisor"
+result $? "supervised: limitless-supervisor stops with exit 0"
+supervisor=0
 finish

@@ -397,17 +397,18 @@ final class DeviceCapabilitySupervisorTests: XCTestCase {
         let config = ServerConfiguration(
             name: "nvme", path: "/bin/sh", arguments: ["-c", script],
             devices: [.init(label: "NVME0", selector: DeviceSelector("0000:00:03.0")!)],
-            capabilities: [.dmaAlloc, .mmio(device: "NVME0"), .irq(device: "NVME0"), .blockRead],
+            capabilities: [.dmaAlloc, .mmio(device: "NVME0"), .irq(device: "NVME0"), .pageCache],
             restart: RestartPolicy(mode: .onFailure, initialBackoff: .milliseconds(10)))
         let supervisor = try run(config, provider: provider)
         func text() -> String { supervisor.logs.records(server: "nvme").map(\.text).joined(separator: "\n") }
         waitFor("instance 2") { text().contains("end of instance 2") }
 
-        // Sorted grant list: CAP_BLOCK_READ (no descriptor), CAP_DMA_ALLOC, CAP_IRQ_NVME0, CAP_MMIO_NVME0.
+        // Sorted grant list: CAP_DMA_ALLOC, CAP_IRQ_NVME0, CAP_MMIO_NVME0, CAP_PAGE_CACHE (no descriptor;
+        // CAP_BLOCK_* have token descriptors now, BlockTokenTests).
         let line = try XCTUnwrap(supervisor.logs.records(server: "nvme").first { $0.text.hasPrefix("caps=") }?.text)
         let capabilities = try XCTUnwrap(SupervisorChannel.parseCapabilities(String(line.dropFirst("caps=".count))))
-        XCTAssertEqual(capabilities.map(\.name), ["CAP_BLOCK_READ", "CAP_DMA_ALLOC", "CAP_IRQ_NVME0", "CAP_MMIO_NVME0"])
-        XCTAssertEqual(capabilities.map(\.fd), [-1, 5, 6, 7])
+        XCTAssertEqual(capabilities.map(\.name), ["CAP_DMA_ALLOC", "CAP_IRQ_NVME0", "CAP_MMIO_NVME0", "CAP_PAGE_CACHE"])
+        XCTAssertEqual(capabilities.map(\.fd), [5, 6, 7, -1])
         let expected = ["CAP_DMA_ALLOC": container.path, "CAP_IRQ_NVME0": device.path, "CAP_MMIO_NVME0": device.path]
         for (name, fd) in capabilities where fd >= 0 {
             XCTAssertTrue(text().contains("fd \(fd) -> \(expected[name]!)"), "\(name)=\(fd) in\n\(text())")
@@ -415,7 +416,7 @@ final class DeviceCapabilitySupervisorTests: XCTestCase {
         // Open, then quiesce before the restart, then the same descriptors again.
         XCTAssertEqual(Array(provider.events.prefix(3)), ["open", "quiesce", "open"])
         XCTAssertEqual(try supervisor.status(of: "nvme").capabilities,
-                       ["CAP_BLOCK_READ=-1", "CAP_DMA_ALLOC=5", "CAP_IRQ_NVME0=6", "CAP_MMIO_NVME0=7"])
+                       ["CAP_DMA_ALLOC=5", "CAP_IRQ_NVME0=6", "CAP_MMIO_NVME0=7", "CAP_PAGE_CACHE=-1"])
 
         try supervisor.stop("nvme")
         waitFor("release after the stop") { provider.events.last == "release" }

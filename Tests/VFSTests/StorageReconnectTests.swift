@@ -72,6 +72,59 @@ final class StorageReconnectTests: XCTestCase {
         try store.flush()
     }
 
+    /// A storage server that admits nobody without a token (not even root): the store presents
+    /// its CAP_BLOCK_* tokens on the first connection and again after the restart, where the new
+    /// server learned the same tokens afresh (from the supervisor, in storage_server).
+    func testTokensArePresentedAgainAfterARestart() throws {
+        let device = MemoryBlockDevice(namespaces: [1: BlockGeometry(blockSize: 512, blockCount: 4096)])
+        let directory = makeTemporaryDirectory(self)
+        // Any file serves as a token here; the supervisor's are sealed memfds.
+        let read = open(directory + "/read-token", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        let write = open(directory + "/write-token", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        XCTAssertGreaterThanOrEqual(read, 0)
+        XCTAssertGreaterThanOrEqual(write, 0)
+        let tokenServers = TokenServers()
+        addTeardownBlock {
+            tokenServers.stopAll()
+            close(read)
+            close(write)
+        }
+        func start() throws {
+            let tokens = BlockCapabilityTokens()
+            tokens.update(descriptor: read, rights: .read, holder: "vfs_server")
+            tokens.update(descriptor: write, rights: .write, holder: "vfs_server")
+            let block = BlockServer(device: device, policy: BlockAccessPolicy(readers: .uids([]), writers: .uids([])), tokens: tokens)
+            let server = try block.makeIPCServer(name: "storage", directory: directory)
+            server.start()
+            tokenServers.add(block, server)
+        }
+        try start()
+        // Without tokens even root is refused by this server.
+        XCTAssertThrowsError(try StorageBlockStore(name: "storage", directory: directory, nsid: 1))
+        let store = try StorageBlockStore(name: "storage", directory: directory, nsid: 1, tokens: { [read, write] })
+        let first = pattern(4096, seed: 4)
+        try first.withUnsafeBytes { try store.write(at: 0, from: $0) }
+        XCTAssertEqual(tokenServers.last.connectionsWithTokens, 1)
+        tokenServers.stopAll()
+        try start()
+        let second = pattern(4096, seed: 5)
+        try second.withUnsafeBytes { try store.write(at: 8192, from: $0) }
+        XCTAssertEqual(store.reconnects, 1)
+        XCTAssertEqual(tokenServers.last.connectionsWithTokens, 1)
+        XCTAssertEqual(tokenServers.last.refusals, 0)
+        var back = [UInt8](repeating: 0, count: second.count)
+        try back.withUnsafeMutableBytes { try store.read(at: 8192, into: $0) }
+        XCTAssertEqual(back, second)
+    }
+
+    private final class TokenServers: @unchecked Sendable {
+        private var servers: [(BlockServer, IPCServer)] = []
+        private let lock = NSLock()
+        func add(_ block: BlockServer, _ server: IPCServer) { lock.lock(); servers.append((block, server)); lock.unlock() }
+        func stopAll() { lock.lock(); servers.forEach { $0.1.stop() }; lock.unlock() }
+        var last: BlockServer { lock.lock(); defer { lock.unlock() }; return servers.last!.0 }
+    }
+
     func testAServerThatDoesNotComeBackFailsWithEIOAfterTheDeadline() throws {
         let device = MemoryBlockDevice(namespaces: [1: BlockGeometry(blockSize: 512, blockCount: 64)])
         let directory = makeTemporaryDirectory(self)

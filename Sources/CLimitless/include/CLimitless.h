@@ -380,7 +380,7 @@ static inline long CL_sk_syscall_number(const char *name) {
     CL_SK_NR(memfd_create) CL_SK_NR(ftruncate) CL_SK_NR(timerfd_create) CL_SK_NR(timerfd_settime)
     CL_SK_NR(timerfd_gettime) CL_SK_NR(signalfd4) CL_SK_NR(ioctl) CL_SK_NR(openat) CL_SK_NR(unlinkat)
     CL_SK_NR(mkdirat) CL_SK_NR(execve) CL_SK_NR(uname) CL_SK_NR(getcwd) CL_SK_NR(readlinkat) CL_SK_NR(bind)
-    CL_SK_NR(listen) CL_SK_NR(socketpair) CL_SK_NR(kill) CL_SK_NR(mlock) CL_SK_NR(munlock)
+    CL_SK_NR(listen) CL_SK_NR(socketpair) CL_SK_NR(kill) CL_SK_NR(mlock) CL_SK_NR(munlock) CL_SK_NR(msync)
 #ifdef __NR_poll
     CL_SK_NR(poll)
 #endif

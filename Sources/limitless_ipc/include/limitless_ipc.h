@@ -87,6 +87,7 @@ extern "C" {
 #define MSG_BLOCK_TRIM                    0x0205u
 #define MSG_BLOCK_REGISTER_BUFFER         0x0206u
 #define MSG_BLOCK_UNREGISTER_BUFFER       0x0207u
+#define MSG_BLOCK_PRESENT_CAPABILITY      0x0208u
 #define MSG_USB_LIST_DEVICES              0x0300u
 #define MSG_USB_DEVICE_DESCRIPTOR         0x0301u
 #define MSG_USB_CONTROL_TRANSFER          0x0302u
@@ -107,6 +108,7 @@ extern "C" {
 #define MSG_SUPERVISOR_CONTROL            0x0506u
 #define MSG_SUPERVISOR_DEPENDENCY_STATE   0x0507u
 #define MSG_SUPERVISOR_CAPABILITY_REVOKE  0x0508u
+#define MSG_SUPERVISOR_BLOCK_TOKEN        0x0509u
 
 /*
  * The seed's message, field for field and in its order, plus `status`. This is the C caller's

@@ -1,0 +1,60 @@
+import IPC
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A CAP_BLOCK_* token the supervisor passed to this server as a block provider
+/// (MSG_SUPERVISOR_BLOCK_TOKEN): `descriptor` is this server's copy of the token another server
+/// (`holder`) holds as its capability; `rights` is the capability bit set (1 CAP_BLOCK_READ,
+/// 2 CAP_BLOCK_WRITE; 0: the grant was revoked, forget the token).
+public struct BlockTokenNotice: Sendable, CustomStringConvertible {
+    public var descriptor: Int32
+    public var rights: UInt64
+    public var holder: String
+
+    public var description: String {
+        rights == 0 ? "block token of \(holder) withdrawn" : "block token of \(holder) (rights \(rights))"
+    }
+}
+
+/// The handler a block provider registered for tokens (one: the table that checks them).
+final class BlockTokenHandler: Sendable {
+    private let handler = Mutex<(@Sendable (BlockTokenNotice) -> Void)?>(nil)
+
+    func set(_ new: @escaping @Sendable (BlockTokenNotice) -> Void) {
+        handler.withLock { $0 = new }
+    }
+
+    /// Hands the notice over, then closes the descriptor (a handler keeps its own dup). Without
+    /// a handler the token is only closed: a server that serves no block protocol has no use for it.
+    func deliver(_ notice: BlockTokenNotice) -> Bool {
+        let current = handler.withLock { $0 }
+        current?(notice)
+        if notice.descriptor >= 0 { _ = close(notice.descriptor) }
+        return current != nil
+    }
+}
+
+extension ServerRuntime {
+    /// Calls `handler` for every MSG_SUPERVISOR_BLOCK_TOKEN (on the thread that runs `register`,
+    /// `pollSupervisor` or `runUntilStopped`). The notice's descriptor is closed after the call:
+    /// dup it to keep it. The supervisor queues the tokens of every client before the server
+    /// starts, so a `pollSupervisor()` before listening sees them all.
+    public func onBlockToken(_ handler: @escaping @Sendable (BlockTokenNotice) -> Void) {
+        blockTokenHandler.set(handler)
+    }
+
+    func applyBlockToken(_ message: Message, payload: [UInt8], descriptor: Int32) {
+        var holder = ""
+        if case .inline(let offset, let count) = message.data, offset + count <= payload.count {
+            holder = String(decoding: payload[offset..<(offset + count)], as: UTF8.self)
+        }
+        let notice = BlockTokenNotice(descriptor: descriptor, rights: message.param1, holder: holder)
+        guard descriptor >= 0 else {
+            log(.warning, "ignored a block token for \(holder) without a descriptor")
+            return
+        }
+        if !blockTokenHandler.deliver(notice) { log(.debug, "ignored \(notice): this server serves no block protocol") }
+    }
+}
