@@ -37,8 +37,9 @@ extension IPCClient {
     /// passes it back (SCM_RIGHTS) and serves the ring on a thread of its own with the same
     /// handler as socket messages. From then on `sendReceive` (both forms) goes over the ring
     /// for requests whose header and inline payload fit a slot (`slotSize` minus 8 bytes), and
-    /// over the socket for larger ones; `send`, `receive`, `share` and shared-memory requests
-    /// stay on the socket. A reply too large for a slot comes on the socket by itself.
+    /// over the socket for larger ones. A request naming a shared-memory handle goes over the
+    /// ring too (the ring resolves this connection's handles); `send`, `receive`, `share` and
+    /// `release` stay on the socket. A reply too large for a slot comes on the socket by itself.
     ///
     /// Throws `.refused(.ipcRingAttach, status)`: ENOTSUP when the server does not offer rings
     /// (`IPCServer.Configuration.maxRings`), EBUSY when it has none left or this connection has

@@ -89,8 +89,8 @@ public final class IPCServer: @unchecked Sendable {
     private struct ClientState {
         var fd: Int32
         var connection: IPCConnection
-        var handles: [SharedRegion?]
-        var handleCount = 0
+        /// Its shared-memory handles, shared with its ring's thread.
+        let regions: SharedRegionTable
         var queue: [Int32]
         var queueHead = 0
         var queueCount = 0
@@ -254,7 +254,7 @@ public final class IPCServer: @unchecked Sendable {
             }
             clients[slot] = ClientState(
                 fd: fd, connection: connection,
-                handles: Array(repeating: nil, count: configuration.maxHandlesPerClient),
+                regions: SharedRegionTable(capacity: configuration.maxHandlesPerClient),
                 queue: Array(repeating: -1, count: configuration.queueDepth))
             connections.wrappingIncrement(ordering: .relaxed)
         }
@@ -274,12 +274,8 @@ public final class IPCServer: @unchecked Sendable {
             releaseBuffer(client.queue[position])
             position = (position + 1) % client.queue.count
         }
-        for region in client.handles {
-            if let region {
-                region.release()
-                regions.wrappingDecrement(ordering: .relaxed)
-            }
-        }
+        // After the ring thread stopped: no region is in use.
+        regions.wrappingDecrement(by: client.regions.releaseAll(), ordering: .relaxed)
         _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, client.fd, nil)
         closeDescriptor(client.fd)
         connections.wrappingDecrement(ordering: .relaxed)
@@ -403,15 +399,11 @@ public final class IPCServer: @unchecked Sendable {
             return share(slot, descriptor: descriptor, buffer: buffer, sequence: message.sequence)
         case .ipcRelease:
             // param1 is the client's word: bound it before converting (a value >= 2^63 must not trap).
-            guard message.param1 > 0, message.param1 <= UInt64(client.handles.count),
-                  let region = client.handles[Int(message.param1) - 1] else {
+            // Unmapped now, or when a ring request using it ends; unknown from now on either way.
+            guard client.regions.release(handle: message.param1) else {
                 return sendReply(slot, type: message.type, sequence: message.sequence, reply: .error(.EBADF))
             }
-            let index = Int(message.param1) - 1
-            region.release()
             regions.wrappingDecrement(ordering: .relaxed)
-            clients[slot]!.handles[index] = nil
-            clients[slot]!.handleCount -= 1
             return sendReply(slot, type: message.type, sequence: message.sequence, reply: .ok)
         case .ipcPing:
             return sendReply(slot, type: message.type, sequence: message.sequence, reply: .ok)
@@ -424,35 +416,18 @@ public final class IPCServer: @unchecked Sendable {
         }
 
         let inline = UnsafeRawBufferPointer(rebasing: datagram[Message.headerSize...])
-        var data = UnsafeRawBufferPointer(start: nil, count: 0)
-        var writable: UnsafeMutableRawBufferPointer? = nil
-        switch message.data {
-        case .none: break
-        case .inline(let offset, let count):
-            data = UnsafeRawBufferPointer(rebasing: inline[offset..<offset + count])
-        case .shared(let handle, let offset, let count):
-            let index = Int(handle) - 1
-            guard index < client.handles.count, let region = client.handles[index] else {
-                return sendReply(slot, type: message.type, sequence: message.sequence, reply: .error(.EBADF))
-            }
-            guard offset <= region.size, count <= region.size - offset else {
-                return sendReply(slot, type: message.type, sequence: message.sequence, reply: .error(.EINVAL))
-            }
-            let view = UnsafeMutableRawBufferPointer(start: region.base + offset, count: count)
-            data = UnsafeRawBufferPointer(view)
-            writable = region.writable ? view : nil
+        let replyPayload = UnsafeMutableRawBufferPointer(rebasing: replyBuffer[Message.headerSize...])
+        let reply = client.regions.serve(message, inline: inline, reply: replyPayload) { payload in
+            handler(message, payload, client.connection)
         }
-        let payload = IPCPayload(inline: inline, data: data, writableData: writable,
-                                 reply: UnsafeMutableRawBufferPointer(rebasing: replyBuffer[Message.headerSize...]))
-        var reply = handler(message, payload, client.connection)
-        if reply.payloadCount < 0 || reply.payloadCount > Message.maxInlinePayload { reply = .error(.EIO) }
         sendReply(slot, type: message.type, sequence: message.sequence, reply: reply)
     }
 
     private func share(_ slot: Int, descriptor: Int32, buffer: Int32, sequence: UInt32) {
         // The descriptor now belongs to this function: adopted into the table or closed.
         poolFDs[Int(buffer)] = -1
-        guard let index = clients[slot]!.handles.firstIndex(where: { $0 == nil }) else {
+        let table = clients[slot]!.regions
+        guard table.hasRoom else {
             closeDescriptor(descriptor)
             return sendReply(slot, type: .ipcShare, sequence: sequence, reply: .error(.EMFILE))
         }
@@ -461,11 +436,11 @@ public final class IPCServer: @unchecked Sendable {
             closeDescriptor(descriptor)
             sendReply(slot, type: .ipcShare, sequence: sequence, reply: .error(status))
         case .success(let region):
-            clients[slot]!.handles[index] = region
-            clients[slot]!.handleCount += 1
+            // Only this thread adds: the room seen above is still there.
+            let handle = table.add(region)!
             regions.wrappingIncrement(ordering: .relaxed)
             sendReply(slot, type: .ipcShare, sequence: sequence,
-                      reply: IPCReply(param1: UInt64(index + 1), param2: UInt64(region.size), param3: region.writable ? 1 : 0))
+                      reply: IPCReply(param1: UInt64(handle), param2: UInt64(region.size), param3: region.writable ? 1 : 0))
         }
     }
 
@@ -491,8 +466,8 @@ public final class IPCServer: @unchecked Sendable {
         let service: RingService
         do {
             memory = try SharedRingMemory.create(layout: layout, name: "limitless-ring-\(endpoint.name)")
-            service = try RingService(memory: memory, handler: handler, connection: client.connection, socket: socket,
-                                      policy: configuration.ringWaitPolicy)
+            service = try RingService(memory: memory, handler: handler, connection: client.connection, regions: client.regions,
+                                      socket: socket, policy: configuration.ringWaitPolicy)
         } catch {
             closeDescriptor(socket)
             return sendReply(slot, type: .ipcRingAttach, sequence: sequence, reply: .error(.ENOMEM))
