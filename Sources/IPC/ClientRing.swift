@@ -44,7 +44,11 @@ extension IPCClient {
     /// Throws `.refused(.ipcRingAttach, status)`: ENOTSUP when the server does not offer rings
     /// (`IPCServer.Configuration.maxRings`), EBUSY when it has none left or this connection has
     /// one, EINVAL for a layout it does not accept, EPROTO for a memfd that fails validation.
-    public func attachRing(slotSize: Int = 256, capacity: Int = 64, policy: RingWaitPolicy = .adaptive,
+    ///
+    /// `capacity` is small by default: `sendReceive` has one request in flight at a time, and a
+    /// ring that cycles through few slots keeps them in L1 on both cores (a large ring's slots
+    /// fall out to L2 between uses and cost a slower miss per message).
+    public func attachRing(slotSize: Int = 256, capacity: Int = 16, policy: RingWaitPolicy = .adaptive,
                            timeout: Duration? = .seconds(10)) throws(IPCError) {
         guard ringChannel == nil else { throw .refused(.ipcRingAttach, .EBUSY) }
         keepDescriptors = true
