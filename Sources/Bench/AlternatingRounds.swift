@@ -43,24 +43,22 @@ enum AlternatingRounds {
         // The two timed loops this replaces each had a budget.
         let budget = options.loopBudgetNanoseconds &* 2
         let start = CL_monotonic_ns()
+        /// One round of one path: warm-up, then `perRound` samples into the round and the pool; its p50.
+        func measureRound(into pool: inout Samples, _ roundTrip: () throws(BenchError) -> UInt64) throws(BenchError) -> Double {
+            round.removeAll()
+            for _ in 0..<warmup { _ = try roundTrip() }
+            for _ in 0..<perRound {
+                let cycles = try roundTrip()
+                round.record(cycles)
+                pool.record(cycles)
+            }
+            return round.percentile(0.5)
+        }
         do throws(BenchError) {
             for index in 0..<rounds {
-                round.removeAll()
-                for _ in 0..<warmup { _ = try floor.roundTrip() }
-                for _ in 0..<perRound {
-                    let cycles = try floor.roundTrip()
-                    round.record(cycles)
-                    floorSamples.record(cycles)
-                }
-                let floorMedian = round.percentile(0.5)
-                round.removeAll()
-                for _ in 0..<warmup { _ = try ring.roundTrip() }
-                for _ in 0..<perRound {
-                    let cycles = try ring.roundTrip()
-                    round.record(cycles)
-                    ringSamples.record(cycles)
-                }
-                ratios.append(round.percentile(0.5) / floorMedian)
+                let floorMedian = try measureRound(into: &floorSamples) { () throws(BenchError) in try floor.roundTrip() }
+                let ringMedian = try measureRound(into: &ringSamples) { () throws(BenchError) in try ring.roundTrip() }
+                ratios.append(ringMedian / floorMedian)
                 if index + 1 >= minimumRounds, CL_monotonic_ns() &- start > budget { break }
             }
         } catch {

@@ -520,11 +520,7 @@ int ipc_send_receive(pid_t server_pid, ipc_message_t *msg, ipc_message_t *reply)
     int32_t refusal = 0;
     int sent = send_request(slot, msg, &sequence, &refusal);
     if (sent < 0) {
-        if (sent == -EPROTO && refusal != 0) {
-            reply->type = MSG_IPC_SHARE;
-            reply->flags = IPC_FLAG_REPLY;
-            reply->status = refusal;
-        }
+        note_refusal(reply, sent, refusal);
         return sent;
     }
     return await_reply(slot, sequence, reply, now_ms() + IPC_SEND_RECEIVE_TIMEOUT_MS);

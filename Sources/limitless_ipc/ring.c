@@ -337,11 +337,7 @@ int ipc_ring_send_receive(ipc_ring_t *ring, ipc_message_t *msg, ipc_message_t *r
     /* Shares a capability over the ring's own connection first if needed: its handle is valid on the ring. */
     int prepared = lipc_wire_data(ring->slot, msg, &wire_ptr, &body, &body_length, &refusal);
     if (prepared < 0) {
-        if (prepared == -EPROTO && refusal != 0) {
-            reply->type = MSG_IPC_SHARE;
-            reply->flags = IPC_FLAG_REPLY;
-            reply->status = refusal;
-        }
+        note_refusal(reply, prepared, refusal);
         return prepared;
     }
     if (IPC_HEADER_SIZE + body_length > ring->payload_size) return ipc_send_receive(ring->pid, msg, reply);

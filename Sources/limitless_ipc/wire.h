@@ -6,6 +6,7 @@
 #ifndef LIMITLESS_IPC_WIRE_H
 #define LIMITLESS_IPC_WIRE_H
 
+#include <errno.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -56,6 +57,15 @@ static inline void fill_reply(ipc_message_t *reply, const uint8_t *h, pid_t pid)
     reply->param2 = get64(h + 32);
     reply->param3 = get64(h + 40);
     reply->status = (int32_t)get32(h + 60);
+}
+
+/* A capability the server refused to take: its reason becomes the reply's status. */
+static inline void note_refusal(ipc_message_t *reply, int result, int32_t refusal) {
+    if (result == -EPROTO && refusal != 0) {
+        reply->type = MSG_IPC_SHARE;
+        reply->flags = IPC_FLAG_REPLY;
+        reply->status = refusal;
+    }
 }
 
 void lipc_encode_header(uint8_t h[IPC_HEADER_SIZE], uint32_t type, uint32_t flags, uint32_t sequence, uint64_t p1,
