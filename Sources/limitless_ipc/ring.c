@@ -376,7 +376,10 @@ int ipc_ring_send_receive(ipc_ring_t *ring, ipc_message_t *msg, ipc_message_t *r
         ring->replies.position++;
         __atomic_store_n(word64(ring->replies.header + HEAD_OFFSET), ring->replies.position, __ATOMIC_RELEASE);
         if (!valid) return -EPROTO;
-        if (!mine) continue;  /* the reply to a request that timed out earlier */
+        if (!mine) {  /* the reply to a request that timed out earlier; a server sending only such: time out */
+            if (now_ns() >= deadline) return -ETIMEDOUT;
+            continue;
+        }
         ring->stats.exchanges++;
         if ((int32_t)get32(h + 60) == EMSGSIZE && get64(h + 24) == REPLY_ON_SOCKET) {
             ring->stats.replies_on_socket++;

@@ -70,7 +70,7 @@ final class CAPITests: RuntimeDirectoryTestCase {
     }
 
     /// Runs `program arguments` with `environment` added; returns pid, exit status, stdout+stderr.
-    private func run(_ program: String, _ arguments: [String], environment: [String] = [], search: Bool = false)
+    func run(_ program: String, _ arguments: [String], environment: [String] = [], search: Bool = false)
         -> (pid: pid_t, spawned: Int32, status: Int32, output: String) {
         let outputPath = directory + "/out-\(UInt32.random(in: 0...UInt32.max)).txt"
         var actions = posix_spawn_file_actions_t()
@@ -100,7 +100,7 @@ final class CAPITests: RuntimeDirectoryTestCase {
     }
 
     /// Compiles C sources with the library into `output`; skips the test if there is no `cc`.
-    private func compile(_ sources: [String], into output: String) throws {
+    func compile(_ sources: [String], into output: String) throws {
         let include = Self.repository + "/Sources/limitless_ipc/include"
         let library = ["limitless_ipc.c", "ring.c"].map { Self.repository + "/Sources/limitless_ipc/" + $0 }
         let result = run("cc", ["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-I", include] + sources + library + ["-o", output],
