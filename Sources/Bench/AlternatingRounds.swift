@@ -27,9 +27,9 @@ enum AlternatingRounds {
 
     static func measure(options: IPCBenchmark.Options, peerCPU: Int?) throws(BenchError) -> Result {
         var floor = try CacheLineFloor.Session(peerCPU: peerCPU)
-        let ring: RingBench.Session
+        var ring: RingBench.Session
         do {
-            ring = try RingBench.Session(options: options, peerCPU: peerCPU)
+            ring = try RingBench.Session.start(options: options, peerCPU: peerCPU)
         } catch {
             floor.abandon()
             throw error

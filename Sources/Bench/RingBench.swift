@@ -29,8 +29,10 @@ enum RingBench {
 
     /// Synchronous round trips (client sends, the peer echoes) on a ring pair of
     /// `options.roundTripCapacity` slots; timed one at a time (`RoundTripRounds`).
-    final class Session {
+    struct Session: ~Copyable {
         let memory: SharedRingMemory
+        // A struct, not a class: mutating a class's stored property costs a dynamic exclusivity
+        // check (swift_beginAccess) per round trip, which the floor does not pay.
         var client: RingClientEnd
         let peer: PeerProcess
         let policy: RingWaitPolicy
@@ -38,28 +40,39 @@ enum RingBench {
         let reply: UnsafeMutableRawBufferPointer
         var sequence: UInt64 = 0
 
-        init(options: IPCBenchmark.Options, peerCPU: Int?) throws(BenchError) {
+        static func start(options: IPCBenchmark.Options, peerCPU: Int?) throws(BenchError) -> Session {
             var layoutOptions = options
             layoutOptions.capacity = options.roundTripCapacity
-            memory = try makeMemory(layoutOptions)
-            let memory = self.memory
-            client = try ring("client end") { () throws(RingError) in try memory.clientEnd() }
-            peer = try PeerProcess.spawn(role: echoRole, descriptor: memory.descriptor.rawValue, cpu: peerCPU,
-                                         arguments: ["--spin-ns", String(options.spinNanoseconds)])
-            policy = RingBench.policy(options)
-            message = .allocate(byteCount: client.payloadSize, alignment: 8)
-            reply = .allocate(byteCount: client.payloadSize, alignment: 8)
+            let memory = try makeMemory(layoutOptions)
+            var client = try ring("client end") { () throws(RingError) in try memory.clientEnd() }
+            let peer = try PeerProcess.spawn(role: echoRole, descriptor: memory.descriptor.rawValue, cpu: peerCPU,
+                                             arguments: ["--spin-ns", String(options.spinNanoseconds)])
+            let policy = RingBench.policy(options)
+            let message = UnsafeMutableRawBufferPointer.allocate(byteCount: client.payloadSize, alignment: 8)
+            let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: client.payloadSize, alignment: 8)
             message.initializeMemory(as: UInt8.self, repeating: 0)
             // The peer says hello once it is attached.
-            let (policy, reply) = (self.policy, self.reply)
             do throws(BenchError) {
                 guard try ring("waiting for the echo peer", { () throws(RingError) in
                     try client.responses.receive(into: reply, policy: policy, timeoutNanoseconds: peerTimeout)
                 }) else { throw BenchError.peerTimedOut(role: echoRole, seconds: 10) }
             } catch {
                 peer.kill()
+                message.deallocate()
+                reply.deallocate()
                 throw error
             }
+            return Session(memory: memory, client: client, peer: peer, policy: policy, message: message, reply: reply)
+        }
+
+        private init(memory: SharedRingMemory, client: consuming RingClientEnd, peer: PeerProcess, policy: RingWaitPolicy,
+                     message: UnsafeMutableRawBufferPointer, reply: UnsafeMutableRawBufferPointer) {
+            self.memory = memory
+            self.client = client
+            self.peer = peer
+            self.policy = policy
+            self.message = message
+            self.reply = reply
         }
 
         deinit {
@@ -68,7 +81,7 @@ enum RingBench {
         }
 
         /// One round trip, in TSC cycles; the echo is checked.
-        func roundTrip() throws(BenchError) -> UInt64 {
+        mutating func roundTrip() throws(BenchError) -> UInt64 {
             sequence &+= 1
             message.storeBytes(of: sequence, as: UInt64.self)
             let start = CL_cycles()
@@ -86,7 +99,7 @@ enum RingBench {
         var sleeps: Int { client.responses.sleeps }
         var wakeups: Int { client.requests.wakeups }
 
-        func finish() throws(BenchError) {
+        consuming func finish() throws(BenchError) {
             message.storeBytes(of: stop, as: UInt64.self)
             let message = self.message
             _ = try ring("stopping the echo peer") { () throws(RingError) in try client.requests.send(UnsafeRawBufferPointer(message)) }

@@ -426,26 +426,24 @@ public final class IPCServer: @unchecked Sendable {
     private func share(_ slot: Int, descriptor: Int32, buffer: Int32, sequence: UInt32) {
         // The descriptor now belongs to this function: adopted into the table or closed.
         poolFDs[Int(buffer)] = -1
-        let table = clients[slot]!.regions
-        guard table.hasRoom else {
-            closeDescriptor(descriptor)
-            return sendReply(slot, type: .ipcShare, sequence: sequence, reply: .error(.EMFILE))
-        }
         switch SharedRegion.adopt(fd: descriptor) {
         case .failure(let status):
             closeDescriptor(descriptor)
             sendReply(slot, type: .ipcShare, sequence: sequence, reply: .error(status))
         case .success(let region):
-            // Only this thread adds: the room seen above is still there.
-            let handle = table.add(region)!
+            guard let handle = clients[slot]!.regions.add(region) else {
+                region.release()
+                return sendReply(slot, type: .ipcShare, sequence: sequence, reply: .error(.EMFILE))
+            }
             regions.wrappingIncrement(ordering: .relaxed)
             sendReply(slot, type: .ipcShare, sequence: sequence,
                       reply: IPCReply(param1: UInt64(handle), param2: UInt64(region.size), param3: region.writable ? 1 : 0))
         }
     }
 
-    /// MSG_IPC_RING_ATTACH: param1 slot size, param2 capacity (0: 256 and 16, as `attachRing`). Creates the ring
-    /// memfd, starts its thread, and replies with the memfd (SCM_RIGHTS) and the layout.
+    /// MSG_IPC_RING_ATTACH: param1 slot size, param2 capacity (0: 256 and 16, as `attachRing`).
+    /// Creates the ring memfd, starts its thread, and replies with the memfd (SCM_RIGHTS) and the
+    /// layout.
     private func attachRing(_ slot: Int, _ message: Message) {
         let sequence = message.sequence
         guard configuration.maxRings > 0 else { return sendReply(slot, type: .ipcRingAttach, sequence: sequence, reply: .error(.ENOTSUP)) }

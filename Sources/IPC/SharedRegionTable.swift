@@ -35,9 +35,6 @@ final class SharedRegionTable: @unchecked Sendable {
     /// Handles the client holds now.
     var count: Int { state.withLock { $0.count } }
 
-    /// Whether another region can be added.
-    var hasRoom: Bool { state.withLock { $0.entries.contains { $0 == nil } } }
-
     /// Adds `region` and returns its handle (1-based), or nil when every slot is taken.
     func add(_ region: SharedRegion) -> UInt32? {
         state.withLock { state -> UInt32? in
