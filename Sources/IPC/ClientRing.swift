@@ -7,7 +7,9 @@ import Glibc
 /// A client's shared-memory ring to its server (`IPCClient.attachRing`): requests out, replies
 /// in, each slot a whole message (header and inline payload).
 final class ClientRing {
-    var end: RingClientEnd
+    /// Unchecked: only the client's calling thread touches it (IPCClient is not thread-safe), and a
+    /// dynamic exclusivity check per message would cost more than the rest of the ring's path.
+    @exclusivity(unchecked) var end: RingClientEnd
     let policy: RingWaitPolicy
     /// A private copy of the last reply slot: the peer can write the shared one at any time.
     let response: UnsafeMutableRawBufferPointer

@@ -21,7 +21,8 @@ import Glibc
 /// time: it is decoded and used from the copy), the handler call, one slot written. No allocation,
 /// no reference counting.
 final class RingService: @unchecked Sendable {
-    private var end: RingServerEnd
+    /// Unchecked: only the ring's own thread touches it (no dynamic exclusivity check per message).
+    @exclusivity(unchecked) private var end: RingServerEnd
     private let handler: IPCServer.Handler
     private let connection: IPCConnection
     private let regions: SharedRegionTable
