@@ -8,37 +8,54 @@ import Glibc
 /// no message-passing scheme between processes can beat it, and the ring should come close.
 ///
 /// Plain volatile loads and stores suffice on x86 (TSO: stores are seen in order); the word is
-/// the only shared datum.
+/// the only shared datum. Measured in rounds alternating with the ring's (`RoundTripRounds`).
 enum CacheLineFloor {
     static let peerRole = "floor-echo"
     static let wordOffset = 0
     static let readyOffset = 256  // another line pair: the handshake must not share the measured line
     static let stop = UInt64.max
 
-    static func measure(options: IPCBenchmark.Options, peerCPU: Int?) throws(BenchError) -> RoundTripResult {
-        let page = try SharedPage()
-        let peer = try PeerProcess.spawn(role: peerRole, descriptor: page.descriptor, cpu: peerCPU)
-        do throws(BenchError) {
-            try waitUntil(seconds: 5, role: peerRole) { CL_dma_read64(page.base + readyOffset) == 1 }
-            let result = try timedLoop(count: options.roundTrips, budgetNanoseconds: options.loopBudgetNanoseconds) { i throws(BenchError) in
-                let ping = UInt64(i) &* 2 &+ 1
-                let start = CL_cycles()
-                CL_mmio_write64(page.base, wordOffset, ping)
-                var spins: UInt32 = 0
-                while CL_dma_read64(page.base + wordOffset) != ping &+ 1 {
-                    CL_cpu_relax()
-                    spins &+= 1
-                    if spins == 0 { throw .peerTimedOut(role: peerRole, seconds: 60) }
-                }
-                return CL_cycles_ordered() &- start
+    /// The peer started and ready; round trips timed one at a time (`RoundTripRounds`).
+    struct Session: ~Copyable {
+        let page: SharedPage
+        let peer: PeerProcess
+        var ping: UInt64 = 1
+
+        init(peerCPU: Int?) throws(BenchError) {
+            let page = try SharedPage()
+            let peer = try PeerProcess.spawn(role: peerRole, descriptor: page.descriptor, cpu: peerCPU)
+            let base = page.base
+            do throws(BenchError) {
+                try waitUntil(seconds: 5, role: peerRole) { CL_dma_read64(base + readyOffset) == 1 }
+            } catch {
+                peer.kill()
+                throw error
             }
+            self.page = page
+            self.peer = peer
+        }
+
+        /// One round trip, in TSC cycles.
+        mutating func roundTrip() throws(BenchError) -> UInt64 {
+            let ping = self.ping
+            self.ping &+= 2
+            let start = CL_cycles()
+            CL_mmio_write64(page.base, wordOffset, ping)
+            var spins: UInt32 = 0
+            while CL_dma_read64(page.base + wordOffset) != ping &+ 1 {
+                CL_cpu_relax()
+                spins &+= 1
+                if spins == 0 { throw .peerTimedOut(role: peerRole, seconds: 60) }
+            }
+            return CL_cycles_ordered() &- start
+        }
+
+        consuming func finish() throws(BenchError) {
             CL_mmio_write64(page.base, wordOffset, stop)
             try peer.wait()
-            return result
-        } catch {
-            peer.kill()
-            throw error
         }
+
+        func abandon() { peer.kill() }
     }
 
     /// Peer: answer every odd value v with v + 1 until `stop`.
@@ -53,7 +70,13 @@ enum CacheLineFloor {
                 CL_cpu_relax()
                 value = CL_dma_read64(page.base + wordOffset)
                 spins &+= 1
-                if spins & 0xFF_FFFF == 0, getppid() == 1 { return }  // orphaned: the benchmark died
+                // Idle for a while (the other path's round is being measured): nap between looks
+                // so this process does not take the CPU from the ring's peer on the same core.
+                // Each round starts with unrecorded warm-up round trips that wake it.
+                if spins >= 1 << 16, spins & 0xFF == 0 {
+                    usleep(20)
+                    if spins & 0xFF_FFFF == 0, getppid() == 1 { return }  // orphaned: the benchmark died
+                }
             }
             if value == stop { return }
             CL_mmio_write64(page.base, wordOffset, value &+ 1)

@@ -35,6 +35,9 @@ struct Samples: ~Copyable {
 
     var isFull: Bool { count == storage.count }
 
+    /// Forgets the samples, keeping the storage (a new round).
+    mutating func removeAll() { count = 0 }
+
     mutating func record(_ cycles: UInt64) {
         storage[count] = cycles
         count &+= 1

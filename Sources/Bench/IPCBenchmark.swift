@@ -13,7 +13,11 @@ public struct IPCBenchmark {
         /// Messages enqueued per flush (one wake-up at most per flush) in the one-way test.
         public var batch = 32
         public var slotSize = 64
+        /// Slots per ring for the one-way (batched) test: room for many batches in flight.
         public var capacity = 1024
+        /// Slots per ring for synchronous round trips: one request in flight at a time, so a few
+        /// slots suffice, and a small ring stays in L1 (1024 64-byte slots are 64 KiB per ring).
+        public var roundTripCapacity = 16
         /// Spin before sleeping, both ring endpoints.
         public var spinNanoseconds: UInt64 = 20_000
         /// Upper bound on the whole run's timed loops, in seconds; each of the seven loops gets a seventh.
@@ -36,8 +40,10 @@ public struct IPCBenchmark {
         var report = IPCReport(options: options, placement: placement, clock: clock)
         report.printHeader()
 
-        report.floor = try CacheLineFloor.measure(options: options, peerCPU: placement.peer)
-        report.ringRoundTrip = try RingBench.roundTrips(options: options, peerCPU: placement.peer)
+        let alternating = try AlternatingRounds.measure(options: options, peerCPU: placement.peer)
+        report.floor = alternating.floor
+        report.ringRoundTrip = alternating.ring
+        report.alternating = alternating
         report.ringOneWay = try RingBench.oneWay(options: options, peerCPU: placement.peer)
         report.socketRoundTrip = try SeqpacketBench.roundTrips(options: options, peerCPU: placement.peer)
         report.socketOneWay = try SeqpacketBench.oneWay(options: options, peerCPU: placement.peer)

@@ -72,7 +72,7 @@ enum IPCSocketBench {
             let roundTrip = try roundTrips(client, options: options)
             let (oneWay, busy) = try batched(client, batch: batch, options: options)
             try ipc("IPCClient.attachRing") { () throws(IPCError) in
-                try client.attachRing(slotSize: ringSlotSize, capacity: 64, policy: RingWaitPolicy(spinNanoseconds: options.spinNanoseconds))
+                try client.attachRing(slotSize: ringSlotSize, capacity: options.roundTripCapacity, policy: RingWaitPolicy(spinNanoseconds: options.spinNanoseconds))
             }
             let ring = try roundTrips(client, options: options, count: options.roundTrips)
             guard client.ringExchanges >= ring.count else { throw BenchError.peerFailed(role: echoRole, status: -2) }

@@ -27,43 +27,86 @@ enum RingBench {
         do { return try body() } catch { throw .systemCall("\(what): \(error)", .ioError) }
     }
 
-    static func roundTrips(options: IPCBenchmark.Options, peerCPU: Int?) throws(BenchError) -> RoundTripResult {
-        let memory = try makeMemory(options)
-        var client = try ring("client end") { () throws(RingError) in try memory.clientEnd() }
-        let peer = try PeerProcess.spawn(role: echoRole, descriptor: memory.descriptor.rawValue, cpu: peerCPU,
-                                         arguments: ["--spin-ns", String(options.spinNanoseconds)])
-        let policy = policy(options)
-        let message = UnsafeMutableRawBufferPointer.allocate(byteCount: client.payloadSize, alignment: 8)
-        let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: client.payloadSize, alignment: 8)
-        defer { message.deallocate(); reply.deallocate() }
-        message.initializeMemory(as: UInt8.self, repeating: 0)
-        do throws(BenchError) {
+    /// Synchronous round trips (client sends, the peer echoes) on a ring pair of
+    /// `options.roundTripCapacity` slots; timed one at a time (`RoundTripRounds`).
+    struct Session: ~Copyable {
+        let memory: SharedRingMemory
+        // A struct, not a class: mutating a class's stored property costs a dynamic exclusivity
+        // check (swift_beginAccess) per round trip, which the floor does not pay.
+        var client: RingClientEnd
+        let peer: PeerProcess
+        let policy: RingWaitPolicy
+        let message: UnsafeMutableRawBufferPointer
+        let reply: UnsafeMutableRawBufferPointer
+        var sequence: UInt64 = 0
+
+        static func start(options: IPCBenchmark.Options, peerCPU: Int?) throws(BenchError) -> Session {
+            var layoutOptions = options
+            layoutOptions.capacity = options.roundTripCapacity
+            let memory = try makeMemory(layoutOptions)
+            var client = try ring("client end") { () throws(RingError) in try memory.clientEnd() }
+            let peer = try PeerProcess.spawn(role: echoRole, descriptor: memory.descriptor.rawValue, cpu: peerCPU,
+                                             arguments: ["--spin-ns", String(options.spinNanoseconds)])
+            let policy = RingBench.policy(options)
+            let message = UnsafeMutableRawBufferPointer.allocate(byteCount: client.payloadSize, alignment: 8)
+            let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: client.payloadSize, alignment: 8)
+            message.initializeMemory(as: UInt8.self, repeating: 0)
             // The peer says hello once it is attached.
-            guard try ring("waiting for the echo peer", { () throws(RingError) in
-                try client.responses.receive(into: reply, policy: policy, timeoutNanoseconds: peerTimeout)
-            }) else { throw BenchError.peerTimedOut(role: echoRole, seconds: 10) }
-            var result = try timedLoop(count: options.roundTrips, budgetNanoseconds: options.loopBudgetNanoseconds) { i throws(BenchError) in
-                message.storeBytes(of: UInt64(i), as: UInt64.self)
-                let start = CL_cycles()
-                let answered: Bool
-                do {
-                    answered = try client.sendReceive(UnsafeRawBufferPointer(message), into: reply, policy: policy,
-                                                      timeoutNanoseconds: peerTimeout)
-                } catch { throw .systemCall("ring round trip: \(error)", .ioError) }
-                let cycles = CL_cycles_ordered() &- start
-                guard answered, reply.load(as: UInt64.self) == UInt64(i) else { throw .peerFailed(role: echoRole, status: -1) }
-                return cycles
+            do throws(BenchError) {
+                guard try ring("waiting for the echo peer", { () throws(RingError) in
+                    try client.responses.receive(into: reply, policy: policy, timeoutNanoseconds: peerTimeout)
+                }) else { throw BenchError.peerTimedOut(role: echoRole, seconds: 10) }
+            } catch {
+                peer.kill()
+                message.deallocate()
+                reply.deallocate()
+                throw error
             }
+            return Session(memory: memory, client: client, peer: peer, policy: policy, message: message, reply: reply)
+        }
+
+        private init(memory: SharedRingMemory, client: consuming RingClientEnd, peer: PeerProcess, policy: RingWaitPolicy,
+                     message: UnsafeMutableRawBufferPointer, reply: UnsafeMutableRawBufferPointer) {
+            self.memory = memory
+            self.client = client
+            self.peer = peer
+            self.policy = policy
+            self.message = message
+            self.reply = reply
+        }
+
+        deinit {
+            message.deallocate()
+            reply.deallocate()
+        }
+
+        /// One round trip, in TSC cycles; the echo is checked.
+        mutating func roundTrip() throws(BenchError) -> UInt64 {
+            sequence &+= 1
+            message.storeBytes(of: sequence, as: UInt64.self)
+            let start = CL_cycles()
+            let answered: Bool
+            do {
+                answered = try client.sendReceive(UnsafeRawBufferPointer(message), into: reply, policy: policy,
+                                                  timeoutNanoseconds: peerTimeout)
+            } catch { throw .systemCall("ring round trip: \(error)", .ioError) }
+            let cycles = CL_cycles_ordered() &- start
+            guard answered, reply.load(as: UInt64.self) == sequence else { throw .peerFailed(role: echoRole, status: -1) }
+            return cycles
+        }
+
+        /// Futex sleeps and wakes on the client side so far.
+        var sleeps: Int { client.responses.sleeps }
+        var wakeups: Int { client.requests.wakeups }
+
+        consuming func finish() throws(BenchError) {
             message.storeBytes(of: stop, as: UInt64.self)
+            let message = self.message
             _ = try ring("stopping the echo peer") { () throws(RingError) in try client.requests.send(UnsafeRawBufferPointer(message)) }
             try peer.wait()
-            result.sleeps = client.responses.sleeps
-            result.wakeups = client.requests.wakeups
-            return result
-        } catch {
-            peer.kill()
-            throw error
         }
+
+        func abandon() { peer.kill() }
     }
 
     /// Peer: echo every request until `stop`.

@@ -415,7 +415,9 @@ public final class IPCClient {
 
     /// Tells the server to forget a handle (close its descriptor, unmap).
     public func release(handle: UInt32, timeout: Duration? = .seconds(10)) throws(IPCError) {
-        let reply = try sendReceive(Message(type: .ipcRelease, param1: UInt64(handle)), timeout: timeout)
+        // On the socket, where handles are shared and released (a ring answers ENOTSUP).
+        let sequence = try send(Message(type: .ipcRelease, param1: UInt64(handle)))
+        let reply = try awaitReply(sequence: sequence, timeout: timeout)
         guard reply.status.isOK else { throw .refused(.ipcRelease, reply.status) }
     }
 

@@ -7,7 +7,9 @@ import Glibc
 /// A client's shared-memory ring to its server (`IPCClient.attachRing`): requests out, replies
 /// in, each slot a whole message (header and inline payload).
 final class ClientRing {
-    var end: RingClientEnd
+    /// Unchecked: only the client's calling thread touches it (IPCClient is not thread-safe), and a
+    /// dynamic exclusivity check per message would cost more than the rest of the ring's path.
+    @exclusivity(unchecked) var end: RingClientEnd
     let policy: RingWaitPolicy
     /// A private copy of the last reply slot: the peer can write the shared one at any time.
     let response: UnsafeMutableRawBufferPointer
@@ -37,13 +39,18 @@ extension IPCClient {
     /// passes it back (SCM_RIGHTS) and serves the ring on a thread of its own with the same
     /// handler as socket messages. From then on `sendReceive` (both forms) goes over the ring
     /// for requests whose header and inline payload fit a slot (`slotSize` minus 8 bytes), and
-    /// over the socket for larger ones; `send`, `receive`, `share` and shared-memory requests
-    /// stay on the socket. A reply too large for a slot comes on the socket by itself.
+    /// over the socket for larger ones. A request naming a shared-memory handle goes over the
+    /// ring too (the ring resolves this connection's handles); `send`, `receive`, `share` and
+    /// `release` stay on the socket. A reply too large for a slot comes on the socket by itself.
     ///
     /// Throws `.refused(.ipcRingAttach, status)`: ENOTSUP when the server does not offer rings
     /// (`IPCServer.Configuration.maxRings`), EBUSY when it has none left or this connection has
     /// one, EINVAL for a layout it does not accept, EPROTO for a memfd that fails validation.
-    public func attachRing(slotSize: Int = 256, capacity: Int = 64, policy: RingWaitPolicy = .adaptive,
+    ///
+    /// `capacity` is small by default: `sendReceive` has one request in flight at a time, and a
+    /// ring that cycles through few slots keeps them in L1 on both cores (a large ring's slots
+    /// fall out to L2 between uses and cost a slower miss per message).
+    public func attachRing(slotSize: Int = 256, capacity: Int = 16, policy: RingWaitPolicy = .adaptive,
                            timeout: Duration? = .seconds(10)) throws(IPCError) {
         guard ringChannel == nil else { throw .refused(.ipcRingAttach, .EBUSY) }
         keepDescriptors = true

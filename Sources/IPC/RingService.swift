@@ -12,17 +12,20 @@ import Glibc
 /// cannot carry travels elsewhere: a request too large for a slot is sent on the socket by the
 /// client; a reply too large is sent on the client's socket, and the ring gets a marker in its
 /// place (status EMSGSIZE, param1 `IPCRefusal.replyOnSocket`) telling the client to read it
-/// there. Ring requests carry inline data only; shared-memory handles (MSG_IPC_SHARE) belong to
-/// the socket connection, so a ring request naming one, or a share/release/attach on the ring,
-/// is answered ENOTSUP.
+/// there. A ring request may name a shared-memory handle: the ring belongs to one connection and
+/// resolves that connection's handles (its `SharedRegionTable`; EBADF for any other, and for one
+/// released on the socket meanwhile). Handles are shared and released on the socket only: a
+/// share, release or attach on the ring is answered ENOTSUP.
 ///
 /// Per message: one slot copied into a private buffer (the peer can write the shared slot at any
 /// time: it is decoded and used from the copy), the handler call, one slot written. No allocation,
 /// no reference counting.
 final class RingService: @unchecked Sendable {
-    private var end: RingServerEnd
+    /// Unchecked: only the ring's own thread touches it (no dynamic exclusivity check per message).
+    @exclusivity(unchecked) private var end: RingServerEnd
     private let handler: IPCServer.Handler
     private let connection: IPCConnection
+    private let regions: SharedRegionTable
     /// A duplicate of the client's socket: replies too large for a slot go there. Owned here, so
     /// the server thread closing its own descriptor cannot make this one point elsewhere.
     private let socket: Int32
@@ -37,11 +40,12 @@ final class RingService: @unchecked Sendable {
     /// How long the thread sleeps on the ring before looking at the stop flag again.
     private static let sliceNanoseconds: UInt64 = 50_000_000
 
-    init(memory: SharedRingMemory, handler: @escaping IPCServer.Handler, connection: IPCConnection, socket: Int32,
-         policy: RingWaitPolicy) throws(RingError) {
+    init(memory: SharedRingMemory, handler: @escaping IPCServer.Handler, connection: IPCConnection, regions: SharedRegionTable,
+         socket: Int32, policy: RingWaitPolicy) throws(RingError) {
         end = try memory.serverEnd()
         self.handler = handler
         self.connection = connection
+        self.regions = regions
         self.socket = socket
         self.policy = policy
         request = .allocate(byteCount: memory.layout.payloadSize, alignment: 16)
@@ -114,16 +118,9 @@ final class RingService: @unchecked Sendable {
             break
         }
         let inline = UnsafeRawBufferPointer(rebasing: slot[Message.headerSize...])
-        var data = UnsafeRawBufferPointer(start: nil, count: 0)
-        switch message.data {
-        case .none: break
-        case .inline(let offset, let count): data = UnsafeRawBufferPointer(rebasing: inline[offset..<(offset + count)])
-        case .shared: return respond(type: message.type, sequence: message.sequence, reply: .error(.ENOTSUP))
+        let answer = regions.serve(message, inline: inline, reply: UnsafeMutableRawBufferPointer(rebasing: reply[Message.headerSize...])) {
+            handler(message, $0, connection)
         }
-        let payload = IPCPayload(inline: inline, data: data, writableData: nil,
-                                 reply: UnsafeMutableRawBufferPointer(rebasing: reply[Message.headerSize...]))
-        var answer = handler(message, payload, connection)
-        if answer.payloadCount < 0 || answer.payloadCount > Message.maxInlinePayload { answer = .error(.EIO) }
         respond(type: message.type, sequence: message.sequence, reply: answer)
     }
 

@@ -96,8 +96,8 @@ public final class IPCServer: @unchecked Sendable {
     private struct ClientState {
         var fd: Int32
         var connection: IPCConnection
-        var handles: [SharedRegion?]
-        var handleCount = 0
+        /// Its shared-memory handles, shared with its ring's thread.
+        let regions: SharedRegionTable
         var queue: [Int32]
         var queueHead = 0
         var queueCount = 0
@@ -261,7 +261,7 @@ public final class IPCServer: @unchecked Sendable {
             }
             clients[slot] = ClientState(
                 fd: fd, connection: connection,
-                handles: Array(repeating: nil, count: configuration.maxHandlesPerClient),
+                regions: SharedRegionTable(capacity: configuration.maxHandlesPerClient),
                 queue: Array(repeating: -1, count: configuration.queueDepth))
             connections.wrappingIncrement(ordering: .relaxed)
         }
@@ -281,12 +281,8 @@ public final class IPCServer: @unchecked Sendable {
             releaseBuffer(client.queue[position])
             position = (position + 1) % client.queue.count
         }
-        for region in client.handles {
-            if let region {
-                region.release()
-                regions.wrappingDecrement(ordering: .relaxed)
-            }
-        }
+        // After the ring thread stopped: no region is in use.
+        regions.wrappingDecrement(by: client.regions.releaseAll(), ordering: .relaxed)
         _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, client.fd, nil)
         closeDescriptor(client.fd)
         connections.wrappingDecrement(ordering: .relaxed)
@@ -411,15 +407,11 @@ public final class IPCServer: @unchecked Sendable {
             return share(slot, descriptor: descriptor, buffer: buffer, sequence: message.sequence)
         case .ipcRelease:
             // param1 is the client's word: bound it before converting (a value >= 2^63 must not trap).
-            guard message.param1 > 0, message.param1 <= UInt64(client.handles.count),
-                  let region = client.handles[Int(message.param1) - 1] else {
+            // Unmapped now, or when a ring request using it ends; unknown from now on either way.
+            guard client.regions.release(handle: message.param1) else {
                 return sendReply(slot, type: message.type, sequence: message.sequence, reply: .error(.EBADF))
             }
-            let index = Int(message.param1) - 1
-            region.release()
             regions.wrappingDecrement(ordering: .relaxed)
-            clients[slot]!.handles[index] = nil
-            clients[slot]!.handleCount -= 1
             return sendReply(slot, type: message.type, sequence: message.sequence, reply: .ok)
         case .ipcPing:
             return sendReply(slot, type: message.type, sequence: message.sequence, reply: .ok)
@@ -432,55 +424,37 @@ public final class IPCServer: @unchecked Sendable {
         }
 
         let inline = UnsafeRawBufferPointer(rebasing: datagram[Message.headerSize...])
-        var data = UnsafeRawBufferPointer(start: nil, count: 0)
-        var writable: UnsafeMutableRawBufferPointer? = nil
-        switch message.data {
-        case .none: break
-        case .inline(let offset, let count):
-            data = UnsafeRawBufferPointer(rebasing: inline[offset..<offset + count])
-        case .shared(let handle, let offset, let count):
-            let index = Int(handle) - 1
-            guard index < client.handles.count, let region = client.handles[index] else {
-                return sendReply(slot, type: message.type, sequence: message.sequence, reply: .error(.EBADF))
-            }
-            guard offset <= region.size, count <= region.size - offset else {
-                return sendReply(slot, type: message.type, sequence: message.sequence, reply: .error(.EINVAL))
-            }
-            let view = UnsafeMutableRawBufferPointer(start: region.base + offset, count: count)
-            data = UnsafeRawBufferPointer(view)
-            writable = region.writable ? view : nil
+        let replyPayload = UnsafeMutableRawBufferPointer(rebasing: replyBuffer[Message.headerSize...])
+        // A descriptor the handler is shown stays in the pool slot: `releaseBuffer` closes it.
+        let reply = client.regions.serve(message, inline: inline, reply: replyPayload) { payload in
+            var payload = payload
+            payload.descriptor = descriptor
+            return handler(message, payload, client.connection)
         }
-        let payload = IPCPayload(inline: inline, data: data, writableData: writable,
-                                 reply: UnsafeMutableRawBufferPointer(rebasing: replyBuffer[Message.headerSize...]),
-                                 descriptor: descriptor)
-        // A descriptor the handler was shown stays in the pool slot: `releaseBuffer` closes it.
-        var reply = handler(message, payload, client.connection)
-        if reply.payloadCount < 0 || reply.payloadCount > Message.maxInlinePayload { reply = .error(.EIO) }
         sendReply(slot, type: message.type, sequence: message.sequence, reply: reply)
     }
 
     private func share(_ slot: Int, descriptor: Int32, buffer: Int32, sequence: UInt32) {
         // The descriptor now belongs to this function: adopted into the table or closed.
         poolFDs[Int(buffer)] = -1
-        guard let index = clients[slot]!.handles.firstIndex(where: { $0 == nil }) else {
-            closeDescriptor(descriptor)
-            return sendReply(slot, type: .ipcShare, sequence: sequence, reply: .error(.EMFILE))
-        }
         switch SharedRegion.adopt(fd: descriptor) {
         case .failure(let status):
             closeDescriptor(descriptor)
             sendReply(slot, type: .ipcShare, sequence: sequence, reply: .error(status))
         case .success(let region):
-            clients[slot]!.handles[index] = region
-            clients[slot]!.handleCount += 1
+            guard let handle = clients[slot]!.regions.add(region) else {
+                region.release()
+                return sendReply(slot, type: .ipcShare, sequence: sequence, reply: .error(.EMFILE))
+            }
             regions.wrappingIncrement(ordering: .relaxed)
             sendReply(slot, type: .ipcShare, sequence: sequence,
-                      reply: IPCReply(param1: UInt64(index + 1), param2: UInt64(region.size), param3: region.writable ? 1 : 0))
+                      reply: IPCReply(param1: UInt64(handle), param2: UInt64(region.size), param3: region.writable ? 1 : 0))
         }
     }
 
-    /// MSG_IPC_RING_ATTACH: param1 slot size, param2 capacity (0: 256 and 64). Creates the ring
-    /// memfd, starts its thread, and replies with the memfd (SCM_RIGHTS) and the layout.
+    /// MSG_IPC_RING_ATTACH: param1 slot size, param2 capacity (0: 256 and 16, as `attachRing`).
+    /// Creates the ring memfd, starts its thread, and replies with the memfd (SCM_RIGHTS) and the
+    /// layout.
     private func attachRing(_ slot: Int, _ message: Message) {
         let sequence = message.sequence
         guard configuration.maxRings > 0 else { return sendReply(slot, type: .ipcRingAttach, sequence: sequence, reply: .error(.ENOTSUP)) }
@@ -488,7 +462,7 @@ public final class IPCServer: @unchecked Sendable {
             return sendReply(slot, type: .ipcRingAttach, sequence: sequence, reply: .error(.EBUSY))
         }
         let slotSize = message.param1 == 0 ? 256 : message.param1
-        let capacity = message.param2 == 0 ? 64 : message.param2
+        let capacity = message.param2 == 0 ? 16 : message.param2
         guard slotSize <= UInt64(configuration.maxRingSlotSize), capacity <= UInt64(configuration.maxRingCapacity),
               slotSize >= UInt64(Message.headerSize + RingLayout.stampSize),
               let layout = try? RingLayout(slotSize: Int(slotSize), capacity: Int(capacity)) else {
@@ -501,8 +475,8 @@ public final class IPCServer: @unchecked Sendable {
         let service: RingService
         do {
             memory = try SharedRingMemory.create(layout: layout, name: "limitless-ring-\(endpoint.name)")
-            service = try RingService(memory: memory, handler: handler, connection: client.connection, socket: socket,
-                                      policy: configuration.ringWaitPolicy)
+            service = try RingService(memory: memory, handler: handler, connection: client.connection, regions: client.regions,
+                                      socket: socket, policy: configuration.ringWaitPolicy)
         } catch {
             closeDescriptor(socket)
             return sendReply(slot, type: .ipcRingAttach, sequence: sequence, reply: .error(.ENOMEM))

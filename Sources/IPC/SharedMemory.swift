@@ -116,8 +116,9 @@ public struct SharedMemory: ~Copyable {
 }
 
 /// A region a server received: its own descriptor and mapping, held in a connection's handle
-/// table until the client releases it or goes away.
-struct SharedRegion {
+/// table until the client releases it or goes away. Sendable: the server's thread and the
+/// connection's ring thread both read through it; `SharedRegionTable` decides when it is unmapped.
+struct SharedRegion: @unchecked Sendable {
     /// The largest region a server maps for one client handle.
     static let maxSize = 1 << 30
 

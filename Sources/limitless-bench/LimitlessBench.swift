@@ -30,8 +30,11 @@ struct IPC: ParsableCommand {
     @Option(help: "Ring slot size in bytes, a power of two (8 bytes of each slot are its stamp).")
     var slotSize = 64
 
-    @Option(help: "Slots per ring, a power of two.")
+    @Option(help: "Slots per ring in the one-way (batched) test, a power of two.")
     var capacity = 1024
+
+    @Option(help: "Slots per ring for synchronous round trips, a power of two.")
+    var roundTripCapacity = 16
 
     @Option(name: .customLong("spin-us"), help: "Microseconds a ring endpoint spins before it sleeps on the futex.")
     var spinMicroseconds: UInt64 = 20
@@ -57,6 +60,7 @@ struct IPC: ParsableCommand {
         options.batch = batch
         options.slotSize = slotSize
         options.capacity = capacity
+        options.roundTripCapacity = roundTripCapacity
         options.spinNanoseconds = spinNanoseconds ?? spinMicroseconds * 1000
         options.durationSeconds = duration
         if let role {

@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include "limitless_ipc.h"
+#include "wire.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -34,7 +35,6 @@
 #define MFD_ALLOW_SEALING 0x0002U
 #endif
 
-#define WIRE_FLAG_KNOWN (IPC_FLAG_REPLY | IPC_FLAG_SHARED)
 #define DEFAULT_RUNTIME_DIR "/run/limitless"
 #define MAX_NAME 64
 #define RUNTIME_DIR_MAX 100
@@ -51,6 +51,7 @@ typedef struct {
     pid_t pid;
     int fd;
     uint32_t last_sequence;
+    uint64_t generation;  /* changes on every (re)connect of this slot */
     stashed_reply stash[IPC_MAX_STASHED];
     int stash_head, stash_count;
 } connection;
@@ -64,33 +65,9 @@ typedef struct {
 
 static connection connections[IPC_MAX_CONNECTIONS];
 static capability caps[IPC_MAX_CAPS];
+static uint64_t connects;
 static char runtime_dir[RUNTIME_DIR_MAX + 1];
 static int runtime_dir_set;
-
-/* ---- little-endian helpers ---- */
-
-static void put32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static void put64(uint8_t *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t get32(const uint8_t *p) {
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; i--) v = v << 8 | p[i];
-    return v;
-}
-static uint64_t get64(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
-    return v;
-}
-
-static int64_t now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
 
 /* ---- runtime directory and registry ---- */
 
@@ -193,7 +170,7 @@ static void drop_connection(int slot) {
 }
 
 /* The slot of the connection to `pid`, opening it if needed; or -errno. */
-static int connection_for(pid_t pid) {
+int lipc_connection_for(pid_t pid) {
     int free_slot = -1;
     for (int i = 0; i < IPC_MAX_CONNECTIONS; i++) {
         if (connections[i].used && connections[i].pid == pid) return i;
@@ -208,6 +185,7 @@ static int connection_for(pid_t pid) {
     c->used = 1;
     c->pid = pid;
     c->fd = fd;
+    c->generation = ++connects;
     for (int i = 0; i < IPC_MAX_CAPS; i++) caps[i].handles[free_slot] = 0;
     return free_slot;
 }
@@ -227,6 +205,10 @@ static uint32_t next_sequence(connection *c) {
     if (c->last_sequence == 0) c->last_sequence = 1;  /* 0 marks error replies to undecodable datagrams */
     return c->last_sequence;
 }
+
+uint32_t lipc_next_sequence(int slot) { return next_sequence(&connections[slot]); }
+int lipc_connection_fd(int slot) { return connections[slot].used ? connections[slot].fd : -1; }
+uint64_t lipc_connection_generation(int slot) { return connections[slot].used ? connections[slot].generation : 0; }
 
 /* A transport error on `slot`: drops the connection when the server is gone. Returns -code. */
 static int transport_error(int slot, int code) {
@@ -261,8 +243,12 @@ static int send_datagram(int slot, const uint8_t header[IPC_HEADER_SIZE], const 
     return 0;
 }
 
-static void encode_header(uint8_t h[IPC_HEADER_SIZE], uint32_t type, uint32_t flags, uint32_t sequence, uint64_t p1,
-                          uint64_t p2, uint64_t p3, uint64_t data_ptr, uint32_t data_size) {
+int lipc_send(int slot, const uint8_t header[IPC_HEADER_SIZE], const void *body, size_t body_length) {
+    return send_datagram(slot, header, body, body_length, -1);
+}
+
+void lipc_encode_header(uint8_t h[IPC_HEADER_SIZE], uint32_t type, uint32_t flags, uint32_t sequence, uint64_t p1,
+                        uint64_t p2, uint64_t p3, uint64_t data_ptr, uint32_t data_size) {
     memset(h, 0, IPC_HEADER_SIZE);  /* sender pid/uid/gid and status: 0, the server fills the sender */
     put32(h + 0, type);
     put32(h + 8, flags);
@@ -296,9 +282,10 @@ static int wait_readable(int slot, int64_t deadline) {
     }
 }
 
-/* recvmsg into up to two buffers; descriptors that come along are closed (servers send none).
+/* recvmsg into up to two buffers. Descriptors that come along are closed (servers send one only
+ * with a ring attach's reply), except the first when `keep` is non-NULL: it goes to *keep.
  * Returns the datagram's full length (MSG_TRUNC) or -errno; 0 means end of stream. */
-static ssize_t receive_into(int slot, void *a, size_t a_length, void *b, size_t b_length, int flags) {
+static ssize_t receive_into(int slot, void *a, size_t a_length, void *b, size_t b_length, int flags, int *keep) {
     struct iovec iov[2] = { { a, a_length }, { b, b_length } };
     union { char buffer[CMSG_SPACE(sizeof(int) * 8)]; struct cmsghdr align; } control;
     struct msghdr m;
@@ -317,30 +304,11 @@ static ssize_t receive_into(int slot, void *a, size_t a_length, void *b, size_t 
         for (size_t i = 0; i < count; i++) {
             int fd;
             memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-            close(fd);
+            if (keep != NULL && *keep < 0) *keep = fd;
+            else close(fd);
         }
     }
     return n;
-}
-
-/* Checks a reply header against the payload length that came with it. */
-static int valid_reply(const uint8_t *h, size_t payload) {
-    uint32_t flags = get32(h + 8);
-    if ((flags & ~WIRE_FLAG_KNOWN) != 0 || !(flags & IPC_FLAG_REPLY)) return 0;
-    if (flags & IPC_FLAG_SHARED) return 0;  /* servers reply with inline data only */
-    uint64_t offset = get64(h + 48), size = get32(h + 56);
-    return offset <= payload && size <= payload - offset;
-}
-
-/* Fills `reply`'s header fields from a validated wire header. */
-static void fill_reply(ipc_message_t *reply, const uint8_t *h, pid_t pid) {
-    reply->type = get32(h + 0);
-    reply->sender_pid = (int32_t)pid;
-    reply->flags = get32(h + 8);
-    reply->param1 = get64(h + 24);
-    reply->param2 = get64(h + 32);
-    reply->param3 = get64(h + 40);
-    reply->status = (int32_t)get32(h + 60);
 }
 
 /* Delivers a whole datagram held in memory into `reply`. 0, -EMSGSIZE or -EPROTO. */
@@ -360,13 +328,14 @@ static int deliver(const uint8_t *datagram, size_t length, ipc_message_t *reply,
 /* Receives one datagram from the socket: the reply to `want` (or any reply if want_any) goes into
  * `reply`; others are stashed. Returns 0 / -EMSGSIZE when `reply` was filled, 1 when a datagram
  * was stashed (call again), or -errno. */
-static int receive_one(int slot, int want_any, uint32_t want, ipc_message_t *reply, uint32_t *sequence, int64_t deadline) {
+static int receive_one(int slot, int want_any, uint32_t want, ipc_message_t *reply, uint32_t *sequence, int64_t deadline,
+                       int *keep) {
     int waited = wait_readable(slot, deadline);
     if (waited < 0) return waited;
     connection *c = &connections[slot];
     pid_t pid = c->pid;
     uint8_t header[IPC_HEADER_SIZE];
-    ssize_t total = receive_into(slot, header, sizeof(header), NULL, 0, MSG_PEEK);
+    ssize_t total = receive_into(slot, header, sizeof(header), NULL, 0, MSG_PEEK, NULL);
     if (total < 0) {
         if (total == -EAGAIN) return 1;
         return transport_error(slot, (int)-total);
@@ -376,7 +345,7 @@ static int receive_one(int slot, int want_any, uint32_t want, ipc_message_t *rep
         return -ECONNRESET;
     }
     if (total < IPC_HEADER_SIZE) {  /* malformed: consume it */
-        receive_into(slot, header, sizeof(header), NULL, 0, 0);
+        receive_into(slot, header, sizeof(header), NULL, 0, 0, NULL);
         return -EPROTO;
     }
     size_t payload = (size_t)total - IPC_HEADER_SIZE;
@@ -386,7 +355,7 @@ static int receive_one(int slot, int want_any, uint32_t want, ipc_message_t *rep
     size_t capacity = buffer ? reply->data_size : 0;
     if (mine && (payload == 0 || payload <= capacity)) {
         /* The common case: the payload fits the caller's buffer; receive straight into it. */
-        ssize_t n = receive_into(slot, header, sizeof(header), buffer, payload, 0);
+        ssize_t n = receive_into(slot, header, sizeof(header), buffer, payload, 0, mine ? keep : NULL);
         if (n < 0) return transport_error(slot, (int)-n);
         if (!valid_reply(header, payload)) return -EPROTO;
         if (sequence) *sequence = got;
@@ -399,7 +368,7 @@ static int receive_one(int slot, int want_any, uint32_t want, ipc_message_t *rep
     }
     uint8_t *datagram = malloc((size_t)total);
     if (datagram == NULL) return -ENOMEM;
-    ssize_t n = receive_into(slot, datagram, (size_t)total, NULL, 0, 0);
+    ssize_t n = receive_into(slot, datagram, (size_t)total, NULL, 0, 0, mine ? keep : NULL);
     if (n < 0) {
         free(datagram);
         return transport_error(slot, (int)-n);
@@ -420,8 +389,13 @@ static int receive_one(int slot, int want_any, uint32_t want, ipc_message_t *rep
 
 /* Waits for the reply with sequence `want` (others are stashed). */
 static int await_reply(int slot, uint32_t want, ipc_message_t *reply, int64_t deadline) {
+    return lipc_await_reply(slot, want, reply, deadline, NULL);
+}
+
+int lipc_await_reply(int slot, uint32_t want, ipc_message_t *reply, int64_t deadline, int *descriptor) {
+    if (descriptor != NULL) *descriptor = -1;
     for (;;) {
-        int result = receive_one(slot, 0, want, reply, NULL, deadline);
+        int result = receive_one(slot, 0, want, reply, NULL, deadline, descriptor);
         if (result != 1) return result;
     }
 }
@@ -466,7 +440,7 @@ static int64_t handle_for(int slot, int cap, int32_t *refusal) {
     if (k->handles[slot] != 0) return k->handles[slot];
     uint8_t header[IPC_HEADER_SIZE];
     uint32_t sequence = next_sequence(&connections[slot]);
-    encode_header(header, MSG_IPC_SHARE, 0, sequence, 0, 0, 0, 0, 0);
+    lipc_encode_header(header, MSG_IPC_SHARE, 0, sequence, 0, 0, 0, 0, 0);
     int sent = send_datagram(slot, header, NULL, 0, k->fd);
     if (sent < 0) return sent;
     ipc_message_t answer;
@@ -488,7 +462,7 @@ int ipc_release_shared_memory_cap(int cap) {
         if (k->handles[slot] == 0 || !connections[slot].used) continue;
         uint8_t header[IPC_HEADER_SIZE];
         uint32_t sequence = next_sequence(&connections[slot]);
-        encode_header(header, MSG_IPC_RELEASE, 0, sequence, k->handles[slot], 0, 0, 0, 0);
+        lipc_encode_header(header, MSG_IPC_RELEASE, 0, sequence, k->handles[slot], 0, 0, 0, 0);
         k->handles[slot] = 0;
         if (send_datagram(slot, header, NULL, 0, -1) == 0) {
             ipc_message_t answer;
@@ -503,25 +477,35 @@ int ipc_release_shared_memory_cap(int cap) {
 
 /* ---- the seed's calls ---- */
 
-/* Encodes and sends `msg` on `slot`; returns 0 and the sequence, or -errno. */
-static int send_request(int slot, const ipc_message_t *msg, uint32_t *sequence, int32_t *refusal) {
+int lipc_wire_data(int slot, const ipc_message_t *msg, uint64_t *wire_ptr, const void **body, size_t *body_length,
+                   int32_t *refusal) {
     if ((msg->flags & ~IPC_FLAG_SHARED) != 0) return -EINVAL;
-    uint64_t wire_ptr = 0;
-    const void *body = NULL;
-    size_t body_length = 0;
+    *wire_ptr = 0;
+    *body = NULL;
+    *body_length = 0;
     if (msg->flags & IPC_FLAG_SHARED) {
         int64_t handle = handle_for(slot, (int)(uint32_t)msg->data_ptr, refusal);
         if (handle < 0) return (int)handle;
-        wire_ptr = (msg->data_ptr & 0xFFFFFFFF00000000ull) | (uint64_t)handle;
+        *wire_ptr = (msg->data_ptr & 0xFFFFFFFF00000000ull) | (uint64_t)handle;
     } else if (msg->data_size > 0) {
         if (msg->data_size > IPC_MAX_INLINE) return -EMSGSIZE;
         if (msg->data_ptr == 0) return -EINVAL;
-        body = (const void *)(uintptr_t)msg->data_ptr;
-        body_length = msg->data_size;
+        *body = (const void *)(uintptr_t)msg->data_ptr;
+        *body_length = msg->data_size;
     }
+    return 0;
+}
+
+/* Encodes and sends `msg` on `slot`; returns 0 and the sequence, or -errno. */
+static int send_request(int slot, const ipc_message_t *msg, uint32_t *sequence, int32_t *refusal) {
+    uint64_t wire_ptr;
+    const void *body;
+    size_t body_length;
+    int prepared = lipc_wire_data(slot, msg, &wire_ptr, &body, &body_length, refusal);
+    if (prepared < 0) return prepared;
     uint8_t header[IPC_HEADER_SIZE];
     uint32_t seq = next_sequence(&connections[slot]);
-    encode_header(header, msg->type, msg->flags, seq, msg->param1, msg->param2, msg->param3, wire_ptr, msg->data_size);
+    lipc_encode_header(header, msg->type, msg->flags, seq, msg->param1, msg->param2, msg->param3, wire_ptr, msg->data_size);
     int sent = send_datagram(slot, header, body, body_length, -1);
     if (sent < 0) return sent;
     if (sequence) *sequence = seq;
@@ -530,17 +514,13 @@ static int send_request(int slot, const ipc_message_t *msg, uint32_t *sequence, 
 
 int ipc_send_receive(pid_t server_pid, ipc_message_t *msg, ipc_message_t *reply) {
     if (msg == NULL || reply == NULL) return -EINVAL;
-    int slot = connection_for(server_pid);
+    int slot = lipc_connection_for(server_pid);
     if (slot < 0) return slot;
     uint32_t sequence = 0;
     int32_t refusal = 0;
     int sent = send_request(slot, msg, &sequence, &refusal);
     if (sent < 0) {
-        if (sent == -EPROTO && refusal != 0) {
-            reply->type = MSG_IPC_SHARE;
-            reply->flags = IPC_FLAG_REPLY;
-            reply->status = refusal;
-        }
+        note_refusal(reply, sent, refusal);
         return sent;
     }
     return await_reply(slot, sequence, reply, now_ms() + IPC_SEND_RECEIVE_TIMEOUT_MS);
@@ -548,7 +528,7 @@ int ipc_send_receive(pid_t server_pid, ipc_message_t *msg, ipc_message_t *reply)
 
 int ipc_send_seq(pid_t server_pid, ipc_message_t *msg, uint32_t *sequence) {
     if (msg == NULL) return -EINVAL;
-    int slot = connection_for(server_pid);
+    int slot = lipc_connection_for(server_pid);
     if (slot < 0) return slot;
     return send_request(slot, msg, sequence, NULL);
 }
@@ -558,7 +538,7 @@ int ipc_send(pid_t server_pid, ipc_message_t *msg) {
 }
 
 int ipc_receive_seq(pid_t server_pid, ipc_message_t *reply, int timeout_ms, uint32_t *sequence) {
-    int slot = connection_for(server_pid);
+    int slot = lipc_connection_for(server_pid);
     if (slot < 0) return slot;
     connection *c = &connections[slot];
     if (c->stash_count > 0) {
@@ -571,7 +551,7 @@ int ipc_receive_seq(pid_t server_pid, ipc_message_t *reply, int timeout_ms, uint
     }
     int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
     for (;;) {
-        int result = receive_one(slot, 1, 0, reply, sequence, deadline);
+        int result = receive_one(slot, 1, 0, reply, sequence, deadline, NULL);
         if (result != 1) return result;
     }
 }
@@ -595,6 +575,7 @@ const char *ipc_strerror(int error) {
     case ENOBUFS: return "too many unclaimed replies to ipc_send (IPC_MAX_STASHED); collect them with ipc_receive";
     case EBUSY: return "the server's queue for this client was full; the request was not run, retry later";
     case ENOSYS: return "the server does not handle this message type";
+    case ENOTSUP: return "not supported by the server (ipc_ring_attach: it offers no shared-memory rings)";
     case EBADMSG: return "the server refused the message as malformed";
     case ENAMETOOLONG: return "runtime directory path too long for a Unix socket address";
     default: return strerror(code);

@@ -34,8 +34,10 @@ final class CAPITests: RuntimeDirectoryTestCase {
     /// A server recording every request. Replies: VFS_STAT "stat:" + data, param1 = sender pid,
     /// param2 = request param1 + 1; VFS_WRITE / BLOCK_WRITE the data echoed (up to 256 bytes),
     /// param1 = byte sum, param2 = count; VFS_READ param1 bytes of (i & 0xFF); VFS_OPEN ENOENT.
-    private func startServer(_ recorder: Recorder) throws -> IPCServer {
-        let server = try IPCServer(name: "vfs", directory: directory) { request, payload, _ in
+    private func startServer(_ recorder: Recorder, rings: Int = 0) throws -> IPCServer {
+        var configuration = IPCServer.Configuration()
+        configuration.maxRings = rings
+        let server = try IPCServer(name: "vfs", directory: directory, configuration: configuration) { request, payload, _ in
             var handle: UInt32 = 0
             if case .shared(let h, _, _) = request.data { handle = h }
             recorder.add(.init(type: request.type, senderPID: request.senderPID, senderUID: request.senderUID,
@@ -68,7 +70,7 @@ final class CAPITests: RuntimeDirectoryTestCase {
     }
 
     /// Runs `program arguments` with `environment` added; returns pid, exit status, stdout+stderr.
-    private func run(_ program: String, _ arguments: [String], environment: [String] = [], search: Bool = false)
+    func run(_ program: String, _ arguments: [String], environment: [String] = [], search: Bool = false)
         -> (pid: pid_t, spawned: Int32, status: Int32, output: String) {
         let outputPath = directory + "/out-\(UInt32.random(in: 0...UInt32.max)).txt"
         var actions = posix_spawn_file_actions_t()
@@ -98,10 +100,10 @@ final class CAPITests: RuntimeDirectoryTestCase {
     }
 
     /// Compiles C sources with the library into `output`; skips the test if there is no `cc`.
-    private func compile(_ sources: [String], into output: String) throws {
+    func compile(_ sources: [String], into output: String) throws {
         let include = Self.repository + "/Sources/limitless_ipc/include"
-        let library = Self.repository + "/Sources/limitless_ipc/limitless_ipc.c"
-        let result = run("cc", ["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-I", include] + sources + [library, "-o", output],
+        let library = ["limitless_ipc.c", "ring.c"].map { Self.repository + "/Sources/limitless_ipc/" + $0 }
+        let result = run("cc", ["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-I", include] + sources + library + ["-o", output],
                          search: true)
         if result.spawned == ENOENT { throw XCTSkip("no C compiler: `cc` is not on PATH (posix_spawnp: ENOENT)") }
         XCTAssertEqual(result.spawned, 0, "posix_spawnp(cc) failed: \(result.spawned)")
@@ -314,5 +316,52 @@ final class CAPITests: RuntimeDirectoryTestCase {
         XCTAssertEqual(shared.first.map { $0.data[1000] }, UInt8(truncatingIfNeeded: 7000), "the server saw the copy, not the later memset")
         XCTAssertTrue(shared.allSatisfy { !$0.writable })
         waitUntil { server.connectionCount == 0 && server.sharedRegionCount == 0 }
+    }
+
+    // MARK: Rings
+
+    func testRingClientRoundTripsAgainstASwiftServer() throws {
+        let recorder = Recorder()
+        let server = try startServer(recorder, rings: 1)
+        defer { server.stop() }
+        let binary = directory + "/ring_client"
+        try compile([Self.repository + "/Examples/c/ring_client.c"], into: binary)
+        let result = run(binary, [String(getpid())], environment: ["LIMITLESS_RUNTIME_DIR=" + directory])
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.output.hasSuffix("ring: 4026 checks passed\n"), result.output)
+
+        // What the server saw: every request with the kernel's pid (the program forges 1), the
+        // 1000 stat paths in order, and the shared region's bytes, which came over the ring.
+        let seen = recorder.all
+        XCTAssertTrue(seen.allSatisfy { $0.senderPID == result.pid }, "\(Set(seen.map(\.senderPID))) vs \(result.pid)")
+        let stats = seen.filter { $0.type == .vfsStat }
+        XCTAssertEqual(stats.prefix(1000).map { String(decoding: $0.data, as: UTF8.self) }, (0..<1000).map { "/file/\($0)" })
+        let shared = seen.filter(\.shared)
+        XCTAssertEqual(shared.map { String(decoding: $0.data, as: UTF8.self) }, ["shared over the ring"],
+                       "the out-of-range request is refused before the handler")
+        waitUntil { server.connectionCount == 0 && server.sharedRegionCount == 0 && server.ringCount == 0 }
+    }
+
+    /// `ring_client --bench`: figures printed, never asserted (the machine is shared and noisy);
+    /// the run checks every echoed reply. The server here is a debug build: for figures, run it
+    /// against a release `limitless-testserver --echo --rings 1` (README).
+    func testRingClientBenchmarkModeRuns() throws {
+        var configuration = IPCServer.Configuration()
+        configuration.maxRings = 1
+        let server = try IPCServer(name: "echo", directory: directory, configuration: configuration) { _, payload, _ in
+            payload.reply.copyMemory(from: payload.data)
+            return IPCReply(payloadCount: payload.data.count)
+        }
+        server.start()
+        defer { server.stop() }
+        let binary = directory + "/ring_bench"
+        try compile([Self.repository + "/Examples/c/ring_client.c"], into: binary)
+        let result = run(binary, [String(getpid()), "--bench", "4000"], environment: ["LIMITLESS_RUNTIME_DIR=" + directory])
+        XCTAssertEqual(result.status, 0, result.output)
+        print(result.output)
+        let lines = result.output.split(separator: "\n")
+        XCTAssertTrue(lines.contains { $0.hasPrefix("c ring   (ipc_ring_send_receive): RTT p50 ") }, result.output)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("c socket (ipc_send_receive):      RTT p50 ") }, result.output)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("c socket / ring RTT (p50): pooled ") }, result.output)
     }
 }

@@ -1,6 +1,7 @@
 /*
  * limitless_ipc: the seed's C calls (ipc_send_receive, ipc_send, ipc_receive,
- * create_shared_memory_cap) over Limitless IPC, for C programs.
+ * create_shared_memory_cap) over Limitless IPC, for C programs, and shared-memory rings to
+ * servers that offer them (ipc_ring_attach, ipc_ring_send_receive).
  *
  * Plain C11 plus POSIX/Linux system calls; no dependency beyond libc. It speaks the wire format of
  * Sources/IPC/Message.swift (a 64-byte little-endian header, then up to 64 KiB of inline payload)
@@ -204,6 +205,49 @@ const char *ipc_runtime_dir(void);
 /* Closes the cached connection to `server_pid` (the server frees the handles of capabilities
  * shared on it; they are shared again if used again). Returns 0, or -ENOENT if none was open. */
 int ipc_close(pid_t server_pid);
+
+/*
+ * Shared-memory rings (the C side of IPCClient.attachRing). A server that offers them
+ * (IPCServer.Configuration.maxRings) creates, for one connection, a sealed memfd with a request
+ * ring and a reply ring (the layout of Sources/IPC/RingLayout.swift) and serves it on a thread of
+ * its own with the same handler as socket messages. A round trip then costs two cache-line
+ * transfers and no system call while both sides spin (each side spins about 10 us, then sleeps
+ * on a futex, so an idle ring costs no CPU).
+ *
+ * ipc_ring_attach: asks `server_pid` for a ring pair over the library's connection to it.
+ * slot_size (bytes per slot, a power of two; 8 are the slot's stamp, 64 the message header, the
+ * rest inline data) and capacity (slots per ring, a power of two) may be 0 for the server's
+ * defaults (256 and 16: a synchronous pair never has more than one request in flight, and a ring
+ * that cycles through few slots keeps them in L1). Returns 0 and *ring, or -errno: -ENOTSUP the server offers no rings,
+ * -EBUSY it has none left or this connection has one already (one ring per connection, until
+ * ipc_close), -EINVAL a layout it does not accept (slot_size < 72, above its maximum), -EPROTO a
+ * memfd that fails validation (seals, size, headers, indices), and ipc_send_receive's errors.
+ *
+ * ipc_ring_send_receive: as ipc_send_receive (same msg and reply conventions, same timeout), over
+ * the ring. IPC_FLAG_SHARED works: the capability is shared over the ring's connection first, and
+ * its handle is valid on the ring. A request whose header and inline data do not fit a slot goes
+ * over the socket; a reply too large for a slot comes on the socket (the ring carries a marker).
+ * Errors besides ipc_send_receive's: -EPROTO the server broke the ring's rules (impossible
+ * indices, a malformed reply); -ECONNRESET the server or the connection (ipc_close) went away.
+ *
+ * ipc_ring_detach: unmaps and frees the ring; the server's ring thread ends when the connection
+ * closes. Not thread-safe, like the rest of the library: one thread per ring at a time.
+ */
+typedef struct ipc_ring ipc_ring_t;
+
+typedef struct ipc_ring_stats {
+    uint64_t exchanges;          /* replies received over the ring */
+    uint64_t replies_on_socket;  /* of those, replies too large for a slot, read from the socket */
+    uint64_t sleeps;             /* futex waits for a reply */
+    uint64_t wakeups;            /* futex wakes of the server's ring thread */
+} ipc_ring_stats_t;
+
+int ipc_ring_attach(pid_t server_pid, uint32_t slot_size, uint32_t capacity, ipc_ring_t **ring);
+int ipc_ring_send_receive(ipc_ring_t *ring, ipc_message_t *msg, ipc_message_t *reply);
+int ipc_ring_detach(ipc_ring_t *ring);
+/* How long ipc_ring_send_receive spins for a reply before sleeping (default 10000 ns). */
+void ipc_ring_set_spin_ns(ipc_ring_t *ring, uint64_t spin_ns);
+ipc_ring_stats_t ipc_ring_stats(const ipc_ring_t *ring);
 
 /* A description of a -errno (or errno) returned by this library, or of a reply status. */
 const char *ipc_strerror(int error);
