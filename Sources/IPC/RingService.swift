@@ -123,7 +123,8 @@ final class RingService: @unchecked Sendable {
         let payload = IPCPayload(inline: inline, data: data, writableData: nil,
                                  reply: UnsafeMutableRawBufferPointer(rebasing: reply[Message.headerSize...]))
         var answer = handler(message, payload, connection)
-        if answer.payloadCount < 0 || answer.payloadCount > Message.maxInlinePayload { answer = .error(.EIO) }
+        // A ring request cannot be answered later (its token is `.immediate`).
+        if answer.isDeferred || answer.payloadCount < 0 || answer.payloadCount > Message.maxInlinePayload { answer = .error(.EIO) }
         respond(type: message.type, sequence: message.sequence, reply: answer)
     }
 

@@ -4,6 +4,15 @@ import Platform
 /// The block protocol's server logic (see `BlockProtocol` for the table): decodes and validates a
 /// request, checks the client's access, runs it on the `BlockDevice`, and builds the reply.
 /// `handle` runs on the IPC server's one thread, which is also the only user of the device.
+///
+/// On a `QueuedBlockDevice` served through `makeIPCServer`, read, write, flush and trim are not
+/// waited for: the command is submitted, the answer deferred (`IPCReply.deferred`) and sent when
+/// the command completes (`pollCompletions`, the IPC server's completion poller), so a client's
+/// batch, or many clients, keep many commands in flight. Like a disk's queue, commands in flight
+/// together are not ordered among themselves: a client that needs one done before another (a
+/// read of what it wrote) waits for the first answer. A flush waits for every command in flight
+/// before it is submitted (a Flush covers only the writes completed before it, NVM command set
+/// 3.2.2), so it covers every write sent before it.
 public final class BlockServer: @unchecked Sendable {
     public let device: any BlockDevice
     public let policy: BlockAccessPolicy
@@ -26,6 +35,20 @@ public final class BlockServer: @unchecked Sendable {
     /// Requests served through rings, and ring commands reaped.
     public private(set) var ringRequests: UInt64 = 0
     public var ringCount: Int { rings.count }
+    /// Message-path requests waiting for their command (see the type's comment).
+    private var deferred: DeferredBlockRequests?
+    /// The IPC server that answers them; it owns this server through its handler, so it is
+    /// held without a reference count.
+    private unowned(unsafe) var replies: IPCServer?
+    /// Message-path requests answered at their command's completion, for statistics.
+    public private(set) var deferredRequests: UInt64 = 0
+    /// Message-path requests on the device now.
+    public var deferredInFlight: Int { deferred?.inFlight ?? 0 }
+    /// Bounce slots free now, and in all.
+    public var freeBounceSlots: Int { deferred?.freeBounceSlots ?? 0 }
+    public var bounceSlotCount: Int { deferred?.slotCount ?? 0 }
+    /// How long a request waits for a free command or bounce slot before it is answered EBUSY.
+    public var roomWaitNanoseconds: UInt64 = 1_000_000_000
 
     public init(device: any BlockDevice, policy: BlockAccessPolicy = .acceptAll, log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.device = device
@@ -33,6 +56,9 @@ public final class BlockServer: @unchecked Sendable {
         self.log = log
         direct = device as? any DirectBlockDevice
         queued = device as? any QueuedBlockDevice
+        if let queued {
+            deferred = DeferredBlockRequests(bounce: queued.bounceBuffer, capacity: queued.freeCommandSlots)
+        }
     }
 
     /// An IPC server at `directory/name.sock` answering with `handle`. Call `start()` on it.
@@ -42,10 +68,28 @@ public final class BlockServer: @unchecked Sendable {
 
     /// The same with the IPC server's limits spelled out.
     public func makeIPCServer(name: String, directory: String, configuration: IPCServer.Configuration) throws(IPCError) -> IPCServer {
-        try IPCServer(name: name, directory: directory, configuration: configuration) { [self] message, payload, connection in
+        let endpoint = try IPCServer(name: name, directory: directory, configuration: configuration) { [self] message, payload, connection in
             handle(message, payload, uid: connection.credentials.uid, client: connection.id, pid: connection.credentials.pid)
         }
+        if let queued {
+            replies = endpoint
+            endpoint.completionPoller = { [self] in pollCompletions() }
+            endpoint.pollsCompletions = true
+            if let descriptor = queued.completionDescriptor {
+                do {
+                    try endpoint.addWakeDescriptor(descriptor)
+                    endpoint.pollsCompletions = false
+                } catch {
+                    log("completions are polled: watching the device's interrupt failed: \(error)")
+                }
+            }
+        }
+        return endpoint
     }
+
+    /// Whether the serving loop must poll for completions (the device has no descriptor the IPC
+    /// server waits on) because message-path commands are in flight.
+    public var mustPollCompletions: Bool { deferredInFlight > 0 && queued?.completionDescriptor == nil }
 
     /// IPC limits for a block server: a client may keep 64 requests queued (the IPC default is
     /// 16), so a client at queue depth 32 (fio's usual deep setting, `limitless-storage bench
@@ -64,9 +108,9 @@ public final class BlockServer: @unchecked Sendable {
     /// Serves one request from connection `client` (its IPC connection id; process `pid`).
     public func handle(_ message: Message, _ payload: IPCPayload, uid: UInt32, client: UInt64, pid: Int32) -> IPCReply {
         requests &+= 1
-        // The blocking paths below want the device idle: finish ring commands in flight first.
-        if !rings.isEmpty { drainRings() }
         if message.type == .blockRegisterBuffer || message.type == .blockUnregisterBuffer {
+            // An unregistered buffer must not be in use by a command: finish them all first.
+            drainDevice()
             return registration(message, payload, uid: uid, client: client, pid: pid)
         }
         let sharedWritable: Bool
@@ -81,6 +125,17 @@ public final class BlockServer: @unchecked Sendable {
             return .error(.EACCES)
         }
         let geometry = device.geometry(request.nsid)!
+        switch request {
+        case .read, .write, .flush, .trim:
+            if payload.replyToken.canDefer, replies != nil, let queued,
+               let reply = submitDeferred(request, message, payload, client: client, blockSize: geometry.blockSize, device: queued) {
+                return reply
+            }
+            // The blocking paths below want the device idle (and the whole bounce buffer).
+            drainDevice()
+        default:
+            break
+        }
         do throws(BlockDeviceError) {
             switch request {
             case .openNamespace:
@@ -125,6 +180,136 @@ public final class BlockServer: @unchecked Sendable {
             log("\(message.type) nsid \(request.nsid) failed: \(error.detail) -> \(error.status)")
             return .error(error.status)
         }
+    }
+
+    // MARK: Deferred answers (message path on a queued device)
+
+    /// Submits a read, write, flush or trim and returns `.deferred` (answered by
+    /// `finishDeferred`), or an error; nil when it cannot go as one command through a bounce
+    /// slot or a registered buffer (the blocking path serves it).
+    private func submitDeferred(_ request: BlockRequest, _ message: Message, _ payload: IPCPayload, client: UInt64,
+                                blockSize: Int, device: any QueuedBlockDevice) -> IPCReply? {
+        var entry = DeferredBlockRequests.Entry(token: payload.replyToken, reply: .ok, slot: -1, copyOut: nil,
+                                                replyBytes: 0, inlineReply: false)
+        var transfer: (write: Bool, nsid: UInt32, lba: UInt64, blocks: Int, dma: DMABuffer)? = nil
+        switch request {
+        case .flush(let nsid):
+            // A Flush covers the writes completed before it: let every one sent before it complete.
+            drainDevice()
+            guard waitForRoom(bounce: false, device: device) else { return .error(.EBUSY) }
+            return submit(entry) { tag throws(BlockDeviceError) in try device.submitFlush(nsid: nsid, tag: tag); return true }
+        case .trim(let nsid, let lba, let blocks):
+            guard waitForRoom(bounce: false, device: device) else { return .error(.EBUSY) }
+            return submit(entry) { tag throws(BlockDeviceError) in
+                try device.submitTrim(nsid: nsid, lba: lba, blocks: blocks, tag: tag)
+            }
+        case .read(let nsid, let lba, let blocks, let toShared):
+            let bytes = blocks * blockSize
+            guard bytes <= device.maximumCommandBytes else { return nil }
+            entry.reply = IPCReply(param1: UInt64(bytes))
+            if toShared, registered.count > 0,
+               let dma = registered.find(client: client, pointer: payload.writableData!.baseAddress!, bytes: bytes) {
+                entry.reply.param2 = 1
+                transfer = (false, nsid, lba, blocks, dma)
+            } else {
+                guard bytes <= DeferredBlockRequests.slotBytes else { return nil }
+                entry.copyOut = toShared ? payload.writableData!.baseAddress! : nil
+                entry.replyBytes = bytes
+                entry.inlineReply = !toShared
+            }
+            transfer = transfer ?? (false, nsid, lba, blocks, DMABuffer(address: UnsafeMutableRawPointer(bitPattern: 4096)!, deviceAddress: 0, size: bytes))
+        case .write(let nsid, let lba, let blocks):
+            let bytes = payload.data.count
+            guard bytes <= device.maximumCommandBytes else { return nil }
+            entry.reply = IPCReply(param1: UInt64(bytes))
+            if case .shared = message.data, registered.count > 0, let base = payload.data.baseAddress,
+               let dma = registered.find(client: client, pointer: base, bytes: bytes) {
+                entry.reply.param2 = 1
+                transfer = (true, nsid, lba, blocks, dma)
+            } else {
+                guard bytes <= DeferredBlockRequests.slotBytes else { return nil }
+                transfer = (true, nsid, lba, blocks, DMABuffer(address: UnsafeMutableRawPointer(bitPattern: 4096)!, deviceAddress: 0, size: bytes))
+                entry.replyBytes = 0
+            }
+        default:
+            return nil
+        }
+        guard var transfer else { return nil }
+        let zeroCopy = entry.reply.param2 == 1
+        guard waitForRoom(bounce: !zeroCopy, device: device) else { return .error(.EBUSY) }
+        if zeroCopy {
+            zeroCopyTransfers &+= 1
+        } else {
+            let slot = deferred!.takeSlot()!
+            entry.slot = slot
+            transfer.dma = deferred!.slotBuffer(slot, bytes: transfer.dma.size)
+            // A write's data is the client's until the handler returns: copy it now.
+            if transfer.write { transfer.dma.address.copyMemory(from: payload.data.baseAddress!, byteCount: payload.data.count) }
+        }
+        let command = transfer
+        return submit(entry) { tag throws(BlockDeviceError) in
+            try device.submit(write: command.write, nsid: command.nsid, lba: command.lba, blocks: command.blocks,
+                              dma: command.dma, tag: tag)
+            return true
+        }
+    }
+
+    /// Files `entry` and runs `body` with its tag: `.deferred`, the error (entry freed), or nil
+    /// when `body` submitted nothing (false: the blocking path must serve the request).
+    @inline(__always)
+    private func submit(_ entry: DeferredBlockRequests.Entry, _ body: (UInt64) throws(BlockDeviceError) -> Bool) -> IPCReply? {
+        let tag = deferred!.add(entry)
+        do throws(BlockDeviceError) {
+            guard try body(tag) else {
+                deferred!.release(tag: tag)
+                return nil
+            }
+        } catch {
+            deferred!.release(tag: tag)
+            deviceErrors &+= 1
+            log("\(entry.token.type) not submitted: \(error.detail) -> \(error.status)")
+            return .error(error.status)
+        }
+        return .deferred
+    }
+
+    /// Whether a command slot, a table entry and (if `bounce`) a bounce slot are free, waiting
+    /// for completions (as a disk queue's submitter waits for a free tag) up to
+    /// `roomWaitNanoseconds`.
+    private func waitForRoom(bounce: Bool, device: any QueuedBlockDevice) -> Bool {
+        func roomy() -> Bool { device.freeCommandSlots > 0 && deferred!.hasRoom && (!bounce || deferred!.freeBounceSlots > 0) }
+        if roomy() { return true }
+        let clock = MonotonicClock()
+        let deadline = clock.now() + roomWaitNanoseconds
+        while !roomy() {
+            if reapDevice() == 0, clock.now() > deadline { return false }
+        }
+        return true
+    }
+
+    /// Answers the deferred request of a completed command: a read's data copied out of its
+    /// bounce slot (into the client's shared region, or the reply), then the slot freed.
+    private func finishDeferred(tag: UInt64, status: IPCStatus) {
+        guard let entry = deferred!.entry(tag: tag) else { return }
+        var reply = entry.reply
+        var data = UnsafeRawBufferPointer(start: nil, count: 0)
+        if status.isOK {
+            if entry.slot >= 0, entry.replyBytes > 0 {
+                let source = deferred!.slotBuffer(entry.slot, bytes: entry.replyBytes)
+                if let target = entry.copyOut {
+                    target.copyMemory(from: source.address, byteCount: entry.replyBytes)
+                } else if entry.inlineReply {
+                    data = UnsafeRawBufferPointer(start: source.address, count: entry.replyBytes)
+                }
+            }
+        } else {
+            deviceErrors &+= 1
+            log("\(entry.token.type) failed on the device -> \(status)")
+            reply = .error(status)
+        }
+        replies?.complete(entry.token, reply, payload: data)
+        deferred!.release(tag: tag)
+        deferredRequests &+= 1
     }
 
     // MARK: Registered buffers (zero copy)
@@ -188,6 +373,9 @@ public final class BlockServer: @unchecked Sendable {
         guard registered.count > 0 else { return 0 }
         let everyone = connectionCount == 0
         let gone = registered.removeAll { everyone || RegisteredBuffers.clientVanished($0) }
+        // A vanished client's zero-copy commands may still be in flight: the device must not
+        // write to pages after their mapping is gone.
+        if !gone.isEmpty { drainDevice() }
         for entry in gone { unmap(entry, why: "client \(entry.client) (pid \(entry.pid)) vanished") }
         vanishedBuffersUnmapped &+= UInt64(gone.count)
         return gone.count
@@ -217,31 +405,49 @@ public final class BlockServer: @unchecked Sendable {
         rings.remove(at: index)
     }
 
-    /// Waits (polling) until no ring command is in flight, posting their completions. A device
-    /// that stops answering for 10 s leaves them (logged); the caller goes on.
-    public func drainRings() {
+    /// Waits (polling) until no command is in flight, posting ring completions and answering
+    /// deferred requests. A device that stops answering for 10 s leaves them (logged); the
+    /// caller goes on.
+    public func drainDevice() {
         guard let queued, queued.commandsInFlight > 0 else { return }
         let clock = MonotonicClock()
         let deadline = clock.now() + 10_000_000_000
         while queued.commandsInFlight > 0 {
-            if reapRings() == 0, clock.now() > deadline {
-                log("ring commands still in flight after 10 s: \(queued.commandsInFlight)")
+            if reapDevice() == 0, clock.now() > deadline {
+                log("commands still in flight after 10 s: \(queued.commandsInFlight)")
                 return
             }
         }
     }
 
+    /// Finishes ring commands in flight (`drainDevice`).
+    public func drainRings() { drainDevice() }
+
+    /// The IPC server's completion poller: answers the deferred requests whose commands have
+    /// completed (and posts ring completions that came with them).
+    public func pollCompletions() {
+        guard let queued, queued.commandsInFlight > 0 else { return }
+        queued.consumeCompletionSignal()
+        reapDevice()
+    }
+
+    /// Every completion so far: ring commands' posted to their rings, deferred requests
+    /// answered. Returns how many.
     @inline(__always)
-    private func reapRings() -> Int {
+    @discardableResult
+    private func reapDevice() -> Int {
         guard let queued else { return 0 }
-        let count = queued.reapCompleted { [rings] tag, status in
+        var ringCompletions = 0
+        let count = queued.reapCompleted { tag, status in
+            if tag & DeferredBlockRequests.tagBit != 0 { return finishDeferred(tag: tag, status: status) }
             let index = Int(tag >> 32)
             guard index < rings.count else { return }
             rings[index].complete(slot: Int(tag & 0xFFFF_FFFF), status: status)
+            ringCompletions += 1
         }
-        if count > 0 {
+        if ringCompletions > 0 {
             for ring in rings { ring.publishCompletions() }
-            ringRequests &+= UInt64(count)
+            ringRequests &+= UInt64(ringCompletions)
         }
         return count
     }
@@ -264,7 +470,7 @@ public final class BlockServer: @unchecked Sendable {
     @discardableResult
     public func pollRings() -> Int {
         guard let queued, !rings.isEmpty else { return 0 }
-        var work = reapRings()
+        var work = reapDevice()
         queued.beginBatch()
         for (index, ring) in rings.enumerated() {
             guard let available = ring.published(), available > 0 else { continue }
