@@ -16,13 +16,13 @@ import Platform
 public final class BlockServer: @unchecked Sendable {
     public let device: any BlockDevice
     public let policy: BlockAccessPolicy
-    private let log: @Sendable (String) -> Void
+    let log: @Sendable (String) -> Void
     /// Requests served (any status), for statistics.
     public private(set) var requests: UInt64 = 0
-    public private(set) var deviceErrors: UInt64 = 0
+    public internal(set) var deviceErrors: UInt64 = 0
     /// Registered client buffers (zero copy), and transfers that went straight to one.
     public private(set) var registered = RegisteredBuffers()
-    public private(set) var zeroCopyTransfers: UInt64 = 0
+    public internal(set) var zeroCopyTransfers: UInt64 = 0
     /// Registered buffers unmapped because their client vanished (not by unregister or stop).
     public private(set) var vanishedBuffersUnmapped: UInt64 = 0
     /// The device as a `DirectBlockDevice` when it is one (looked up once, not per request).
@@ -36,17 +36,20 @@ public final class BlockServer: @unchecked Sendable {
     public private(set) var ringRequests: UInt64 = 0
     public var ringCount: Int { rings.count }
     /// Message-path requests waiting for their command (see the type's comment).
-    private var deferred: DeferredBlockRequests?
+    var deferred: DeferredBlockRequests?
     /// The IPC server that answers them; it owns this server through its handler, so it is
     /// held without a reference count.
-    private unowned(unsafe) var replies: IPCServer?
+    unowned(unsafe) var replies: IPCServer?
     /// Message-path requests answered at their command's completion, for statistics.
-    public private(set) var deferredRequests: UInt64 = 0
+    public internal(set) var deferredRequests: UInt64 = 0
     /// Message-path requests on the device now.
     public var deferredInFlight: Int { deferred?.inFlight ?? 0 }
     /// Bounce slots free now, and in all.
     public var freeBounceSlots: Int { deferred?.freeBounceSlots ?? 0 }
     public var bounceSlotCount: Int { deferred?.slotCount ?? 0 }
+    /// Whether message-path requests on a queued device are answered at completion (the
+    /// default); false: one at a time, each waited for (the older way, kept for comparison).
+    public var defersAnswers = true
     /// How long a request waits for a free command or bounce slot before it is answered EBUSY.
     public var roomWaitNanoseconds: UInt64 = 1_000_000_000
 
@@ -127,7 +130,7 @@ public final class BlockServer: @unchecked Sendable {
         let geometry = device.geometry(request.nsid)!
         switch request {
         case .read, .write, .flush, .trim:
-            if payload.replyToken.canDefer, replies != nil, let queued,
+            if defersAnswers, payload.replyToken.canDefer, replies != nil, let queued,
                let reply = submitDeferred(request, message, payload, client: client, blockSize: geometry.blockSize, device: queued) {
                 return reply
             }
@@ -180,136 +183,6 @@ public final class BlockServer: @unchecked Sendable {
             log("\(message.type) nsid \(request.nsid) failed: \(error.detail) -> \(error.status)")
             return .error(error.status)
         }
-    }
-
-    // MARK: Deferred answers (message path on a queued device)
-
-    /// Submits a read, write, flush or trim and returns `.deferred` (answered by
-    /// `finishDeferred`), or an error; nil when it cannot go as one command through a bounce
-    /// slot or a registered buffer (the blocking path serves it).
-    private func submitDeferred(_ request: BlockRequest, _ message: Message, _ payload: IPCPayload, client: UInt64,
-                                blockSize: Int, device: any QueuedBlockDevice) -> IPCReply? {
-        var entry = DeferredBlockRequests.Entry(token: payload.replyToken, reply: .ok, slot: -1, copyOut: nil,
-                                                replyBytes: 0, inlineReply: false)
-        var transfer: (write: Bool, nsid: UInt32, lba: UInt64, blocks: Int, dma: DMABuffer)? = nil
-        switch request {
-        case .flush(let nsid):
-            // A Flush covers the writes completed before it: let every one sent before it complete.
-            drainDevice()
-            guard waitForRoom(bounce: false, device: device) else { return .error(.EBUSY) }
-            return submit(entry) { tag throws(BlockDeviceError) in try device.submitFlush(nsid: nsid, tag: tag); return true }
-        case .trim(let nsid, let lba, let blocks):
-            guard waitForRoom(bounce: false, device: device) else { return .error(.EBUSY) }
-            return submit(entry) { tag throws(BlockDeviceError) in
-                try device.submitTrim(nsid: nsid, lba: lba, blocks: blocks, tag: tag)
-            }
-        case .read(let nsid, let lba, let blocks, let toShared):
-            let bytes = blocks * blockSize
-            guard bytes <= device.maximumCommandBytes else { return nil }
-            entry.reply = IPCReply(param1: UInt64(bytes))
-            if toShared, registered.count > 0,
-               let dma = registered.find(client: client, pointer: payload.writableData!.baseAddress!, bytes: bytes) {
-                entry.reply.param2 = 1
-                transfer = (false, nsid, lba, blocks, dma)
-            } else {
-                guard bytes <= DeferredBlockRequests.slotBytes else { return nil }
-                entry.copyOut = toShared ? payload.writableData!.baseAddress! : nil
-                entry.replyBytes = bytes
-                entry.inlineReply = !toShared
-            }
-            transfer = transfer ?? (false, nsid, lba, blocks, DMABuffer(address: UnsafeMutableRawPointer(bitPattern: 4096)!, deviceAddress: 0, size: bytes))
-        case .write(let nsid, let lba, let blocks):
-            let bytes = payload.data.count
-            guard bytes <= device.maximumCommandBytes else { return nil }
-            entry.reply = IPCReply(param1: UInt64(bytes))
-            if case .shared = message.data, registered.count > 0, let base = payload.data.baseAddress,
-               let dma = registered.find(client: client, pointer: base, bytes: bytes) {
-                entry.reply.param2 = 1
-                transfer = (true, nsid, lba, blocks, dma)
-            } else {
-                guard bytes <= DeferredBlockRequests.slotBytes else { return nil }
-                transfer = (true, nsid, lba, blocks, DMABuffer(address: UnsafeMutableRawPointer(bitPattern: 4096)!, deviceAddress: 0, size: bytes))
-                entry.replyBytes = 0
-            }
-        default:
-            return nil
-        }
-        guard var transfer else { return nil }
-        let zeroCopy = entry.reply.param2 == 1
-        guard waitForRoom(bounce: !zeroCopy, device: device) else { return .error(.EBUSY) }
-        if zeroCopy {
-            zeroCopyTransfers &+= 1
-        } else {
-            let slot = deferred!.takeSlot()!
-            entry.slot = slot
-            transfer.dma = deferred!.slotBuffer(slot, bytes: transfer.dma.size)
-            // A write's data is the client's until the handler returns: copy it now.
-            if transfer.write { transfer.dma.address.copyMemory(from: payload.data.baseAddress!, byteCount: payload.data.count) }
-        }
-        let command = transfer
-        return submit(entry) { tag throws(BlockDeviceError) in
-            try device.submit(write: command.write, nsid: command.nsid, lba: command.lba, blocks: command.blocks,
-                              dma: command.dma, tag: tag)
-            return true
-        }
-    }
-
-    /// Files `entry` and runs `body` with its tag: `.deferred`, the error (entry freed), or nil
-    /// when `body` submitted nothing (false: the blocking path must serve the request).
-    @inline(__always)
-    private func submit(_ entry: DeferredBlockRequests.Entry, _ body: (UInt64) throws(BlockDeviceError) -> Bool) -> IPCReply? {
-        let tag = deferred!.add(entry)
-        do throws(BlockDeviceError) {
-            guard try body(tag) else {
-                deferred!.release(tag: tag)
-                return nil
-            }
-        } catch {
-            deferred!.release(tag: tag)
-            deviceErrors &+= 1
-            log("\(entry.token.type) not submitted: \(error.detail) -> \(error.status)")
-            return .error(error.status)
-        }
-        return .deferred
-    }
-
-    /// Whether a command slot, a table entry and (if `bounce`) a bounce slot are free, waiting
-    /// for completions (as a disk queue's submitter waits for a free tag) up to
-    /// `roomWaitNanoseconds`.
-    private func waitForRoom(bounce: Bool, device: any QueuedBlockDevice) -> Bool {
-        func roomy() -> Bool { device.freeCommandSlots > 0 && deferred!.hasRoom && (!bounce || deferred!.freeBounceSlots > 0) }
-        if roomy() { return true }
-        let clock = MonotonicClock()
-        let deadline = clock.now() + roomWaitNanoseconds
-        while !roomy() {
-            if reapDevice() == 0, clock.now() > deadline { return false }
-        }
-        return true
-    }
-
-    /// Answers the deferred request of a completed command: a read's data copied out of its
-    /// bounce slot (into the client's shared region, or the reply), then the slot freed.
-    private func finishDeferred(tag: UInt64, status: IPCStatus) {
-        guard let entry = deferred!.entry(tag: tag) else { return }
-        var reply = entry.reply
-        var data = UnsafeRawBufferPointer(start: nil, count: 0)
-        if status.isOK {
-            if entry.slot >= 0, entry.replyBytes > 0 {
-                let source = deferred!.slotBuffer(entry.slot, bytes: entry.replyBytes)
-                if let target = entry.copyOut {
-                    target.copyMemory(from: source.address, byteCount: entry.replyBytes)
-                } else if entry.inlineReply {
-                    data = UnsafeRawBufferPointer(start: source.address, count: entry.replyBytes)
-                }
-            }
-        } else {
-            deviceErrors &+= 1
-            log("\(entry.token.type) failed on the device -> \(status)")
-            reply = .error(status)
-        }
-        replies?.complete(entry.token, reply, payload: data)
-        deferred!.release(tag: tag)
-        deferredRequests &+= 1
     }
 
     // MARK: Registered buffers (zero copy)
@@ -435,7 +308,7 @@ public final class BlockServer: @unchecked Sendable {
     /// answered. Returns how many.
     @inline(__always)
     @discardableResult
-    private func reapDevice() -> Int {
+    func reapDevice() -> Int {
         guard let queued else { return 0 }
         var ringCompletions = 0
         let count = queued.reapCompleted { tag, status in

@@ -194,7 +194,8 @@ extension NVMeBlockDevice: QueuedBlockDevice {
     }
 
     public var bounceBuffer: DMABuffer { bounce }
-    public var completionDescriptor: Int32? { queue.interrupt?.fd }
+    /// Nil when the queue polls (`storage_server --poll`): the serving loop polls too.
+    public var completionDescriptor: Int32? { queue.polling ? nil : queue.interrupt?.fd }
     public func consumeCompletionSignal() { _ = queue.interrupt?.consume() }
 
     @discardableResult
