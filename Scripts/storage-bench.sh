@@ -167,7 +167,7 @@ run_server() { # RW QD [--one-at-a-time]: ours behind storage_server over IPC (w
 		[[ $path == zero-copy ]] && label='ours-zero-copy'
 		[[ $path == ring ]] && label='ours-ring' && client_cpu=$ring_cpu
 		out=$(taskset -c "$client_cpu" "$bin/limitless-storage" bench --runtime-dir "$work" --nsid 1 --seconds "$seconds" \
-			--queue-depth "$qd" $mode --$path --json 2>&1)
+			--queue-depth "$qd" $mode --"$path" --json 2>&1)
 		iops=$(sed -nE 's/.*"iops":([0-9]+).*/\1/p' <<<"$out")
 		p50=$(sed -nE 's/.*"latency_p50_us":([0-9.]+).*/\1/p' <<<"$out")
 		p99=$(sed -nE 's/.*"latency_p99_us":([0-9.]+).*/\1/p' <<<"$out")

@@ -79,24 +79,30 @@ first_pid=$(storage_pid)
 # The stream: file i is 1 KiB to 192 KiB of random bytes, put (written and fsync'd) through the
 # VFS. A put that fails (the outage outlasting vfs_server's reconnect deadline) is not
 # acknowledged and is tried again once; only acknowledged files are checked.
+# One put, bounded (vfs_server's own storage reconnect deadline is 30 s).
+put() { timeout 90 "$bin/limitless-fs" put "$work/f$1" "/stream/f$1" --runtime-dir "$work" >"$work/put.out" 2>&1; }
 acknowledged=()
 refused=0
 killed_after=-1
+killer=0
 for i in $(seq 1 "$files"); do
 	head -c $((1024 + RANDOM * 6)) /dev/urandom >"$work/f$i"
 	if ((${#acknowledged[@]} == kill_at && killed_after < 0)); then
 		# Killed while this put is under way: the put goes on through the restart.
 		(sleep 0.2; kill -KILL "$first_pid") &
+		killer=$!
 		killed_after=$i
 	fi
-	if fs put "$work/f$i" "/stream/f$i" >"$work/put.out" 2>&1 || fs put "$work/f$i" "/stream/f$i" >"$work/put.out" 2>&1; then
+	if put "$i" || put "$i"; then
 		acknowledged+=("$i")
 	else
 		refused=$((refused + 1))
 		echo "     put f$i not acknowledged: $(head -1 "$work/put.out")"
+		tail -3 "$work"/logs/storage* "$work"/logs/vfs* 2>/dev/null | sed 's/^/     /'
 	fi
+	((i % 20 == 0)) && echo "     $i puts, ${#acknowledged[@]} acknowledged"
 done
-wait
+((killed_after > 0)) && wait "$killer"
 new_pid=$(storage_pid)
 [[ $killed_after -gt 0 && -n $new_pid && $new_pid != "$first_pid" && $(restarts) == 1 ]] && ! kill -0 "$first_pid" 2>/dev/null
 result $? "storage_server pid $first_pid SIGKILLed during put $killed_after; the supervisor restarted it (pid ${new_pid:-none}, restarts $(restarts))" ||
