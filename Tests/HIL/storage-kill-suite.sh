@@ -111,7 +111,6 @@ after=0
 for i in "${acknowledged[@]}"; do ((i > killed_after)) && after=$((after + 1)); done
 ((${#acknowledged[@]} >= files - 2 && after > 0))
 result $? "the stream carried on through the restart: ${#acknowledged[@]} of $files puts acknowledged, $after after the kill, $refused not"
-grep -h "reconnect" "$work"/logs/vfs* 2>/dev/null | tail -2 | sed 's/^/     /'
 
 bad=0
 for i in "${acknowledged[@]}"; do

@@ -1,3 +1,4 @@
+import PlatformTestSupport
 import Foundation
 @testable import IPC
 import XCTest
@@ -76,14 +77,6 @@ final class DeferredBlockTests: XCTestCase {
         var bytes = [UInt8](repeating: 0, count: Self.blockSize)
         try bytes.withUnsafeMutableBytes { try device.read(nsid: 2, lba: UInt64(lba), blocks: 1, into: $0) }
         return bytes
-    }
-
-    private func openDescriptorCount() -> Int {
-        guard let dir = opendir("/proc/self/fd") else { return -1 }
-        defer { closedir(dir) }
-        var count = 0
-        while readdir(dir) != nil { count += 1 }
-        return count
     }
 
     private static func read(_ lba: Int) -> Message { Message(type: .blockRead, param1: 2, param2: UInt64(lba), param3: 1) }
