@@ -202,6 +202,8 @@ extension NVMeBlockDevice: QueuedBlockDevice {
     public func reapCompleted(_ body: (UInt64, IPCStatus) -> Void) -> Int {
         queue.reap { completion in
             let status: IPCStatus = completion.status.isSuccess ? .ok : (completion.status.isLBAOutOfRange ? .ERANGE : .EIO)
+            // The client gets an errno; the log keeps the NVMe status behind it.
+            if let error = completion.error { log("\(error) -> \(status)") }
             body(completion.tag, status)
         }
     }
