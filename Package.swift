@@ -146,7 +146,7 @@ let package = Package(
         .testTarget(name: "ServerKitTests", dependencies: ["ServerKit", "IPC", "Supervision", "CLimitless"]),
         .testTarget(name: "PlatformTests", dependencies: ["Platform", "CLimitless", "PlatformTestSupport"]),
         .testTarget(name: "DriverTests", dependencies: ["Platform", "NVMe", "XHCI", "E1000E"]),
-        .testTarget(name: "StorageTests", dependencies: ["Storage", "IPC", "NVMe", "Platform", "ServerKit", "CLimitless"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage", "IPC", "NVMe", "Platform", "ServerKit", "CLimitless", "PlatformTestSupport"]),
         .testTarget(name: "DeviceCatalogTests", dependencies: ["DeviceCatalog", "Platform"]),
         .testTarget(name: "Ext2Tests", dependencies: ["Ext2", "VFSCore", "PlatformTestSupport"]),
         .testTarget(name: "VFSTests", dependencies: ["VFS", "VFSCore", "Ext2", "IPC", "Storage", "PlatformTestSupport"]),

@@ -12,7 +12,11 @@
 #   kernel libaio          fio --ioengine=libaio --direct=1
 #   ours driver            limitless-hil nvme-bench: the driver in-process, no IPC, polled
 #   ours storage_server    limitless-storage bench against storage_server --poll, over IPC, data
-#                          inline in the messages (copied through the server's bounce buffer)
+#                          inline in the messages (copied through the server's bounce buffers);
+#                          requests go to the NVMe queue as they come, answered at completion
+#   ours one-at-a-time     the same with storage_server --one-at-a-time: each message-path
+#                          request waited for before the next is read (how it was before the
+#                          IPC server had deferred answers)
 #   ours zero-copy         the same with a registered shared buffer (--zero-copy): the device
 #                          reads and writes the client's pages
 #   ours ring              the storage server's ring path (--ring): requests and completions in
@@ -142,11 +146,13 @@ run_driver() { # RW QD: ours in-process (no IPC)
 	fi
 }
 
-run_server() { # RW QD: ours behind storage_server over IPC (what clients really use), three data paths
-	local rw=$1 qd=$2 mode=--read path label client_cpu out iops p50 p99
+run_server() { # RW QD [--one-at-a-time]: ours behind storage_server over IPC (what clients really use), three data paths
+	local rw=$1 qd=$2 serial=${3:-} mode=--read path paths="inline zero-copy ring" label client_cpu out iops p50 p99
 	[[ $rw == randwrite ]] && mode=--write
+	[[ -n $serial ]] && paths=inline
 	rm -f "$work/storage.sock"
-	taskset -c "$cpu" "$bin/storage_server" --device "$ours" --runtime-dir "$work" --poll >"$work/server.log" 2>&1 &
+	# shellcheck disable=SC2086 # $serial is empty or one flag
+	taskset -c "$cpu" "$bin/storage_server" --device "$ours" --runtime-dir "$work" --poll $serial >"$work/server.log" 2>&1 &
 	server=$!
 	for _ in $(seq 1 600); do [[ -S $work/storage.sock ]] && break; sleep 0.1; done
 	if [[ ! -S $work/storage.sock ]]; then
@@ -154,13 +160,14 @@ run_server() { # RW QD: ours behind storage_server over IPC (what clients really
 		tail -20 "$work/server.log"
 		finish
 	fi
-	for path in inline zero-copy ring; do
+	for path in $paths; do
 		label='ours-storage_server'
+		[[ -n $serial ]] && label='ours-one-at-a-time'
 		client_cpu=$cpu
 		[[ $path == zero-copy ]] && label='ours-zero-copy'
 		[[ $path == ring ]] && label='ours-ring' && client_cpu=$ring_cpu
 		out=$(taskset -c "$client_cpu" "$bin/limitless-storage" bench --runtime-dir "$work" --nsid 1 --seconds "$seconds" \
-			--queue-depth "$qd" $mode --$path --json 2>&1)
+			--queue-depth "$qd" $mode --"$path" --json 2>&1)
 		iops=$(sed -nE 's/.*"iops":([0-9]+).*/\1/p' <<<"$out")
 		p50=$(sed -nE 's/.*"latency_p50_us":([0-9.]+).*/\1/p' <<<"$out")
 		p99=$(sed -nE 's/.*"latency_p99_us":([0-9.]+).*/\1/p' <<<"$out")
@@ -188,6 +195,7 @@ for rw in randread randwrite; do
 		run_fio "kernel-libaio" libaio "$rw" "$qd"
 		run_driver "$rw" "$qd"
 		run_server "$rw" "$qd"
+		run_server "$rw" "$qd" --one-at-a-time
 	done
 done
 

@@ -23,6 +23,19 @@ public struct IPCPayload {
     /// `IPCServer.Configuration.descriptorMessages` (-1: none). The server closes it after the
     /// handler returns: dup it to keep it.
     public var descriptor: Int32 = -1
+    /// What to pass to `IPCServer.complete` when the handler answers later (`IPCReply.deferred`);
+    /// `.immediate` where that is not possible.
+    public let replyToken: IPCReplyToken
+
+    public init(inline: UnsafeRawBufferPointer, data: UnsafeRawBufferPointer, writableData: UnsafeMutableRawBufferPointer?,
+                reply: UnsafeMutableRawBufferPointer, replyToken: IPCReplyToken = .immediate, descriptor: Int32 = -1) {
+        self.inline = inline
+        self.data = data
+        self.writableData = writableData
+        self.reply = reply
+        self.replyToken = replyToken
+        self.descriptor = descriptor
+    }
 }
 
 /// A handler's answer. The server builds the reply header from it: same type and sequence as the
@@ -34,6 +47,8 @@ public struct IPCReply: Equatable, Sendable {
     public var param2: UInt64
     public var param3: UInt64
     public var payloadCount: Int
+    /// Set only by `.deferred`.
+    public private(set) var isDeferred = false
 
     public init(status: IPCStatus = .ok, param1: UInt64 = 0, param2: UInt64 = 0, param3: UInt64 = 0, payloadCount: Int = 0) {
         self.status = status
@@ -45,6 +60,15 @@ public struct IPCReply: Equatable, Sendable {
 
     public static let ok = IPCReply()
     public static func error(_ status: IPCStatus) -> IPCReply { IPCReply(status: status) }
+
+    /// "I will answer later": the server sends nothing now and counts the request against the
+    /// client's `maxDeferredPerClient`; the handler keeps `IPCPayload.replyToken` and calls
+    /// `IPCServer.complete` with it exactly once. Only when `replyToken.canDefer`.
+    public static let deferred: IPCReply = {
+        var reply = IPCReply()
+        reply.isDeferred = true
+        return reply
+    }()
 }
 
 /// Codes an error reply carries in param1 when the server refused a message for reasons beyond

@@ -19,6 +19,17 @@ import Glibc
 /// `Configuration.maxProtocolErrors` of them the client is disconnected. A client that goes away
 /// has its socket, queued messages, received descriptors and mappings freed at once.
 ///
+/// Deferred replies: a handler may return `IPCReply.deferred` (say, after submitting the request
+/// to a device queue) and answer later with `complete(_:_:payload:)`, on the serving thread
+/// (from `completionPoller`, which `serveOnce` calls on every wakeup, or from a later handler
+/// call). Replies then go out in completion order; clients match them by sequence. A client
+/// with `maxDeferredPerClient` answers outstanding is not served further (its queue fills, then
+/// EBUSY) until some complete, and its MSG_IPC_RELEASE waits until none are outstanding, so a
+/// region never goes away under a request still using it. A client that disconnects with
+/// answers outstanding loses its socket at once, but its shared regions stay mapped until the
+/// last of those answers is completed (and discarded): the handler may still be copying into
+/// them, or a device still moving data.
+///
 /// Thread rule: `run`/`serveOnce` on one thread at a time; `stop()`, `connectionCount` and
 /// `sharedRegionCount` from any thread.
 public final class IPCServer: @unchecked Sendable {
@@ -37,6 +48,9 @@ public final class IPCServer: @unchecked Sendable {
         public var maxHandlesPerClient = 64
         /// Malformed messages tolerated from one client before it is disconnected.
         public var maxProtocolErrors = 64
+        /// Deferred answers (`IPCReply.deferred`) one client may have outstanding; beyond them its
+        /// requests wait in its queue (and once that is full are answered EBUSY).
+        public var maxDeferredPerClient = 64
         /// Clients that may attach a shared-memory ring (MSG_IPC_RING_ATTACH), each served on its
         /// own thread. 0 (the default) refuses attaches with ENOTSUP, and the clients keep using
         /// the socket. Above 0 the handler is called from several threads at once (this one and
@@ -77,6 +91,20 @@ public final class IPCServer: @unchecked Sendable {
     private static let maxEvents: Int32 = 64
     private var thread: pthread_t?
     private var closed = false
+    /// Shared regions of clients that disconnected with deferred answers outstanding, kept
+    /// mapped until those are completed.
+    private var heldRegions: [(connection: UInt64, outstanding: Int, regions: SharedRegionTable)] = []
+    /// Deferred answers outstanding, over all clients (gone ones included).
+    public private(set) var deferredCount = 0
+    /// Completions that found their client gone, and were discarded.
+    public private(set) var discardedCompletions: UInt64 = 0
+    /// Called on the serving thread on every wakeup, after reading and before serving queued
+    /// messages: where a handler that defers answers collects its completions and calls
+    /// `complete`. Set before serving starts.
+    public var completionPoller: (() -> Void)?
+    /// Nothing wakes the server when deferred answers become ready (no wake descriptor): while
+    /// any are outstanding `serveOnce` does not wait, so `run` polls. Set before serving starts.
+    public var pollsCompletions = false
 
     private let connections = ManagedAtomic<Int>(0)
     private let regions = ManagedAtomic<Int>(0)
@@ -92,6 +120,8 @@ public final class IPCServer: @unchecked Sendable {
 
     private static let listenToken: UInt64 = 0
     private static let stopToken: UInt64 = 1
+    /// Client tokens are generation << 32 | slot + 2, never this.
+    private static let wakeToken: UInt64 = .max
 
     private struct ClientState {
         var fd: Int32
@@ -102,8 +132,11 @@ public final class IPCServer: @unchecked Sendable {
         var queueHead = 0
         var queueCount = 0
         var protocolErrors = 0
-        /// A reply the socket could not take yet; while set, the client is neither read nor served.
-        var pendingReply: [UInt8]? = nil
+        /// Replies the socket could not take yet (oldest first); while there are any, the client
+        /// is neither read nor served.
+        var pendingReplies: [[UInt8]] = []
+        /// Deferred answers outstanding.
+        var deferred = 0
         /// Its shared-memory ring, served on the ring's own thread.
         var ring: RingService? = nil
     }
@@ -181,7 +214,8 @@ public final class IPCServer: @unchecked Sendable {
     /// server was asked to stop. Lets a test step the server deterministically.
     @discardableResult
     public func serveOnce(timeout: Duration? = .zero) -> Bool {
-        let milliseconds = timeout.map { Int32(clamping: ($0.nanoseconds + 999_999) / 1_000_000) } ?? -1
+        var milliseconds = timeout.map { Int32(clamping: ($0.nanoseconds + 999_999) / 1_000_000) } ?? -1
+        if pollsCompletions && deferredCount > 0 { milliseconds = 0 }
         let count = epoll_wait(epollFD, events, Self.maxEvents, milliseconds)
         if count < 0 { return CL_errno() == EINTR }
         var stopping = false
@@ -191,6 +225,7 @@ public final class IPCServer: @unchecked Sendable {
             switch token {
             case Self.listenToken: acceptClients()
             case Self.stopToken: stopping = true
+            case Self.wakeToken: break  // the completion poller below looks
             default:
                 let slot = Int(token & 0xFFFF_FFFF) - 2
                 guard slot >= 0, slot < clients.count, clients[slot] != nil,
@@ -198,8 +233,16 @@ public final class IPCServer: @unchecked Sendable {
                 handleEvents(event.events, slot: slot)
             }
         }
+        completionPoller?()
         serveQueues()
         return !stopping
+    }
+
+    /// Makes `serveOnce` wake when `descriptor` becomes readable (level triggered: the
+    /// `completionPoller` must consume what made it readable), e.g. a device's completion
+    /// interrupt eventfd. The caller keeps owning the descriptor.
+    public func addWakeDescriptor(_ descriptor: Int32) throws(IPCError) {
+        try Self.watch(epollFD, descriptor, token: Self.wakeToken, events: UInt32(EPOLLIN.rawValue))
     }
 
     /// Stops serving (from any thread), waits for the serving thread, disconnects every client
@@ -215,6 +258,11 @@ public final class IPCServer: @unchecked Sendable {
         }
         closed = true
         for slot in clients.indices where clients[slot] != nil { disconnect(slot) }
+        // Whoever deferred answers has had its chance to finish them (see `complete`).
+        for held in heldRegions {
+            regions.wrappingDecrement(by: held.regions.releaseAll(), ordering: .relaxed)
+        }
+        heldRegions.removeAll()
         closeDescriptor(listenFD)
         closeDescriptor(stopFD)
         closeDescriptor(epollFD)
@@ -281,8 +329,14 @@ public final class IPCServer: @unchecked Sendable {
             releaseBuffer(client.queue[position])
             position = (position + 1) % client.queue.count
         }
-        // After the ring thread stopped: no region is in use.
-        regions.wrappingDecrement(by: client.regions.releaseAll(), ordering: .relaxed)
+        if client.deferred > 0 {
+            // A deferred answer may still be using a region (copying into it): keep them all
+            // mapped until its last answer is completed or discarded (`releaseHeld`).
+            heldRegions.append((client.connection.id, client.deferred, client.regions))
+        } else {
+            // After the ring thread stopped: no region is in use.
+            regions.wrappingDecrement(by: client.regions.releaseAll(), ordering: .relaxed)
+        }
         _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, client.fd, nil)
         closeDescriptor(client.fd)
         connections.wrappingDecrement(ordering: .relaxed)
@@ -311,7 +365,7 @@ public final class IPCServer: @unchecked Sendable {
         let budget = configuration.queueDepth * 4
         var fds: (Int32, Int32) = (-1, -1)
         for _ in 0..<budget {
-            guard let client = clients[slot], client.pendingReply == nil else { return }
+            guard let client = clients[slot], client.pendingReplies.isEmpty else { return }
             let queued = client.queueCount < configuration.queueDepth && !freeBuffers.isEmpty
             let buffer: Int32 = queued ? freeBuffers.removeLast() : -1
             let target = queued ? pool + Int(buffer) * Message.maxDatagramSize : scratch.baseAddress!
@@ -362,8 +416,11 @@ public final class IPCServer: @unchecked Sendable {
         while progress {
             progress = false
             for slot in clients.indices {
-                guard let client = clients[slot], client.queueCount > 0, client.pendingReply == nil else { continue }
+                guard let client = clients[slot], client.queueCount > 0, client.pendingReplies.isEmpty else { continue }
                 let buffer = client.queue[client.queueHead]
+                if client.deferred > 0 && (client.deferred >= configuration.maxDeferredPerClient || releasesRegion(buffer)) {
+                    continue  // paused until answers complete
+                }
                 clients[slot]!.queueHead = (client.queueHead + 1) % configuration.queueDepth
                 clients[slot]!.queueCount -= 1
                 serve(slot, buffer: buffer)
@@ -372,6 +429,13 @@ public final class IPCServer: @unchecked Sendable {
                 progress = true
             }
         }
+    }
+
+    /// Whether the queued datagram is a MSG_IPC_RELEASE (which must wait for deferred answers).
+    private func releasesRegion(_ buffer: Int32) -> Bool {
+        guard poolLengths[Int(buffer)] >= 4 else { return false }
+        let raw = (pool + Int(buffer) * Message.maxDatagramSize).loadUnaligned(as: UInt32.self)
+        return MessageType(rawValue: UInt32(littleEndian: raw)) == .ipcRelease
     }
 
     private func serve(_ slot: Int, buffer: Int32) {
@@ -426,12 +490,62 @@ public final class IPCServer: @unchecked Sendable {
         let inline = UnsafeRawBufferPointer(rebasing: datagram[Message.headerSize...])
         let replyPayload = UnsafeMutableRawBufferPointer(rebasing: replyBuffer[Message.headerSize...])
         // A descriptor the handler is shown stays in the pool slot: `releaseBuffer` closes it.
-        let reply = client.regions.serve(message, inline: inline, reply: replyPayload) { payload in
+        let token = IPCReplyToken(slot: Int32(slot), generation: generations[slot], connection: client.connection.id,
+                                  type: message.type, sequence: message.sequence)
+        let reply = client.regions.serve(message, inline: inline, reply: replyPayload, replyToken: token) { payload in
             var payload = payload
             payload.descriptor = descriptor
             return handler(message, payload, client.connection)
         }
+        if reply.isDeferred {
+            guard clients[slot] != nil else { return }  // cannot happen: the handler does not disconnect
+            clients[slot]!.deferred += 1
+            deferredCount += 1
+            return
+        }
         sendReply(slot, type: message.type, sequence: message.sequence, reply: reply)
+    }
+
+    // MARK: Deferred answers
+
+    /// Answers a request its handler deferred, with `reply` and `payload` as inline data (at
+    /// most `Message.maxInlinePayload` bytes). Call exactly once per deferred request, on the
+    /// serving thread (from `completionPoller` or a handler; a handler calling it must do so
+    /// before writing its own reply payload, which shares the reply buffer). Returns false when
+    /// the client has gone: the answer is discarded, and once its last one is, the regions the
+    /// client left behind are unmapped. Never disconnects anyone itself (a client whose socket
+    /// broke is disconnected by the next wakeup's hang-up).
+    @discardableResult
+    public func complete(_ token: IPCReplyToken, _ reply: IPCReply, payload: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)) -> Bool {
+        let slot = Int(token.slot)
+        guard slot >= 0 else { return false }
+        deferredCount -= 1
+        guard slot < clients.count, generations[slot] == token.generation, let client = clients[slot],
+              client.connection.id == token.connection, client.deferred > 0 else {
+            discardedCompletions &+= 1
+            releaseHeld(connection: token.connection)
+            return false
+        }
+        clients[slot]!.deferred -= 1
+        var answer = reply
+        if answer.isDeferred || payload.count > Message.maxInlinePayload {
+            answer = .error(.EIO)
+        } else if payload.count > 0 {
+            (replyBuffer.baseAddress! + Message.headerSize).copyMemory(from: payload.baseAddress!, byteCount: payload.count)
+            answer.payloadCount = payload.count
+        } else {
+            answer.payloadCount = 0
+        }
+        sendReply(slot, type: token.type, sequence: token.sequence, reply: answer, disconnectOnFailure: false)
+        return true
+    }
+
+    private func releaseHeld(connection: UInt64) {
+        guard let index = heldRegions.firstIndex(where: { $0.connection == connection }) else { return }
+        heldRegions[index].outstanding -= 1
+        guard heldRegions[index].outstanding == 0 else { return }
+        let held = heldRegions.remove(at: index)
+        regions.wrappingDecrement(by: held.regions.releaseAll(), ordering: .relaxed)
     }
 
     private func share(_ slot: Int, descriptor: Int32, buffer: Int32, sequence: UInt32) {
@@ -501,37 +615,49 @@ public final class IPCServer: @unchecked Sendable {
     /// `replyBuffer`. If the client's socket is full the reply is parked and the client paused.
     /// A reply with a `descriptor` (ring attach) that must wait for room loses the descriptor:
     /// the client sees the reply without one and gives up on the attach.
-    private func sendReply(_ slot: Int, type: MessageType, sequence: UInt32, reply: IPCReply, descriptor: Int32 = -1) {
+    private func sendReply(_ slot: Int, type: MessageType, sequence: UInt32, reply: IPCReply, descriptor: Int32 = -1,
+                           disconnectOnFailure: Bool = true) {
         guard let client = clients[slot] else { return }
+        let length = Message.headerSize + reply.payloadCount
         let header = Message(type: type, flags: .reply, param1: reply.param1, param2: reply.param2, param3: reply.param3,
                              dataPointer: 0, dataSize: UInt32(reply.payloadCount), sequence: sequence, status: reply.status)
         header.encode(into: replyBuffer)
-        let length = Message.headerSize + reply.payloadCount
+        if !client.pendingReplies.isEmpty {
+            // Deferred answers completing while earlier replies wait: they queue behind them.
+            clients[slot]!.pendingReplies.append(Array(UnsafeRawBufferPointer(rebasing: replyBuffer[..<length])))
+            return
+        }
         var fd = descriptor
         let sent = CL_ipc_send(client.fd, replyBuffer.baseAddress, length, nil, 0, &fd, descriptor >= 0 ? 1 : 0,
                                CL_MSG_DONTWAIT | CL_MSG_NOSIGNAL)
         if sent >= 0 { return }
         let code = CL_errno()
         if code == EAGAIN {
-            clients[slot]!.pendingReply = Array(UnsafeRawBufferPointer(rebasing: replyBuffer[..<length]))
-            if (try? Self.watch(epollFD, client.fd, token: token(slot: slot), events: Self.writeEvents, modify: true)) == nil {
+            clients[slot]!.pendingReplies.append(Array(UnsafeRawBufferPointer(rebasing: replyBuffer[..<length])))
+            if (try? Self.watch(epollFD, client.fd, token: token(slot: slot), events: Self.writeEvents, modify: true)) == nil,
+               disconnectOnFailure {
                 disconnect(slot)
             }
-        } else {
+        } else if disconnectOnFailure {
             disconnect(slot)  // EPIPE, ECONNRESET: the client is gone
         }
     }
 
     private func flushPending(_ slot: Int) {
-        guard let client = clients[slot], let pending = client.pendingReply else { return }
-        let sent = pending.withUnsafeBytes {
-            CL_ipc_send(client.fd, $0.baseAddress, $0.count, nil, 0, nil, 0, CL_MSG_DONTWAIT | CL_MSG_NOSIGNAL)
+        guard let client = clients[slot], !client.pendingReplies.isEmpty else { return }
+        var sentCount = 0
+        for pending in client.pendingReplies {
+            let sent = pending.withUnsafeBytes {
+                CL_ipc_send(client.fd, $0.baseAddress, $0.count, nil, 0, nil, 0, CL_MSG_DONTWAIT | CL_MSG_NOSIGNAL)
+            }
+            if sent < 0 {
+                if CL_errno() != EAGAIN { return disconnect(slot) }
+                break
+            }
+            sentCount += 1
         }
-        if sent < 0 {
-            if CL_errno() != EAGAIN { disconnect(slot) }
-            return
-        }
-        clients[slot]!.pendingReply = nil
+        clients[slot]!.pendingReplies.removeFirst(sentCount)
+        guard clients[slot]!.pendingReplies.isEmpty else { return }
         if (try? Self.watch(epollFD, client.fd, token: token(slot: slot), events: Self.readEvents, modify: true)) == nil {
             disconnect(slot)
         }

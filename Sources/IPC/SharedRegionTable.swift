@@ -105,10 +105,15 @@ extension SharedRegionTable {
     /// or a range of a region this connection shared, pinned for the call. Answers EBADF for a
     /// handle the connection does not hold (never shared, released, or another connection's),
     /// EINVAL for a range outside the region, EIO for a handler that claims an impossible reply.
+    ///
+    /// A deferred answer (`IPCReply.deferred`, socket requests only: a ring request's token is
+    /// `.immediate`) passes through; the server keeps the client's regions until it completes.
     func serve(_ message: Message, inline: UnsafeRawBufferPointer, reply: UnsafeMutableRawBufferPointer,
-               handler: (IPCPayload) -> IPCReply) -> IPCReply {
+               replyToken: IPCReplyToken = .immediate, handler: (IPCPayload) -> IPCReply) -> IPCReply {
         func run(_ data: UnsafeRawBufferPointer, writable: UnsafeMutableRawBufferPointer?) -> IPCReply {
-            let answer = handler(IPCPayload(inline: inline, data: data, writableData: writable, reply: reply))
+            let answer = handler(IPCPayload(inline: inline, data: data, writableData: writable, reply: reply,
+                                            replyToken: replyToken))
+            if answer.isDeferred { return replyToken == .immediate ? .error(.EIO) : answer }
             return answer.payloadCount < 0 || answer.payloadCount > Message.maxInlinePayload ? .error(.EIO) : answer
         }
         switch message.data {

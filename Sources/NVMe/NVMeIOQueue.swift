@@ -206,6 +206,20 @@ public final class NVMeIOQueue<R: RegisterIO> {
         return try submit(command, slot: slot, tag: tag, blocks: ranges.reduce(0) { $0 + $1.blocks })
     }
 
+    /// The same for one range, without building an array (the server's per-request path).
+    @discardableResult
+    public func submitDeallocate(namespace: NVMeNamespace, lba: UInt64, blocks: Int, tag: UInt64) throws(NVMeError) -> UInt16 {
+        guard blocks <= Int(UInt32.max) else { throw .invalidRequest("a range of \(blocks) blocks is too long") }
+        try namespace.checkRange(lba: lba, blocks: blocks)
+        guard let slot = freeSlots.popLast() else { throw .submissionQueueFull(queue: pair.id, depth: pair.depth) }
+        let (page, address) = listPage(slot)
+        page.storeBytes(of: UInt32(0), toByteOffset: 0, as: UInt32.self)
+        page.storeBytes(of: UInt32(blocks).littleEndian, toByteOffset: 4, as: UInt32.self)
+        page.storeBytes(of: lba.littleEndian, toByteOffset: 8, as: UInt64.self)
+        let command = NVMeCommand.datasetManagement(namespaceID: namespace.id, ranges: 1, deallocate: true, prp1: address)
+        return try submit(command, slot: slot, tag: tag, blocks: blocks)
+    }
+
     // MARK: - Completing
 
     /// Reaps every completion posted so far, calling `body` for each; rings the CQ head

@@ -43,6 +43,25 @@ public final class MemoryBlockDevice: BlockDevice {
     var queuedCompletions: [(UInt64, IPCStatus)] = []
     var batchDepth = 0
     public internal(set) var batches = 0
+    /// Commands a held (`holdCompletions`) device has accepted but not finished.
+    public var holdCompletions = false
+    public internal(set) var held: [HeldCommand] = []
+    /// With `holdCompletions`: each reap first finishes this many held commands, newest first
+    /// (late and out of order, yet a caller that polls makes progress).
+    public var finishOnReap = 0
+    /// The kinds of the commands the queue ran, in the order it ran them.
+    public internal(set) var ranKinds: [HeldCommand.Kind] = []
+    /// The fake's bounce buffer: a device range of its own that the fake IOMMU translates.
+    let bounceMemory: DMABuffer
+    public struct HeldCommand {
+        public enum Kind: Sendable { case read, write, flush, trim }
+        public var tag: UInt64
+        public var kind: Kind
+        public var nsid: UInt32
+        public var lba: UInt64
+        public var blocks: Int
+        var dma: DMABuffer?
+    }
 
     public init(namespaces: [UInt32: BlockGeometry]) {
         for (nsid, geometry) in namespaces {
@@ -50,9 +69,14 @@ public final class MemoryBlockDevice: BlockDevice {
             bytes.initializeMemory(as: UInt8.self, repeating: 0)
             storage[nsid] = (geometry, bytes)
         }
+        let bounce = UnsafeMutableRawPointer.allocate(byteCount: 2 << 20, alignment: 4096)
+        bounceMemory = DMABuffer(address: bounce, deviceAddress: 0x8_0000_0000, size: 2 << 20)
     }
 
-    deinit { for (_, entry) in storage { entry.bytes.deallocate() } }
+    deinit {
+        for (_, entry) in storage { entry.bytes.deallocate() }
+        bounceMemory.address.deallocate()
+    }
 
     public var namespaceIDs: [UInt32] { storage.keys.sorted() }
     public func geometry(_ nsid: UInt32) -> BlockGeometry? { storage[nsid]?.geometry }

@@ -4,6 +4,15 @@ import Platform
 /// The block protocol's server logic (see `BlockProtocol` for the table): decodes and validates a
 /// request, checks the client's access, runs it on the `BlockDevice`, and builds the reply.
 /// `handle` runs on the IPC server's one thread, which is also the only user of the device.
+///
+/// On a `QueuedBlockDevice` served through `makeIPCServer`, read, write, flush and trim are not
+/// waited for: the command is submitted, the answer deferred (`IPCReply.deferred`) and sent when
+/// the command completes (`pollCompletions`, the IPC server's completion poller), so a client's
+/// batch, or many clients, keep many commands in flight. Like a disk's queue, commands in flight
+/// together are not ordered among themselves: a client that needs one done before another (a
+/// read of what it wrote) waits for the first answer. A flush waits for every command in flight
+/// before it is submitted (a Flush covers only the writes completed before it, NVM command set
+/// 3.2.2), so it covers every write sent before it.
 public final class BlockServer: @unchecked Sendable {
     public let device: any BlockDevice
     /// Who may use the server without presenting a capability token (by uid).
@@ -14,15 +23,15 @@ public final class BlockServer: @unchecked Sendable {
     private var presented = PresentedCapabilities()
     /// Requests refused for a missing capability.
     public private(set) var refusals: UInt64 = 0
-    private let log: @Sendable (String) -> Void
+    let log: @Sendable (String) -> Void
     /// Where routine access news goes (a token presented); `log` gets refusals and errors.
     public var info: @Sendable (String) -> Void = { _ in }
     /// Requests served (any status), for statistics.
     public private(set) var requests: UInt64 = 0
-    public private(set) var deviceErrors: UInt64 = 0
+    public internal(set) var deviceErrors: UInt64 = 0
     /// Registered client buffers (zero copy), and transfers that went straight to one.
     public private(set) var registered = RegisteredBuffers()
-    public private(set) var zeroCopyTransfers: UInt64 = 0
+    public internal(set) var zeroCopyTransfers: UInt64 = 0
     /// Registered buffers unmapped because their client vanished (not by unregister or stop).
     public private(set) var vanishedBuffersUnmapped: UInt64 = 0
     /// The device as a `DirectBlockDevice` when it is one (looked up once, not per request).
@@ -35,6 +44,23 @@ public final class BlockServer: @unchecked Sendable {
     /// Requests served through rings, and ring commands reaped.
     public private(set) var ringRequests: UInt64 = 0
     public var ringCount: Int { rings.count }
+    /// Message-path requests waiting for their command (see the type's comment).
+    var deferred: DeferredBlockRequests?
+    /// The IPC server that answers them; it owns this server through its handler, so it is
+    /// held without a reference count.
+    unowned(unsafe) var replies: IPCServer?
+    /// Message-path requests answered at their command's completion, for statistics.
+    public internal(set) var deferredRequests: UInt64 = 0
+    /// Message-path requests on the device now.
+    public var deferredInFlight: Int { deferred?.inFlight ?? 0 }
+    /// Bounce slots free now, and in all.
+    public var freeBounceSlots: Int { deferred?.freeBounceSlots ?? 0 }
+    public var bounceSlotCount: Int { deferred?.slotCount ?? 0 }
+    /// Whether message-path requests on a queued device are answered at completion (the
+    /// default); false: one at a time, each waited for (the older way, kept for comparison).
+    public var defersAnswers = true
+    /// How long a request waits for a free command or bounce slot before it is answered EBUSY.
+    public var roomWaitNanoseconds: UInt64 = 1_000_000_000
 
     public init(device: any BlockDevice, policy: BlockAccessPolicy = .acceptAll, tokens: BlockCapabilityTokens = BlockCapabilityTokens(),
                 log: @escaping @Sendable (String) -> Void = { _ in }) {
@@ -44,6 +70,9 @@ public final class BlockServer: @unchecked Sendable {
         self.log = log
         direct = device as? any DirectBlockDevice
         queued = device as? any QueuedBlockDevice
+        if let queued {
+            deferred = DeferredBlockRequests(bounce: queued.bounceBuffer, capacity: queued.freeCommandSlots)
+        }
     }
 
     /// An IPC server at `directory/name.sock` answering with `handle`. Call `start()` on it.
@@ -58,10 +87,28 @@ public final class BlockServer: @unchecked Sendable {
         var configuration = configuration
         configuration.descriptorMessages.append(.blockPresentCapability)
         configuration.connectionEnded = { [self] connection in connectionEnded(connection.id) }
-        return try IPCServer(name: name, directory: directory, configuration: configuration) { [self] message, payload, connection in
+        let endpoint = try IPCServer(name: name, directory: directory, configuration: configuration) { [self] message, payload, connection in
             handle(message, payload, uid: connection.credentials.uid, client: connection.id, pid: connection.credentials.pid)
         }
+        if let queued {
+            replies = endpoint
+            endpoint.completionPoller = { [self] in pollCompletions() }
+            endpoint.pollsCompletions = true
+            if let descriptor = queued.completionDescriptor {
+                do {
+                    try endpoint.addWakeDescriptor(descriptor)
+                    endpoint.pollsCompletions = false
+                } catch {
+                    log("completions are polled: watching the device's interrupt failed: \(error)")
+                }
+            }
+        }
+        return endpoint
     }
+
+    /// Whether the serving loop must poll for completions (the device has no descriptor the IPC
+    /// server waits on) because message-path commands are in flight.
+    public var mustPollCompletions: Bool { deferredInFlight > 0 && queued?.completionDescriptor == nil }
 
     /// IPC limits for a block server: a client may keep 64 requests queued (the IPC default is
     /// 16), so a client at queue depth 32 (fio's usual deep setting, `limitless-storage bench
@@ -80,9 +127,9 @@ public final class BlockServer: @unchecked Sendable {
     /// Serves one request from connection `client` (its IPC connection id; process `pid`).
     public func handle(_ message: Message, _ payload: IPCPayload, uid: UInt32, client: UInt64, pid: Int32) -> IPCReply {
         requests &+= 1
-        // The blocking paths below want the device idle: finish ring commands in flight first.
-        if !rings.isEmpty { drainRings() }
         if message.type == .blockRegisterBuffer || message.type == .blockUnregisterBuffer {
+            // An unregistered buffer must not be in use by a command: finish them all first.
+            drainDevice()
             return registration(message, payload, uid: uid, client: client, pid: pid)
         }
         if message.type == .blockPresentCapability {
@@ -100,6 +147,17 @@ public final class BlockServer: @unchecked Sendable {
             return .error(.EACCES)
         }
         let geometry = device.geometry(request.nsid)!
+        switch request {
+        case .read, .write, .flush, .trim:
+            if defersAnswers, payload.replyToken.canDefer, replies != nil, let queued,
+               let reply = submitDeferred(request, message, payload, client: client, blockSize: geometry.blockSize, device: queued) {
+                return reply
+            }
+            // The blocking paths below want the device idle (and the whole bounce buffer).
+            drainDevice()
+        default:
+            break
+        }
         do throws(BlockDeviceError) {
             switch request {
             case .openNamespace:
@@ -249,6 +307,9 @@ public final class BlockServer: @unchecked Sendable {
         guard registered.count > 0 else { return 0 }
         let everyone = connectionCount == 0
         let gone = registered.removeAll { everyone || RegisteredBuffers.clientVanished($0) }
+        // A vanished client's zero-copy commands may still be in flight: the device must not
+        // write to pages after their mapping is gone.
+        if !gone.isEmpty { drainDevice() }
         for entry in gone { unmap(entry, why: "client \(entry.client) (pid \(entry.pid)) vanished") }
         vanishedBuffersUnmapped &+= UInt64(gone.count)
         return gone.count
@@ -278,31 +339,49 @@ public final class BlockServer: @unchecked Sendable {
         rings.remove(at: index)
     }
 
-    /// Waits (polling) until no ring command is in flight, posting their completions. A device
-    /// that stops answering for 10 s leaves them (logged); the caller goes on.
-    public func drainRings() {
+    /// Waits (polling) until no command is in flight, posting ring completions and answering
+    /// deferred requests. A device that stops answering for 10 s leaves them (logged); the
+    /// caller goes on.
+    public func drainDevice() {
         guard let queued, queued.commandsInFlight > 0 else { return }
         let clock = MonotonicClock()
         let deadline = clock.now() + 10_000_000_000
         while queued.commandsInFlight > 0 {
-            if reapRings() == 0, clock.now() > deadline {
-                log("ring commands still in flight after 10 s: \(queued.commandsInFlight)")
+            if reapDevice() == 0, clock.now() > deadline {
+                log("commands still in flight after 10 s: \(queued.commandsInFlight)")
                 return
             }
         }
     }
 
+    /// Finishes ring commands in flight (`drainDevice`).
+    public func drainRings() { drainDevice() }
+
+    /// The IPC server's completion poller: answers the deferred requests whose commands have
+    /// completed (and posts ring completions that came with them).
+    public func pollCompletions() {
+        guard let queued, queued.commandsInFlight > 0 else { return }
+        queued.consumeCompletionSignal()
+        reapDevice()
+    }
+
+    /// Every completion so far: ring commands' posted to their rings, deferred requests
+    /// answered. Returns how many.
     @inline(__always)
-    private func reapRings() -> Int {
+    @discardableResult
+    func reapDevice() -> Int {
         guard let queued else { return 0 }
-        let count = queued.reapCompleted { [rings] tag, status in
+        var ringCompletions = 0
+        let count = queued.reapCompleted { tag, status in
+            if tag & DeferredBlockRequests.tagBit != 0 { return finishDeferred(tag: tag, status: status) }
             let index = Int(tag >> 32)
             guard index < rings.count else { return }
             rings[index].complete(slot: Int(tag & 0xFFFF_FFFF), status: status)
+            ringCompletions += 1
         }
-        if count > 0 {
+        if ringCompletions > 0 {
             for ring in rings { ring.publishCompletions() }
-            ringRequests &+= UInt64(count)
+            ringRequests &+= UInt64(ringCompletions)
         }
         return count
     }
@@ -325,7 +404,7 @@ public final class BlockServer: @unchecked Sendable {
     @discardableResult
     public func pollRings() -> Int {
         guard let queued, !rings.isEmpty else { return 0 }
-        var work = reapRings()
+        var work = reapDevice()
         queued.beginBatch()
         for (index, ring) in rings.enumerated() {
             guard let available = ring.published(), available > 0 else { continue }

@@ -10,7 +10,9 @@ import Glibc
 /// the same thread between wakeups, unmaps the registered buffers of clients that vanished: at
 /// once when the connection count drops (a client went away), and at least once a second (a
 /// client released a registered region, or died while others connected). While rings
-/// (`BlockRing`) are attached it also polls them. The device, the registration table and the
+/// (`BlockRing`) are attached it also polls them. Deferred message-path answers are sent by the
+/// IPC server's completion poller, which wakes on the device's completion interrupt; a device
+/// without one is polled (yielding the CPU between passes) while commands are in flight. The device, the registration table and the
 /// rings are only ever touched from this one thread.
 public final class BlockServingLoop: @unchecked Sendable {
     public let server: BlockServer
@@ -76,6 +78,10 @@ public final class BlockServingLoop: @unchecked Sendable {
                     timeout = .zero
                 }
             }
+            if server.mustPollCompletions {
+                timeout = .zero
+                sched_yield()
+            }
             guard endpoint.serveOnce(timeout: timeout) else { break }
             let connections = endpoint.connectionCount
             defer { lastConnections = connections }
@@ -88,14 +94,16 @@ public final class BlockServingLoop: @unchecked Sendable {
         }
     }
 
-    /// Stops serving: the thread ends within `wakeInterval`, every registered buffer is
-    /// unmapped, then the endpoint disconnects its clients and removes its socket.
+    /// Stops serving: the thread ends within `wakeInterval`, commands in flight finish (their
+    /// answers sent), every registered buffer is unmapped, then the endpoint disconnects its
+    /// clients and removes its socket.
     public func stop() {
         stopping.store(true, ordering: .releasing)
         if let thread {
             pthread_join(thread, nil)
             self.thread = nil
         }
+        server.drainDevice()
         server.unregisterAll()
         endpoint.stop()
     }

@@ -89,11 +89,17 @@ extension MemoryBlockDevice: DirectBlockDevice {
         clientMappings.remove(at: index)
     }
 
-    /// The host pointer behind a device range, if one live mapping covers it.
+    /// The host pointer behind a device range, if one live mapping (or the bounce buffer)
+    /// covers it; a transfer through a client mapping counts in `directTransfers`.
     private func translate(_ dma: DMABuffer) throws(BlockDeviceError) -> UnsafeMutableRawPointer {
         for mapping in clientMappings where dma.deviceAddress >= mapping.deviceAddress
             && dma.deviceAddress + UInt64(dma.size) <= mapping.deviceAddress + UInt64(mapping.size) {
+            directTransfers += 1
             return mapping.address + Int(dma.deviceAddress - mapping.deviceAddress)
+        }
+        let bounce = bounceMemory
+        if dma.deviceAddress >= bounce.deviceAddress, dma.deviceAddress + UInt64(dma.size) <= bounce.deviceAddress + UInt64(bounce.size) {
+            return bounce.address + Int(dma.deviceAddress - bounce.deviceAddress)
         }
         throw BlockDeviceError(.EIO, "DMA to unmapped device address 0x\(String(dma.deviceAddress, radix: 16))")
     }
@@ -101,13 +107,11 @@ extension MemoryBlockDevice: DirectBlockDevice {
     public func read(nsid: UInt32, lba: UInt64, blocks: Int, dma: DMABuffer) throws(BlockDeviceError) {
         let target = try translate(dma)
         try read(nsid: nsid, lba: lba, blocks: blocks, into: UnsafeMutableRawBufferPointer(start: target, count: dma.size))
-        directTransfers += 1
     }
 
     public func write(nsid: UInt32, lba: UInt64, blocks: Int, dma: DMABuffer) throws(BlockDeviceError) {
         let source = try translate(dma)
         try write(nsid: nsid, lba: lba, blocks: blocks, from: UnsafeRawBufferPointer(start: source, count: dma.size))
-        directTransfers += 1
     }
 }
 
@@ -129,6 +133,19 @@ public protocol QueuedBlockDevice: DirectBlockDevice {
     /// Every completion so far, without waiting: (tag, status). Returns how many.
     @discardableResult
     func reapCompleted(_ body: (UInt64, IPCStatus) -> Void) -> Int
+    /// Submits a Flush of `nsid` (NVM command set 3.2.2): it covers the writes that completed
+    /// before it was submitted, so a caller that wants it to cover more waits for them first.
+    func submitFlush(nsid: UInt32, tag: UInt64) throws(BlockDeviceError)
+    /// Submits a trim of the range as one command; false (nothing submitted) when that is not
+    /// possible (the caller then uses the blocking `trim`).
+    func submitTrim(nsid: UInt32, lba: UInt64, blocks: Int, tag: UInt64) throws(BlockDeviceError) -> Bool
+    /// DMA memory the device owns for copies (the message path's bounce buffer), whole pages.
+    var bounceBuffer: DMABuffer { get }
+    /// A descriptor that becomes readable when completions are posted (an MSI-X eventfd), or
+    /// nil when the queue must be polled.
+    var completionDescriptor: Int32? { get }
+    /// Clears `completionDescriptor`'s readiness (before reaping, so none is missed).
+    func consumeCompletionSignal()
 }
 
 extension NVMeBlockDevice: QueuedBlockDevice {
@@ -148,10 +165,45 @@ extension NVMeBlockDevice: QueuedBlockDevice {
         }
     }
 
+    public func submitFlush(nsid: UInt32, tag: UInt64) throws(BlockDeviceError) {
+        let namespace = try namespace(nsid)
+        do throws(NVMeError) { try queue.submit(.flush(namespaceID: namespace.id), tag: tag) } catch {
+            throw mapped(error, "flush nsid \(nsid)")
+        }
+    }
+
+    /// Dataset Management with one range (ONCS bit 2), else one Write Zeroes (bit 3) of at
+    /// most 65536 blocks.
+    public func submitTrim(nsid: UInt32, lba: UInt64, blocks: Int, tag: UInt64) throws(BlockDeviceError) -> Bool {
+        let namespace = try namespace(nsid)
+        let identity = controller.identity
+        do throws(NVMeError) {
+            if identity?.supportsDatasetManagement ?? false, blocks <= Int(UInt32.max) {
+                try queue.submitDeallocate(namespace: namespace, lba: lba, blocks: blocks, tag: tag)
+                return true
+            }
+            if identity?.supportsWriteZeroes ?? false, blocks <= 65536 {
+                try namespace.checkRange(lba: lba, blocks: blocks)
+                try queue.submit(.writeZeroes(namespaceID: namespace.id, lba: lba, blocks: blocks), tag: tag, blocks: blocks)
+                return true
+            }
+        } catch {
+            throw mapped(error, "trim nsid \(nsid) LBA \(lba) x \(blocks)")
+        }
+        return false
+    }
+
+    public var bounceBuffer: DMABuffer { bounce }
+    /// Nil when the queue polls (`storage_server --poll`): the serving loop polls too.
+    public var completionDescriptor: Int32? { queue.polling ? nil : queue.interrupt?.fd }
+    public func consumeCompletionSignal() { _ = queue.interrupt?.consume() }
+
     @discardableResult
     public func reapCompleted(_ body: (UInt64, IPCStatus) -> Void) -> Int {
         queue.reap { completion in
             let status: IPCStatus = completion.status.isSuccess ? .ok : (completion.status.isLBAOutOfRange ? .ERANGE : .EIO)
+            // The client gets an errno; the log keeps the NVMe status behind it.
+            if let error = completion.error { log("\(error) -> \(status)") }
             body(completion.tag, status)
         }
     }
@@ -159,26 +211,66 @@ extension NVMeBlockDevice: QueuedBlockDevice {
 
 extension MemoryBlockDevice: QueuedBlockDevice {
     /// The RAM device completes a command at submission; `reapCompleted` hands the results out,
-    /// like a device that is very fast. 64 commands at most in flight.
-    public var freeCommandSlots: Int { 64 - queuedCompletions.count }
-    public var commandsInFlight: Int { queuedCompletions.count }
+    /// like a device that is very fast. 64 commands at most in flight. With `holdCompletions`
+    /// it is a slow device instead: commands wait (data not yet moved) until the test finishes
+    /// them with `finishHeld`, in any order.
+    public var freeCommandSlots: Int { 64 - queuedCompletions.count - held.count }
+    public var commandsInFlight: Int { queuedCompletions.count + held.count }
     public var maximumCommandBytes: Int { 128 << 10 }
     public func beginBatch() { batchDepth += 1 }
     public func endBatch() { batchDepth -= 1; batches += 1 }
 
     public func submit(write: Bool, nsid: UInt32, lba: UInt64, blocks: Int, dma: DMABuffer, tag: UInt64) throws(BlockDeviceError) {
+        try accept(HeldCommand(tag: tag, kind: write ? .write : .read, nsid: nsid, lba: lba, blocks: blocks, dma: dma))
+    }
+
+    public func submitFlush(nsid: UInt32, tag: UInt64) throws(BlockDeviceError) {
+        guard geometry(nsid) != nil else { throw BlockDeviceError(.ENOENT, "nsid \(nsid)") }
+        try accept(HeldCommand(tag: tag, kind: .flush, nsid: nsid, lba: 0, blocks: 0, dma: nil))
+    }
+
+    public func submitTrim(nsid: UInt32, lba: UInt64, blocks: Int, tag: UInt64) throws(BlockDeviceError) -> Bool {
+        try accept(HeldCommand(tag: tag, kind: .trim, nsid: nsid, lba: lba, blocks: blocks, dma: nil))
+        return true
+    }
+
+    public var bounceBuffer: DMABuffer { bounceMemory }
+    public var completionDescriptor: Int32? { nil }
+    public func consumeCompletionSignal() {}
+
+    private func accept(_ command: HeldCommand) throws(BlockDeviceError) {
         guard freeCommandSlots > 0 else { throw BlockDeviceError(.EBUSY, "queue full") }
+        if let message = failNext {
+            failNext = nil
+            throw BlockDeviceError(.EIO, message)
+        }
+        if holdCompletions { held.append(command) } else { run(command) }
+    }
+
+    /// Runs held command `index` now (moving its data) and posts its completion.
+    public func finishHeld(at index: Int) {
+        run(held.remove(at: index))
+    }
+
+    private func run(_ command: HeldCommand) {
+        ranKinds.append(command.kind)
         var status = IPCStatus.ok
         do throws(BlockDeviceError) {
-            if write { try self.write(nsid: nsid, lba: lba, blocks: blocks, dma: dma) } else { try read(nsid: nsid, lba: lba, blocks: blocks, dma: dma) }
+            switch command.kind {
+            case .read: try read(nsid: command.nsid, lba: command.lba, blocks: command.blocks, dma: command.dma!)
+            case .write: try write(nsid: command.nsid, lba: command.lba, blocks: command.blocks, dma: command.dma!)
+            case .flush: try flush(nsid: command.nsid)
+            case .trim: try trim(nsid: command.nsid, lba: command.lba, blocks: command.blocks)
+            }
         } catch {
             status = error.status
         }
-        queuedCompletions.append((tag, status))
+        queuedCompletions.append((command.tag, status))
     }
 
     @discardableResult
     public func reapCompleted(_ body: (UInt64, IPCStatus) -> Void) -> Int {
+        for _ in 0..<min(finishOnReap, held.count) { finishHeld(at: held.count - 1) }
         let count = queuedCompletions.count
         for (tag, status) in queuedCompletions { body(tag, status) }
         queuedCompletions.removeAll(keepingCapacity: true)

@@ -12,7 +12,7 @@ public final class NVMeBlockDevice<R: RegisterIO>: BlockDevice {
     public let bounce: DMABuffer
     /// Maps registered client buffers for DMA (zero copy); nil: registration is refused.
     public var clientMapper: (any DMAMapper)?
-    private let log: (String) -> Void
+    let log: (String) -> Void
 
     public init(controller: NVMeController<R>, queue: NVMeIOQueue<R>, namespaces: [NVMeNamespace], bounce: DMABuffer,
                 log: @escaping (String) -> Void = { _ in }) {

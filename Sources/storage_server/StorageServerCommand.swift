@@ -50,6 +50,9 @@ struct StorageServerCommand: ParsableCommand {
     @Flag(help: "Poll the I/O completion queue instead of sleeping on its MSI-X vector (lower latency, one core busy while requests are in flight).")
     var poll = false
 
+    @Flag(help: "Serve message-path reads and writes one at a time, each waited for before the next is read (no deferred answers; for comparison in benchmarks).")
+    var oneAtATime = false
+
     enum RingWait: String, ExpressibleByArgument { case spin, yield }
 
     @Option(help: "With rings attached, while only the device can make progress: yield the CPU (default: a client polling on the same CPU runs at once) or spin on it.")
@@ -109,6 +112,7 @@ struct StorageServerCommand: ParsableCommand {
             : BlockAccessPolicy(readers: .uids(Set(allowUIDs)), writers: .uids(Set(allowUIDs)))
         let server = BlockServer(device: opened.blockDevice, policy: policy, tokens: tokens) { runtime.log(.error, $0) }
         server.info = { runtime.log(.info, $0) }
+        server.defersAnswers = !oneAtATime
         let directory = runtimeDir ?? runtime.environment.runtimeDirectory
         let socketName = name ?? runtime.name
         let endpoint = try server.makeIPCServer(name: socketName, directory: directory)

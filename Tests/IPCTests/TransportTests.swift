@@ -18,14 +18,6 @@ final class TransportTests: RuntimeDirectoryTestCase {
                         param3: UInt64(payload.writableData == nil ? 0 : 1), payloadCount: count)
     }
 
-    private func openDescriptorCount() -> Int {
-        guard let dir = opendir("/proc/self/fd") else { return -1 }
-        defer { closedir(dir) }
-        var count = 0
-        while readdir(dir) != nil { count += 1 }
-        return count
-    }
-
     private func waitUntil(_ condition: () -> Bool, file: StaticString = #filePath, line: UInt = #line) {
         for _ in 0..<500 where !condition() { usleep(10_000) }
         XCTAssertTrue(condition(), "condition not reached within 5 s", file: file, line: line)
