@@ -83,6 +83,11 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let supervisorDependencyState = MessageType(rawValue: 0x0507)
     /// Supervisor to a server: a capability is withdrawn; its descriptors are to be closed.
     public static let supervisorCapabilityRevoke = MessageType(rawValue: 0x0508)
+    /// A standby instance to the supervisor: started, waiting for activation (`standby yes`).
+    public static let supervisorStandbyReady = MessageType(rawValue: 0x0510)
+    /// Supervisor to a standby instance: take over; the checkpoint memfd and capability
+    /// descriptors come with it (SCM_RIGHTS), the environment lines inline.
+    public static let supervisorStandbyActivate = MessageType(rawValue: 0x0511)
 
     /// The seed-style name (`MSG_VFS_OPEN`), or nil for a number not in the registry.
     public var name: String? {
@@ -143,6 +148,8 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         case 0x0506: "MSG_SUPERVISOR_CONTROL"
         case 0x0507: "MSG_SUPERVISOR_DEPENDENCY_STATE"
         case 0x0508: "MSG_SUPERVISOR_CAPABILITY_REVOKE"
+        case 0x0510: "MSG_SUPERVISOR_STANDBY_READY"
+        case 0x0511: "MSG_SUPERVISOR_STANDBY_ACTIVATE"
         default: nil
         }
     }

@@ -64,6 +64,13 @@ final class ServerProcess {
     /// Revokes sent to the running instance and not yet confirmed, with their deadlines.
     var pendingRevokes: [String: ContinuousClock.Instant] = [:]
 
+    // The standby instance (`standby yes`), started while this one runs; activated at a restart.
+    var standby: StandbyInstance?
+    var standbyGeneration = 0
+    /// Standbys that failed in a row (exited, hung) and when the next may start.
+    var standbyFailures = 0
+    var standbyRetryAt: ContinuousClock.Instant?
+
     // Across instances.
     var restarts = 0
     var lastExit: String?
@@ -97,7 +104,8 @@ final class ServerProcess {
             capabilities: capabilities.isEmpty
                 ? effectiveConfiguration.capabilities.sorted().map { "\($0)=-1" }
                 : capabilities.map { "\($0.name)=\($0.fd)" },
-            dependencies: configuration.dependencies)
+            dependencies: configuration.dependencies,
+            standbyPID: standby.map { $0.killedBecause == nil ? $0.pid : 0 } ?? 0, standbyReady: standby?.ready ?? false)
     }
 }
 

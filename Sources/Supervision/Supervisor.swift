@@ -150,8 +150,9 @@ public final class Supervisor: @unchecked Sendable {
                 if shuttingDown { for server in servers { server.wanted = false } }
                 stopUnwanted()
                 startEligible()
+                maintainStandbys()
                 releaseCapabilities()
-                if shuttingDown && servers.allSatisfy({ !$0.isAlive }) {
+                if shuttingDown && servers.allSatisfy({ !$0.isAlive && $0.standby == nil }) {
                     finished = true
                     return true
                 }
@@ -169,6 +170,8 @@ public final class Supervisor: @unchecked Sendable {
             var deadlines: [ContinuousClock.Instant] = []
             if let deadline = server.deadline { deadlines.append(deadline) }
             deadlines += server.pendingRevokes.values
+            if let standby = server.standby, !standby.ready { deadlines.append(standby.startedMonotonic + options.startTimeout) }
+            if let retry = server.standbyRetryAt { deadlines.append(retry) }
             if server.state == .running, server.registered, let interval = server.configuration.watchdogInterval,
                let last = server.lastHeartbeat {
                 deadlines.append(last + interval)
@@ -191,11 +194,12 @@ public final class Supervisor: @unchecked Sendable {
         UInt64(UInt32(truncatingIfNeeded: server.instance)) << 32 | UInt64(server.index) << 4 | kind
     }
 
-    func watch(_ fd: Int32, token: UInt64) {
+    /// Adds `fd` to the epoll set with `token`; `retoken`: it is there already, change its token.
+    func watch(_ fd: Int32, token: UInt64, retoken: Bool = false) {
         var event = epoll_event()
         event.events = UInt32(EPOLLIN.rawValue | EPOLLRDHUP.rawValue)
         event.data.u64 = token
-        _ = epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event)
+        _ = epoll_ctl(epollFD, retoken ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &event)
     }
 
     func unwatch(_ fd: inout Int32) {
@@ -215,6 +219,10 @@ public final class Supervisor: @unchecked Sendable {
         let index = Int((token >> 4) & 0x0FFF_FFFF)
         guard index < servers.count else { return }
         let server = servers[index]
+        if token & 0xF >= Self.standbyStdoutKind {
+            handleStandbyEvent(server, kind: token & 0xF, generation: UInt32(token >> 32))
+            return
+        }
         guard UInt32(truncatingIfNeeded: server.instance) == UInt32(token >> 32) else { return }
         switch token & 0xF {
         case Self.stdoutKind: drain(server, stream: .stdout)
@@ -232,10 +240,16 @@ public final class Supervisor: @unchecked Sendable {
     static let readBudget = 64
 
     func drain(_ server: ServerProcess, stream: LogStream, budget: Int = readBudget) {
-        let isOut = stream == .stdout
-        let fd = isOut ? server.stdout : server.stderr
+        if stream == .stdout {
+            drainPipe(&server.stdout, buffer: &server.stdoutBuffer, server: server, stream: stream, budget: budget)
+        } else {
+            drainPipe(&server.stderr, buffer: &server.stderrBuffer, server: server, stream: stream, budget: budget)
+        }
+    }
+
+    /// `drain` for one pipe of the server's instance or of its standby (both log as the server).
+    func drainPipe(_ fd: inout Int32, buffer: inout [UInt8], server: ServerProcess, stream: LogStream, budget: Int = readBudget) {
         guard fd >= 0 else { return }
-        var buffer = isOut ? server.stdoutBuffer : server.stderrBuffer
         var closed = false
         var reads = 0
         while reads < budget {
@@ -265,9 +279,8 @@ public final class Supervisor: @unchecked Sendable {
         if closed {
             if !buffer.isEmpty { logLine(server, stream: stream, bytes: buffer[...]) }
             buffer.removeAll()
-            if isOut { unwatch(&server.stdout) } else { unwatch(&server.stderr) }
+            unwatch(&fd)
         }
-        if isOut { server.stdoutBuffer = buffer } else { server.stderrBuffer = buffer }
     }
 
     func logLine(_ server: ServerProcess, stream: LogStream, bytes: ArraySlice<UInt8>) {

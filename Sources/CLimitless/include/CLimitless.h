@@ -268,14 +268,16 @@ static inline long CL_ipc_send(int sock, const void *head, size_t headLen, const
 }
 
 /// Receives one datagram into `buf`; descriptors that came with it are stored in `fds` (up to
-/// `maxfds`, at most 8) and counted in `*nfds`; any beyond `maxfds` are closed here so none leak.
-/// The control buffer holds 8; the kernel closes what does not fit and sets MSG_CTRUNC.
+/// `maxfds`, at most 253) and counted in `*nfds`; any beyond `maxfds` are closed here so none
+/// leak. The control buffer holds 253 (the kernel's SCM_MAX_FD, which a sender cannot exceed: a
+/// standby's activation carries every capability at once); it lives on the stack, nothing is
+/// allocated.
 /// `*msgFlags` receives msg_flags (MSG_TRUNC: the datagram was longer than `len`).
 /// Descriptors are received close-on-exec.
 static inline long CL_ipc_recv(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds,
                                int *msgFlags, int flags) {
     struct iovec iov = { buf, len };
-    union { char buf[CMSG_SPACE(sizeof(int) * 8)]; struct cmsghdr align; } control;
+    union { char buf[CMSG_SPACE(sizeof(int) * 253)]; struct cmsghdr align; } control;
     struct msghdr msg = {0};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
