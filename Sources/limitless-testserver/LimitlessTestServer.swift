@@ -57,6 +57,8 @@ struct LimitlessTestServer: ParsableCommand {
     var echo = false
     @Option(help: "Offer shared-memory rings to this many clients (MSG_IPC_RING_ATTACH; default 0: refused).")
     var rings = 0
+    @Flag(help: "Started as a standby (servers.conf `standby yes`): hang before ServerKit, never reaching the activation point.")
+    var stallAsStandby = false
     @Option(help: "The server's name when run standalone.")
     var name = "testserver"
 
@@ -72,6 +74,9 @@ struct LimitlessTestServer: ParsableCommand {
         var options = ServerRuntime.Options()
         if ignoreSigterm { options.stopSignals = [SIGINT] }
         if ignoreRevoke { options.acknowledgeRevocations = false }
+        if stallAsStandby && StandbyActivation.isStandby {
+            while true { pause() }
+        }
         let runtime: ServerRuntime
         do {
             runtime = try ServerRuntime(standaloneName: name, options: options)

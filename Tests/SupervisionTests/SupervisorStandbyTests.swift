@@ -11,8 +11,8 @@ import XCTest
 extension SupervisorIntegrationTests {
     /// A test server with a standby. Instance 1 saves a checkpoint (`first`); the standby and
     /// every later instance run with `later` (no LIMITLESS_INSTANCE at the standby's exec).
-    func standbyServer(_ name: String, capabilities: Set<Capability> = []) -> ServerConfiguration {
-        var configuration = server(name, first: ["--save-checkpoint", "warm"], later: [])
+    func standbyServer(_ name: String, capabilities: Set<Capability> = [], later: [String] = []) -> ServerConfiguration {
+        var configuration = server(name, first: ["--save-checkpoint", "warm"], later: later)
         configuration.standby = true
         configuration.capabilities = capabilities
         return configuration
@@ -106,6 +106,28 @@ extension SupervisorIntegrationTests {
         XCTAssertTrue(lines("cold", .stdout).contains("checkpoint: warm"), logText("cold"))
         // And a standby comes back after the pause.
         waitFor("a standby again") { readyStandby("cold") != nil }
+    }
+
+    func testAHungStandbyIsReplacedAndNeverActivated() throws {
+        try run([standbyServer("stuck", later: ["--stall-as-standby"])]) { options in
+            options.startTimeout = .seconds(4)
+        }
+        waitFor("instance 1 running and a standby") { isRunning("stuck", instance: 1) && state("stuck").standbyPID > 0 }
+        let first = state("stuck")
+        XCTAssertFalse(first.standbyReady)
+        waitFor("the hung standby killed") {
+            lines("stuck", .supervisor).contains { $0.hasPrefix("standby pid \(first.standbyPID) did not reach its activation point within 4s; killed") }
+        }
+        waitFor("another standby after the pause") { state("stuck").standbyPID > 0 && state("stuck").standbyPID != first.standbyPID }
+        let second = state("stuck").standbyPID
+        // The restart finds it not ready: it is killed and a fresh instance spawned.
+        XCTAssertEqual(kill(first.pid, SIGKILL), 0)
+        waitFor("instance 2 registered") { isRunning("stuck", instance: 2) }
+        XCTAssertNotEqual(state("stuck").pid, second)
+        let notes = lines("stuck", .supervisor)
+        XCTAssertTrue(notes.contains("standby pid \(second) is not ready yet; starting a fresh instance"), logText("stuck"))
+        XCTAssertTrue(notes.contains { $0.hasPrefix("instance 2 started as pid \(state("stuck").pid) ") }, logText("stuck"))
+        waitFor("the unready standby gone") { kill(second, 0) != 0 && errno == ESRCH }
     }
 
     func testStopAndRestartStopTheStandbyToo() throws {
