@@ -300,23 +300,7 @@ public final class Supervisor: @unchecked Sendable {
         var reads = 0
         while server.channel >= 0 && reads < budget {
             reads += 1
-            var fds: (Int32, Int32) = (-1, -1)
-            var fdCount: Int32 = 0, flags: Int32 = 0
-            let count = withUnsafeMutableBytes(of: &fds) { raw in
-                CL_ipc_recv(server.channel, receiveBuffer.baseAddress, receiveBuffer.count,
-                            raw.baseAddress!.assumingMemoryBound(to: Int32.self), 2, &fdCount, &flags, CL_MSG_DONTWAIT)
-            }
-            if fdCount > 0 { close(fds.0) }  // servers send no descriptors
-            if fdCount > 1 { close(fds.1) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                if errno != EAGAIN { unwatch(&server.channel) }
-                return
-            }
-            if count == 0 {
-                unwatch(&server.channel)  // the server closed its end: it is exiting
-                return
-            }
+            guard let count = receiveDatagram(&server.channel) else { return }
             guard let message = try? Message.decode(UnsafeRawBufferPointer(rebasing: receiveBuffer[..<count])) else {
                 note(server, .warning, "ignored a malformed message on the supervisor channel")
                 continue
@@ -356,6 +340,32 @@ public final class Supervisor: @unchecked Sendable {
             default:
                 note(server, .warning, "ignored \(message.type) on the supervisor channel")
             }
+        }
+    }
+}
+
+extension Supervisor {
+    /// One datagram from a server's (or a standby's) channel into `receiveBuffer`, without
+    /// waiting: its length, or nil when none is there now or the channel closed (the process is
+    /// exiting; the channel is then unwatched). Servers send no descriptors: any that came are
+    /// closed.
+    func receiveDatagram(_ channel: inout Int32) -> Int? {
+        while true {
+            var fds: (Int32, Int32) = (-1, -1)
+            var fdCount: Int32 = 0, flags: Int32 = 0
+            let count = withUnsafeMutableBytes(of: &fds) { raw in
+                CL_ipc_recv(channel, receiveBuffer.baseAddress, receiveBuffer.count,
+                            raw.baseAddress!.assumingMemoryBound(to: Int32.self), 2, &fdCount, &flags, CL_MSG_DONTWAIT)
+            }
+            if fdCount > 0 { close(fds.0) }
+            if fdCount > 1 { close(fds.1) }
+            if count < 0 && errno == EINTR { continue }
+            if count < 0 && errno == EAGAIN { return nil }
+            if count <= 0 {
+                unwatch(&channel)
+                return nil
+            }
+            return count
         }
     }
 }

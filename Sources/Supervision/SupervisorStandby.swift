@@ -125,23 +125,7 @@ extension Supervisor {
     /// Messages from a standby: only READY means something.
     func readStandbyChannel(_ server: ServerProcess, _ standby: StandbyInstance) {
         while standby.channel >= 0 {
-            var fds: (Int32, Int32) = (-1, -1)
-            var fdCount: Int32 = 0, flags: Int32 = 0
-            let count = withUnsafeMutableBytes(of: &fds) { raw in
-                CL_ipc_recv(standby.channel, receiveBuffer.baseAddress, receiveBuffer.count,
-                            raw.baseAddress!.assumingMemoryBound(to: Int32.self), 2, &fdCount, &flags, CL_MSG_DONTWAIT)
-            }
-            if fdCount > 0 { close(fds.0) }
-            if fdCount > 1 { close(fds.1) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                if errno != EAGAIN { unwatch(&standby.channel) }
-                return
-            }
-            if count == 0 {
-                unwatch(&standby.channel)  // exiting
-                return
-            }
+            guard let count = receiveDatagram(&standby.channel) else { return }
             let message = try? Message.decode(UnsafeRawBufferPointer(rebasing: receiveBuffer[..<count]))
             if message?.type == .supervisorStandbyReady && !standby.ready {
                 standby.ready = true
