@@ -107,6 +107,8 @@ extern "C" {
 #define MSG_SUPERVISOR_CONTROL            0x0506u
 #define MSG_SUPERVISOR_DEPENDENCY_STATE   0x0507u
 #define MSG_SUPERVISOR_CAPABILITY_REVOKE  0x0508u
+#define MSG_SUPERVISOR_STANDBY_READY      0x0510u
+#define MSG_SUPERVISOR_STANDBY_ACTIVATE   0x0511u
 
 /*
  * The seed's message, field for field and in its order, plus `status`. This is the C caller's
