@@ -130,6 +130,34 @@ extension SupervisorIntegrationTests {
         waitFor("the unready standby gone") { kill(second, 0) != 0 && errno == ESRCH }
     }
 
+    /// The real and effective uid of `pid` (/proc/PID/status).
+    func uids(of pid: Int32) -> [uid_t] {
+        guard let file = fopen("/proc/\(pid)/status", "r") else { return [] }
+        defer { fclose(file) }
+        var line = [CChar](repeating: 0, count: 512)
+        while fgets(&line, Int32(line.count), file) != nil {
+            let text = String(cString: line)
+            if text.hasPrefix("Uid:") { return text.dropFirst(4).split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).prefix(2).compactMap { uid_t($0) } }
+        }
+        return []
+    }
+
+    func testTheStandbyRunsAsTheServersUser() throws {
+        guard geteuid() == 0, let entry = getpwnam("nobody") else { throw XCTSkip("needs root and a user nobody") }
+        let nobody = entry.pointee.pw_uid
+        var configuration = standbyServer("low")
+        configuration.user = "nobody"
+        try run([configuration])
+        waitFor("instance 1 running and a ready standby") { isRunning("low", instance: 1) && readyStandby("low") != nil }
+        let first = state("low")
+        XCTAssertEqual(uids(of: first.pid), [nobody, nobody])
+        XCTAssertEqual(uids(of: first.standbyPID), [nobody, nobody], "the standby runs as the server's user")
+        XCTAssertEqual(kill(first.pid, SIGKILL), 0)
+        waitFor("instance 2 registered") { isRunning("low", instance: 2) }
+        XCTAssertEqual(state("low").pid, first.standbyPID)
+        XCTAssertEqual(uids(of: first.standbyPID), [nobody, nobody])
+    }
+
     func testStopAndRestartStopTheStandbyToo() throws {
         try run([standbyServer("pair")])
         waitFor("instance 1 running and a ready standby") { isRunning("pair", instance: 1) && readyStandby("pair") != nil }
