@@ -247,8 +247,10 @@ public final class Supervisor: @unchecked Sendable {
         }
     }
 
-    /// `drain` for one pipe of the server's instance or of its standby (both log as the server).
-    func drainPipe(_ fd: inout Int32, buffer: inout [UInt8], server: ServerProcess, stream: LogStream, budget: Int = readBudget) {
+    /// `drain` for one pipe of the server's instance or of its standby (both log as the server;
+    /// a standby's lines carry `prefix`, `standby pid N: `).
+    func drainPipe(_ fd: inout Int32, buffer: inout [UInt8], server: ServerProcess, stream: LogStream, budget: Int = readBudget,
+                   prefix: String = "") {
         guard fd >= 0 else { return }
         var closed = false
         var reads = 0
@@ -267,24 +269,24 @@ public final class Supervisor: @unchecked Sendable {
             buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: readBuffer[..<count]))
             var start = 0
             while let newline = buffer[start...].firstIndex(of: 0x0A) {
-                logLine(server, stream: stream, bytes: buffer[start..<newline])
+                logLine(server, stream: stream, bytes: buffer[start..<newline], prefix: prefix)
                 start = newline + 1
             }
             buffer.removeFirst(start)
             if buffer.count >= logs.configuration.maximumLineLength {
-                logLine(server, stream: stream, bytes: buffer[...])
+                logLine(server, stream: stream, bytes: buffer[...], prefix: prefix)
                 buffer.removeAll(keepingCapacity: true)
             }
         }
         if closed {
-            if !buffer.isEmpty { logLine(server, stream: stream, bytes: buffer[...]) }
+            if !buffer.isEmpty { logLine(server, stream: stream, bytes: buffer[...], prefix: prefix) }
             buffer.removeAll()
             unwatch(&fd)
         }
     }
 
-    func logLine(_ server: ServerProcess, stream: LogStream, bytes: ArraySlice<UInt8>) {
-        var text = String(decoding: bytes, as: UTF8.self)
+    func logLine(_ server: ServerProcess, stream: LogStream, bytes: ArraySlice<UInt8>, prefix: String = "") {
+        var text = prefix + String(decoding: bytes, as: UTF8.self)
         if text.hasSuffix("\r") { text.removeLast() }
         logs.append(server: server.name, stream: stream, level: stream == .stderr ? .warning : .info, text: text)
     }

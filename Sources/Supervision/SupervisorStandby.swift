@@ -22,6 +22,8 @@ final class StandbyInstance {
     var killedBecause: String?
     /// The kill counts as a failure of the standby (it hung), which delays the next one.
     var killCountsAsFailure = false
+    /// Before activation its output is logged as the server's with this in front.
+    var logPrefix: String { "standby pid \(pid): " }
 
     init(pid: pid_t, generation: Int, channel: Int32, stdout: Int32, stderr: Int32) {
         self.pid = pid
@@ -63,8 +65,10 @@ extension Supervisor {
     func handleStandbyEvent(_ server: ServerProcess, kind: UInt64, generation: UInt32) {
         guard let standby = server.standby, UInt32(truncatingIfNeeded: standby.generation) == generation else { return }
         switch kind {
-        case Self.standbyStdoutKind: drainPipe(&standby.stdout, buffer: &standby.stdoutBuffer, server: server, stream: .stdout)
-        case Self.standbyStderrKind: drainPipe(&standby.stderr, buffer: &standby.stderrBuffer, server: server, stream: .stderr)
+        case Self.standbyStdoutKind:
+            drainPipe(&standby.stdout, buffer: &standby.stdoutBuffer, server: server, stream: .stdout, prefix: standby.logPrefix)
+        case Self.standbyStderrKind:
+            drainPipe(&standby.stderr, buffer: &standby.stderrBuffer, server: server, stream: .stderr, prefix: standby.logPrefix)
         case Self.standbyChannelKind: readStandbyChannel(server, standby)
         default: reapStandbys()
         }
@@ -155,8 +159,8 @@ extension Supervisor {
     }
 
     func standbyExited(_ server: ServerProcess, _ standby: StandbyInstance, status: Int32?) {
-        drainPipe(&standby.stdout, buffer: &standby.stdoutBuffer, server: server, stream: .stdout, budget: .max)
-        drainPipe(&standby.stderr, buffer: &standby.stderrBuffer, server: server, stream: .stderr, budget: .max)
+        drainPipe(&standby.stdout, buffer: &standby.stdoutBuffer, server: server, stream: .stdout, budget: .max, prefix: standby.logPrefix)
+        drainPipe(&standby.stderr, buffer: &standby.stderrBuffer, server: server, stream: .stderr, budget: .max, prefix: standby.logPrefix)
         readStandbyChannel(server, standby)
         unwatch(&standby.stdout)
         unwatch(&standby.stderr)

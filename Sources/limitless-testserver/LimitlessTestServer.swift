@@ -75,6 +75,8 @@ struct LimitlessTestServer: ParsableCommand {
         if ignoreSigterm { options.stopSignals = [SIGINT] }
         if ignoreRevoke { options.acknowledgeRevocations = false }
         if stallAsStandby && StandbyActivation.isStandby {
+            print("stalling as a standby")
+            fflush(nil)
             while true { pause() }
         }
         let runtime: ServerRuntime

@@ -115,6 +115,8 @@ extension SupervisorIntegrationTests {
         waitFor("instance 1 running and a standby") { isRunning("stuck", instance: 1) && state("stuck").standbyPID > 0 }
         let first = state("stuck")
         XCTAssertFalse(first.standbyReady)
+        // Its output is the server's, marked as the standby's.
+        waitFor("the standby's line") { lines("stuck", .stdout).contains("standby pid \(first.standbyPID): stalling as a standby") }
         waitFor("the hung standby killed") {
             lines("stuck", .supervisor).contains { $0.hasPrefix("standby pid \(first.standbyPID) did not reach its activation point within 4s; killed") }
         }
