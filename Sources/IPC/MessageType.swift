@@ -88,6 +88,9 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// Supervisor to a standby instance: take over; the checkpoint memfd and capability
     /// descriptors come with it (SCM_RIGHTS), the environment lines inline.
     public static let supervisorStandbyActivate = MessageType(rawValue: 0x0511)
+    /// A server to the supervisor, once: the listener of its seccomp filter (SCM_RIGHTS), for the
+    /// supervisor to decide VFIO ioctls of capabilities granted at run time.
+    public static let supervisorSeccompListener = MessageType(rawValue: 0x0512)
 
     /// The seed-style name (`MSG_VFS_OPEN`), or nil for a number not in the registry.
     public var name: String? {
@@ -150,6 +153,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         case 0x0508: "MSG_SUPERVISOR_CAPABILITY_REVOKE"
         case 0x0510: "MSG_SUPERVISOR_STANDBY_READY"
         case 0x0511: "MSG_SUPERVISOR_STANDBY_ACTIVATE"
+        case 0x0512: "MSG_SUPERVISOR_SECCOMP_LISTENER"
         default: nil
         }
     }

@@ -24,6 +24,9 @@
 /// - `supervisorLog`: a structured record; param1 = level (0 trace ... 6 critical), inline text.
 /// - `supervisorCheckpointSave`: a new checkpoint generation was written into `checkpointFD`;
 ///   param1 = its sequence number.
+/// - `supervisorSeccompListener`: once, when it drops privileges: its seccomp filter's listener
+///   (SCM_RIGHTS); the supervisor answers the VFIO ioctls the filter puts to it (those of
+///   capabilities not held at the start) by the server's grants at that moment.
 /// - replies (flag `.reply`) to the supervisor's grant and revoke, confirming them: inline name;
 ///   a grant's param2 = the descriptor's number in the server (-1: none).
 /// Supervisor to server:

@@ -92,7 +92,7 @@ public enum ServerKitError: Error, Equatable, Sendable, CustomStringConvertible 
         case .ioctlRefused(let request, let capabilities):
             let list = capabilities.joined(separator: " or ")
             return "\(request) refused by the seccomp filter (EPERM): this server is not granted \(list); "
-                + "add it to the server's capabilities in servers.conf (or `serverctl grant NAME \(capabilities.first ?? "")` and restart it)"
+                + "add it to the server's capabilities in servers.conf (or `serverctl grant NAME \(capabilities.first ?? "")`)"
         case .ioctlFailed(let request, let errno):
             return "\(request) failed: \(errno) (errno \(errno.rawValue))"
         case .standbyActivation(let why):

@@ -48,6 +48,10 @@ final class ServerProcess {
     var exitNotifier: Int32 = -1
     var stdoutBuffer: [UInt8] = []
     var stderrBuffer: [UInt8] = []
+    /// The listener of the instance's seccomp filter (`Supervisor+SeccompNotifications`), -1: none;
+    /// the requests decided so far (logged once each).
+    var seccompListener: Int32 = -1
+    var seccompDecisions: Set<String> = []
     var capabilities: [(name: String, fd: Int32)] = []
     /// Deadlines: registration (starting), SIGKILL (stopping), next start (backoff).
     var deadline: ContinuousClock.Instant?

@@ -219,7 +219,7 @@ public final class Supervisor: @unchecked Sendable {
         let index = Int((token >> 4) & 0x0FFF_FFFF)
         guard index < servers.count else { return }
         let server = servers[index]
-        if token & 0xF >= Self.standbyStdoutKind {
+        if (Self.standbyStdoutKind...Self.standbyExitKind).contains(token & 0xF) {
             handleStandbyEvent(server, kind: token & 0xF, generation: UInt32(token >> 32))
             return
         }
@@ -229,6 +229,7 @@ public final class Supervisor: @unchecked Sendable {
         case Self.stderrKind: drain(server, stream: .stderr)
         case Self.channelKind: readChannel(server)
         case Self.exitKind: reap()
+        case Self.seccompKind: answerSeccomp(server)
         default: break
         }
     }
@@ -302,7 +303,9 @@ public final class Supervisor: @unchecked Sendable {
         var reads = 0
         while server.channel >= 0 && reads < budget {
             reads += 1
-            guard let count = receiveDatagram(&server.channel) else { return }
+            guard let (count, received) = receiveDatagram(&server.channel, keepDescriptor: true) else { return }
+            var descriptor = received
+            defer { if descriptor >= 0 { close(descriptor) } }
             guard let message = try? Message.decode(UnsafeRawBufferPointer(rebasing: receiveBuffer[..<count])) else {
                 note(server, .warning, "ignored a malformed message on the supervisor channel")
                 continue
@@ -336,6 +339,9 @@ public final class Supervisor: @unchecked Sendable {
             case .supervisorCapabilityGrant where message.flags.contains(.reply),
                  .supervisorCapabilityRevoke where message.flags.contains(.reply):
                 capabilityConfirmed(server, message, payload: payload)
+            case .supervisorSeccompListener where descriptor >= 0:
+                adoptSeccompListener(server, descriptor)
+                descriptor = -1
             case .supervisorCheckpointSave:
                 server.checkpointSequence = message.param1
                 server.checkpointSavedAt = CheckpointStore.now()
@@ -349,9 +355,9 @@ public final class Supervisor: @unchecked Sendable {
 extension Supervisor {
     /// One datagram from a server's (or a standby's) channel into `receiveBuffer`, without
     /// waiting: its length, or nil when none is there now or the channel closed (the process is
-    /// exiting; the channel is then unwatched). Servers send no descriptors: any that came are
-    /// closed.
-    func receiveDatagram(_ channel: inout Int32) -> Int? {
+    /// exiting; the channel is then unwatched). A descriptor that came with it is closed, or with
+    /// `keepDescriptor` returned (-1: none) for the caller to close or keep.
+    func receiveDatagram(_ channel: inout Int32, keepDescriptor: Bool = false) -> (count: Int, descriptor: Int32)? {
         while true {
             var fds: (Int32, Int32) = (-1, -1)
             var fdCount: Int32 = 0, flags: Int32 = 0
@@ -359,7 +365,7 @@ extension Supervisor {
                 CL_ipc_recv(channel, receiveBuffer.baseAddress, receiveBuffer.count,
                             raw.baseAddress!.assumingMemoryBound(to: Int32.self), 2, &fdCount, &flags, CL_MSG_DONTWAIT)
             }
-            if fdCount > 0 { close(fds.0) }
+            if fdCount > 0 && (!keepDescriptor || count <= 0) { close(fds.0) }
             if fdCount > 1 { close(fds.1) }
             if count < 0 && errno == EINTR { continue }
             if count < 0 && errno == EAGAIN { return nil }
@@ -367,7 +373,7 @@ extension Supervisor {
                 unwatch(&channel)
                 return nil
             }
-            return count
+            return (count, keepDescriptor && fdCount > 0 ? fds.0 : -1)
         }
     }
 }

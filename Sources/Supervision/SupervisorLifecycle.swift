@@ -23,6 +23,8 @@ extension Supervisor {
         unwatch(&server.stderr)
         unwatch(&server.channel)
         unwatch(&server.exitNotifier)
+        unwatch(&server.seccompListener)
+        server.seccompDecisions = []
         server.stdoutBuffer = []
         server.stderrBuffer = []
         // Anything it forked is stopped with it.

@@ -129,7 +129,7 @@ extension Supervisor {
     /// Messages from a standby: only READY means something.
     func readStandbyChannel(_ server: ServerProcess, _ standby: StandbyInstance) {
         while standby.channel >= 0 {
-            guard let count = receiveDatagram(&standby.channel) else { return }
+            guard let (count, _) = receiveDatagram(&standby.channel) else { return }
             let message = try? Message.decode(UnsafeRawBufferPointer(rebasing: receiveBuffer[..<count]))
             if message?.type == .supervisorStandbyReady && !standby.ready {
                 standby.ready = true

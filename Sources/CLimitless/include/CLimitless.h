@@ -361,6 +361,38 @@ static inline uint32_t CL_sk_audit_arch(void) {
 static const uint32_t CL_SK_SECCOMP_RET_ALLOW = SECCOMP_RET_ALLOW;
 static const uint32_t CL_SK_SECCOMP_RET_ERRNO = SECCOMP_RET_ERRNO;
 static const uint32_t CL_SK_SECCOMP_RET_KILL_PROCESS = SECCOMP_RET_KILL_PROCESS;
+static const uint32_t CL_SK_SECCOMP_RET_USER_NOTIF = SECCOMP_RET_USER_NOTIF;
+
+/// `CL_sk_seccomp_install` with SECCOMP_FILTER_FLAG_NEW_LISTENER (Linux 5.0; with TSYNC it needs
+/// TSYNC_ESRCH, 5.7): calls the filter answers SECCOMP_RET_USER_NOTIF for wait until the holder
+/// of the returned listener descriptor decides. Returns the listener (close-on-exec), or -1.
+static inline int CL_sk_seccomp_install_listener(const struct sock_filter *filter, unsigned short count) {
+    struct sock_fprog program = { count, (struct sock_filter *)filter };
+    return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+                        SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_TSYNC | SECCOMP_FILTER_FLAG_TSYNC_ESRCH, &program);
+}
+
+/// SECCOMP_IOCTL_NOTIF_RECV: one waiting call's id, system call number and arguments (6).
+/// Returns 0, or -1 with errno (ENOENT: the caller died meanwhile).
+static inline int CL_sk_notif_receive(int listener, uint64_t *id, int32_t *nr, uint64_t *args) {
+    struct seccomp_notif notif;
+    __builtin_memset(&notif, 0, sizeof notif);
+    if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &notif) != 0) return -1;
+    *id = notif.id;
+    *nr = notif.data.nr;
+    for (int i = 0; i < 6; i++) args[i] = notif.data.args[i];
+    return 0;
+}
+
+/// SECCOMP_IOCTL_NOTIF_SEND: let the call run as made (SECCOMP_USER_NOTIF_FLAG_CONTINUE, Linux
+/// 5.5), or fail it with `errnum`. Returns 0, or -1 with errno.
+static inline int CL_sk_notif_respond(int listener, uint64_t id, int allow, int errnum) {
+    struct seccomp_notif_resp response;
+    __builtin_memset(&response, 0, sizeof response);
+    response.id = id;
+    if (allow) response.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE; else response.error = -errnum;
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &response);
+}
 
 /// The system call number of `name` on this architecture ("read", "openat", ...), or -1 for a
 /// call this architecture does not have (aarch64 has no open, mkdir or poll).

@@ -109,6 +109,7 @@ extern "C" {
 #define MSG_SUPERVISOR_CAPABILITY_REVOKE  0x0508u
 #define MSG_SUPERVISOR_STANDBY_READY      0x0510u
 #define MSG_SUPERVISOR_STANDBY_ACTIVATE   0x0511u
+#define MSG_SUPERVISOR_SECCOMP_LISTENER   0x0512u
 
 /*
  * The seed's message, field for field and in its order, plus `status`. This is the C caller's
