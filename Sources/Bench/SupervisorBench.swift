@@ -10,7 +10,9 @@ import Glibc
 /// running instance N times and reads, from the supervisor's own log records (timestamped as the
 /// loop handles each event), when the exit was seen, when the new instance was spawned and when
 /// its MSG_SUPERVISOR_REGISTER arrived. Beside it, in the same run, a plain posix_spawn of the
-/// same binary until its first line on stdout, so the supervisor's share is visible.
+/// same binary until its first line on stdout, so the supervisor's share is visible. Each
+/// supervised row is measured without and with a standby instance (servers.conf `standby yes`:
+/// the restart activates a pre-started process instead of spawning one), side by side.
 /// Figures are printed, never asserted.
 public struct SupervisorBench {
     public struct Options: Sendable {
@@ -48,17 +50,26 @@ public struct SupervisorBench {
         print(Self.row("posix_spawn testserver -> first line", Self.figures(plain)))
 
         var bestCrashToRegister = Double.infinity
+        var sideBySide: [String] = []
         for interval in options.pollIntervals {
-            let result = try supervised(server: server, pollInterval: interval)
-            let label = interval == Supervisor.Options().pollInterval ? " (default)" : ""
-            print("supervised, loop poll interval \(Self.milliseconds(interval)) ms\(label):")
-            print(Self.row("  SIGKILL -> exit seen by supervisor", Self.figures(result.exitSeen)))
-            print(Self.row("  SIGKILL -> new instance spawned", Self.figures(result.spawned)))
-            print(Self.row("  SIGKILL -> REGISTER received", Self.figures(result.registered)))
-            print(Self.row("  spawn -> REGISTER (exec, init, serve)", Self.figures(zip(result.registered, result.spawned).map { $0 - $1 })))
-            bestCrashToRegister = min(bestCrashToRegister, Self.percentile(result.registered, 0.5))
+            var medians: [Double] = []
+            for standby in [false, true] {
+                let result = try supervised(server: server, pollInterval: interval, standby: standby)
+                let label = interval == Supervisor.Options().pollInterval ? " (default)" : ""
+                print("supervised, loop poll interval \(Self.milliseconds(interval)) ms\(label), " + (standby ? "standby yes:" : "standby no:"))
+                print(Self.row("  SIGKILL -> exit seen by supervisor", Self.figures(result.exitSeen)))
+                print(Self.row(standby ? "  SIGKILL -> standby activated" : "  SIGKILL -> new instance spawned", Self.figures(result.spawned)))
+                print(Self.row("  SIGKILL -> REGISTER received", Self.figures(result.registered)))
+                print(Self.row(standby ? "  activation -> REGISTER (init, serve)" : "  spawn -> REGISTER (exec, init, serve)",
+                               Self.figures(zip(result.registered, result.spawned).map { $0 - $1 })))
+                bestCrashToRegister = min(bestCrashToRegister, Self.percentile(result.registered, 0.5))
+                medians.append(Self.percentile(result.registered, 0.5))
+            }
+            sideBySide.append("poll \(Self.milliseconds(interval)) ms: standby no \(Self.format(medians[0])) ms, standby yes "
+                + "\(Self.format(medians[1])) ms (\(Self.format(medians[0] / medians[1]))x)")
         }
         print("")
+        print("SIGKILL -> REGISTER p50: " + sideBySide.joined(separator: "; "))
         print("target: crash to serving again < \(Int(Self.targetMilliseconds)) ms; best p50 above \(Self.format(bestCrashToRegister)) ms "
               + (bestCrashToRegister < Self.targetMilliseconds ? "(within)" : "(over)"))
         print("(REGISTER received = the supervisor's record of it, just before it replies; the server serves its endpoint before registering.)")
@@ -72,7 +83,7 @@ public struct SupervisorBench {
         var registered: [Double] = []
     }
 
-    private func supervised(server: String, pollInterval: Duration) throws(BenchError) -> Supervised {
+    private func supervised(server: String, pollInterval: Duration, standby: Bool) throws(BenchError) -> Supervised {
         var template = Array("/tmp/limitless-bench-supervisor-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             throw .systemCall("mkdtemp", Errno(rawValue: errno))
@@ -91,9 +102,9 @@ public struct SupervisorBench {
         supervisorOptions.checkpointCapacity = 4096
         let supervisor: Supervisor
         do {
-            let configuration = try SupervisorConfiguration(servers: [
-                ServerConfiguration(name: "bench", path: server, arguments: [], restart: policy),
-            ])
+            var bench = ServerConfiguration(name: "bench", path: server, arguments: [], restart: policy)
+            bench.standby = standby
+            let configuration = try SupervisorConfiguration(servers: [bench])
             supervisor = try Supervisor(configuration: configuration, options: supervisorOptions, logs: try LogStore(LogStore.Configuration()))
         } catch {
             throw .systemCall("setting up the supervisor: \(error)", Errno(rawValue: EINVAL))
@@ -103,12 +114,14 @@ public struct SupervisorBench {
 
         var result = Supervised()
         for _ in 0..<options.trials {
-            let running = try waitForRegistered(supervisor)
+            let running = try waitForRegistered(supervisor, standby: standby)
             let instance = running.instance
             let killedAt = CheckpointStore.now()
             guard kill(running.pid, SIGKILL) == 0 else { throw .systemCall("kill(\(running.pid), SIGKILL)", Errno(rawValue: errno)) }
             let next = instance + 1
-            let wanted = ["instance \(instance) killed by signal", "instance \(next) started as pid", "instance \(next) registered"]
+            let wanted = ["instance \(instance) killed by signal",
+                          standby ? "instance \(next) activated standby pid \(running.standbyPID) " : "instance \(next) started as pid",
+                          "instance \(next) registered"]
             var found: [Int64?] = [nil, nil, nil]
             let deadline = CL_monotonic_ns() + 30_000_000_000
             while found.contains(where: { $0 == nil }) {
@@ -129,10 +142,12 @@ public struct SupervisorBench {
         return result
     }
 
-    private func waitForRegistered(_ supervisor: Supervisor) throws(BenchError) -> ServerStatus {
+    /// The running instance, registered; with `standby`, once its standby is ready too.
+    private func waitForRegistered(_ supervisor: Supervisor, standby: Bool) throws(BenchError) -> ServerStatus {
         let deadline = CL_monotonic_ns() + 30_000_000_000
         while true {
-            if let status = supervisor.statuses().first, status.state == .running, status.registered, status.pid > 0 {
+            if let status = supervisor.statuses().first, status.state == .running, status.registered, status.pid > 0,
+               !standby || status.standbyReady {
                 return status
             }
             if CL_monotonic_ns() > deadline {

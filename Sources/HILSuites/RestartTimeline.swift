@@ -5,7 +5,8 @@ import Glibc
 /// One restart of a supervised server laid out on a timeline, from the supervisor's log records
 /// (`serverctl logs NAME --json`, stamped with CLOCK_REALTIME when the supervisor wrote or
 /// received them) and the server's own `startup phases (us after main at realtime N): k=us ...`
-/// line (its steps on its own clock, placed by the realtime of its main()). Every offset is in
+/// line (its steps on its own clock, placed by the realtime of its main(), or of its activation
+/// for a standby instance: `after activation`). Every offset is in
 /// nanoseconds after `origin` (the SIGKILL, or the SIGSTOP for the watchdog case).
 ///
 /// Figures only: nothing here is asserted against a time (issue 4: printed, not asserted).
@@ -52,9 +53,10 @@ struct RestartTimeline {
             }
             add("fork+exec done", started.time)
         }
-        if let line = first({ $0.hasPrefix("startup phases (us after main at realtime ") }),
+        add("standby activated", first { $0.hasPrefix("instance ") && $0.contains("activated standby pid \(newPID) ") }?.time)
+        if let line = first({ $0.hasPrefix("startup phases (us after ") }),
            let main = Self.number(after: "at realtime ", in: line.text) {
-            add("server main()", main)
+            add(line.text.hasPrefix("startup phases (us after activation ") ? "server activated" : "server main()", main)
             let pairs = line.text.split(separator: ":", maxSplits: 1).last.map { $0.split(separator: " ") } ?? []
             for pair in pairs {
                 let parts = pair.split(separator: "=")

@@ -37,6 +37,11 @@ public struct SupervisedStorageSuite {
         public var restartOptions = "backoff=100ms limit=10/60s healthy=1s"
         public var healthyRunMilliseconds = 1_000
         public var probeIntervalMicroseconds: UInt32 = 1_000
+        /// servers.conf `standby yes`: every restart must be the standby taking over (its pid
+        /// becomes the server's), and the timeline shows its activation instead of a fork + exec.
+        public var standby = false
+        /// How long a restart waits for the standby to be ready before the kill.
+        public var standbyReadyTimeoutMilliseconds = 30_000
         public init() {}
     }
 
@@ -79,6 +84,7 @@ public struct SupervisedStorageSuite {
                     capabilities CAP_PCI_CONFIG CAP_MMIO_NVME0 CAP_IRQ_NVME0 CAP_DMA_ALLOC CAP_BLOCK_READ CAP_BLOCK_WRITE
                     restart on-failure \(restartOptions)
                     watchdog 2s
+                    standby \(options.standby ? "yes" : "no")
 
                 """
             try Self.writeFile(configPath, text)
@@ -160,13 +166,14 @@ public struct SupervisedStorageSuite {
             }
             let answering = RestartTimeline.median(timelines.compactMap { $0.offset("answering") })
             let spawn = RestartTimeline.median(spawns)
-            report.note("median phases (ms after SIGKILL, \(timelines.count) kills): \(RestartTimeline.medians(timelines))")
-            report.note("SIGKILL -> answering: p50 \(RestartTimeline.milliseconds(answering)) ms over \(timelines.count) kills "
+            let mode = options.standby ? "standby yes" : "standby no"
+            report.note("[\(mode)] median phases (ms after SIGKILL, \(timelines.count) kills): \(RestartTimeline.medians(timelines))")
+            report.note("[\(mode)] SIGKILL -> answering: p50 \(RestartTimeline.milliseconds(answering)) ms over \(timelines.count) kills "
                 + "(each: \(timelines.compactMap { $0.offset("answering") }.map(RestartTimeline.milliseconds).joined(separator: ", ")) ms); "
                 + "fork + exec + exit of storage_server --help: p50 \(RestartTimeline.milliseconds(spawn)) ms "
                 + "(each: \(spawns.map(RestartTimeline.milliseconds).joined(separator: ", ")) ms); "
                 + "of which posix_spawn until exec done: p50 \(RestartTimeline.milliseconds(RestartTimeline.median(execs))) ms")
-            return "p50 \(RestartTimeline.milliseconds(answering)) ms crash -> serving; plain fork+exec+exit of the binary "
+            return "\(mode): p50 \(RestartTimeline.milliseconds(answering)) ms crash -> serving; plain fork+exec+exit of the binary "
                 + "\(RestartTimeline.milliseconds(spawn)) ms"
         }
 
@@ -267,6 +274,7 @@ public struct SupervisedStorageSuite {
     /// signal to the first answer; `answered` gets the client that answered.
     func restart(directory: String, supervisor: Child, serverctl: String, oldPID: Int32, signal: Int32,
                  answered: (BlockClient) -> Void) throws -> (Int32, UInt64, RestartTimeline) {
+        let standbyPID = options.standby ? try waitForStandby(serverctl, directory: directory) : 0
         let clock = MonotonicClock()
         let origin = RestartTimeline.realtimeNow()
         let sentAt = clock.now()
@@ -279,11 +287,26 @@ public struct SupervisedStorageSuite {
         let status = try serverctlStatus(serverctl, directory: directory)
         guard let pid = status.number("pid"), pid > 0 else { throw CheckFailure("no pid after restart: \(status.raw)") }
         try expect(Int32(pid) != oldPID, "same pid \(pid) after the signal")
+        if options.standby { try expect(pid == standbyPID, "pid \(pid) after the signal, not the standby's \(standbyPID)") }
         try expect(kill(oldPID, 0) != 0, "old pid \(oldPID) still exists")
         let (code, output) = try Self.capture([serverctl, "logs", "storage", "--json", "-n", "200", "--runtime-dir", directory])
         try expect(code == 0, "serverctl logs exit \(code): \(output)")
         let timeline = RestartTimeline(records: RestartTimeline.records(output), origin: origin, newPID: pid, answered: answeredAt)
         return (Int32(pid), milliseconds, timeline)
+    }
+
+    /// The pid of the server's standby once it is ready (servers.conf `standby yes`).
+    func waitForStandby(_ serverctl: String, directory: String) throws -> Int64 {
+        let clock = MonotonicClock()
+        let deadline = clock.now() + UInt64(options.standbyReadyTimeoutMilliseconds) * 1_000_000
+        while true {
+            let status = try serverctlStatus(serverctl, directory: directory)
+            if let pid = status.number("standby_pid"), status.raw.contains("\"standby_ready\":true") { return pid }
+            if clock.now() > deadline {
+                throw CheckFailure("no ready standby within \(options.standbyReadyTimeoutMilliseconds) ms: \(status.raw)")
+            }
+            usleep(20_000)
+        }
     }
 
     /// Nanoseconds until posix_spawn returned (glibc returns once the child has exec'd) and until

@@ -89,6 +89,14 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// Supervisor to a block provider: a client's CAP_BLOCK_* token (SCM_RIGHTS), param1 its
     /// rights (0: withdrawn), inline the holder's name.
     public static let supervisorBlockToken = MessageType(rawValue: 0x0509)
+    /// A standby instance to the supervisor: started, waiting for activation (`standby yes`).
+    public static let supervisorStandbyReady = MessageType(rawValue: 0x050A)
+    /// Supervisor to a standby instance: take over; the checkpoint memfd and capability
+    /// descriptors come with it (SCM_RIGHTS), the environment lines inline.
+    public static let supervisorStandbyActivate = MessageType(rawValue: 0x050B)
+    /// A server to the supervisor, once: the listener of its seccomp filter (SCM_RIGHTS), for the
+    /// supervisor to decide VFIO ioctls of capabilities granted at run time.
+    public static let supervisorSeccompListener = MessageType(rawValue: 0x050C)
 
     /// The seed-style name (`MSG_VFS_OPEN`), or nil for a number not in the registry.
     public var name: String? {
@@ -151,6 +159,9 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         case 0x0507: "MSG_SUPERVISOR_DEPENDENCY_STATE"
         case 0x0508: "MSG_SUPERVISOR_CAPABILITY_REVOKE"
         case 0x0509: "MSG_SUPERVISOR_BLOCK_TOKEN"
+        case 0x050A: "MSG_SUPERVISOR_STANDBY_READY"
+        case 0x050B: "MSG_SUPERVISOR_STANDBY_ACTIVATE"
+        case 0x050C: "MSG_SUPERVISOR_SECCOMP_LISTENER"
         default: nil
         }
     }

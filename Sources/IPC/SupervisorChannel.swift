@@ -25,6 +25,9 @@
 /// - `supervisorLog`: a structured record; param1 = level (0 trace ... 6 critical), inline text.
 /// - `supervisorCheckpointSave`: a new checkpoint generation was written into `checkpointFD`;
 ///   param1 = its sequence number.
+/// - `supervisorSeccompListener`: once, when it drops privileges: its seccomp filter's listener
+///   (SCM_RIGHTS); the supervisor answers the VFIO ioctls the filter puts to it (those of
+///   capabilities not held at the start) by the server's grants at that moment.
 /// - replies (flag `.reply`) to the supervisor's grant and revoke, confirming them: inline name;
 ///   a grant's param2 = the descriptor's number in the server (-1: none).
 /// Supervisor to server:
@@ -39,6 +42,14 @@
 /// - `supervisorDependencyState`: a server this one depends on went down / came up / failed
 ///   (param1 = `DependencyState`, param2 = its instance, inline name). The dependent keeps running.
 /// Stopping is SIGTERM, then SIGKILL after the grace period.
+///
+/// A standby instance (servers.conf `standby yes`) is started with only descriptor 3 (its own
+/// channel), no checkpoint, no capabilities, and `LIMITLESS_STANDBY=1` in place of
+/// `LIMITLESS_CAPABILITIES`, `LIMITLESS_INSTANCE` and `LIMITLESS_WATCHDOG_MS`. It sends
+/// `supervisorStandbyReady` and waits. `supervisorStandbyActivate` carries the missing variables
+/// inline (`NAME=value` lines) and, with SCM_RIGHTS, the checkpoint memfd followed by the
+/// capability descriptors in the order of their numbers (4, 5, 6...); once they are in place it
+/// runs as an instance started with them would.
 public enum SupervisorChannel {
     public static let supervisorFD: Int32 = 3
     public static let checkpointFD: Int32 = 4
@@ -49,6 +60,7 @@ public enum SupervisorChannel {
     public static let runtimeDirectoryVariable = "LIMITLESS_RUNTIME_DIR"
     public static let instanceVariable = "LIMITLESS_INSTANCE"
     public static let watchdogVariable = "LIMITLESS_WATCHDOG_MS"
+    public static let standbyVariable = "LIMITLESS_STANDBY"
 
     /// Parses `CAP_A=5,CAP_B=-1` into name and descriptor pairs; nil if malformed.
     public static func parseCapabilities(_ text: String) -> [(name: String, fd: Int32)]? {

@@ -41,6 +41,10 @@ public struct SeccompPolicy: Equatable, Sendable {
     /// With "ioctl" allowed: the only request numbers it may be called with (`SeccompIoctls`);
     /// nil allows every request.
     public var allowedIoctls: [UInt]?
+    /// Requests outside `allowedIoctls` that are neither allowed nor refused by the filter but
+    /// put to the supervisor (SECCOMP_RET_USER_NOTIF), which allows those of capabilities granted
+    /// at run time (`SeccompNotifications`). Only where the ioctl list is restricted.
+    public var notifiedIoctls: [UInt] = []
 
     public init(allowedSyscalls: [String], allowNonUnixSockets: Bool = false, allowedIoctls: [UInt]? = nil) {
         self.allowedSyscalls = allowedSyscalls
@@ -68,7 +72,10 @@ public struct SeccompPolicy: Equatable, Sendable {
         var numbers: [UInt32] = []
         // ioctl with a request list gets its own check block, like socket.
         let ioctlNumber = "ioctl".withCString { CL_sk_syscall_number($0) }
-        let ioctlRequests: [UInt]? = allowedSyscalls.contains("ioctl") && ioctlNumber >= 0 ? allowedIoctls : nil
+        let ioctlAllowed = allowedSyscalls.contains("ioctl")
+        // A request list of its own: allowed ones, or none but some put to the supervisor.
+        let ioctlRequests: [UInt]? = ioctlNumber < 0 ? nil : ioctlAllowed ? allowedIoctls : notifiedIoctls.isEmpty ? nil : []
+        let notified = ioctlRequests.map { listed in notifiedIoctls.filter { !listed.contains($0) } } ?? []
         for name in allowedSyscalls where name != "socket" && !(name == "ioctl" && ioctlRequests != nil) {
             let number = name.withCString { CL_sk_syscall_number($0) }
             if number >= 0 { numbers.append(UInt32(number)) }
@@ -79,7 +86,7 @@ public struct SeccompPolicy: Equatable, Sendable {
         // Layout: 0 load arch; 1 jeq arch; 2 kill; 3 load nr; 4 jge x32 -> deny; 5..<5+n allowed;
         // [socket jeq]; deny; allow; [load arg0; jeq AF_UNIX; allow; deny].
         let entries = numbers.count + (hasSocket ? 1 : 0) + (ioctlRequests != nil ? 1 : 0)
-        guard entries + 12 + 6 + (ioctlRequests?.count ?? 0) < 255 else { throw .seccompUnavailable("too many system calls for one BPF jump range") }
+        guard entries + 13 + 6 + (ioctlRequests?.count ?? 0) + notified.count < 255 else { throw .seccompUnavailable("too many system calls for one BPF jump range") }
         let ldW: UInt16 = 0x20, jeqK: UInt16 = 0x15, jgeK: UInt16 = 0x35, retK: UInt16 = 0x06
         let deny = CL_SK_SECCOMP_RET_ERRNO | UInt32(EPERM)
         var p: [sock_filter] = []
@@ -112,15 +119,18 @@ public struct SeccompPolicy: Equatable, Sendable {
         }
         if let requests = ioctlRequests {
             // args[1], the request: the high half must be 0 (every allowed number fits in 32
-            // bits), the low half one of the list. Block: ld hi; jeq 0; ld lo; jeq...; deny; allow.
+            // bits), the low half one of the list. Block: ld hi; jeq 0; ld lo; jeq...; deny;
+            // allow; [user-notif for the notified requests].
             precondition(p.count == ioctlCheckIndex)
-            let blockDeny = ioctlCheckIndex + 3 + requests.count
+            let blockDeny = ioctlCheckIndex + 3 + requests.count + notified.count
             add(ldW, 0, 0, 28)                          // high half of args[1]
             add(jeqK, 0, blockDeny - (p.count + 1), 0)
             add(ldW, 0, 0, 24)                          // low half of args[1]
             for request in requests { add(jeqK, blockDeny + 1 - (p.count + 1), 0, UInt32(truncatingIfNeeded: request)) }
+            for request in notified { add(jeqK, blockDeny + 2 - (p.count + 1), 0, UInt32(truncatingIfNeeded: request)) }
             add(retK, 0, 0, deny)
             add(retK, 0, 0, CL_SK_SECCOMP_RET_ALLOW)
+            if !notified.isEmpty { add(retK, 0, 0, CL_SK_SECCOMP_RET_USER_NOTIF) }
         }
         return p
     }
@@ -148,9 +158,7 @@ extension ServerRuntime {
             log(.info, "privileges dropped: no_new_privs")
             return
         }
-        let policy = SeccompPolicy(capabilities: capabilityNames, extra: extraSyscalls)
-        let program = try policy.program()
-        if let errno = SeccompPolicy.install(program) { throw .privilegeDrop("seccomp(SECCOMP_SET_MODE_FILTER)", errno) }
+        let (policy, program) = try installSeccompFilter(SeccompPolicy(capabilities: capabilityNames, extra: extraSyscalls))
         let ioctls = policy.allowedSyscalls.contains("ioctl") ? policy.allowedIoctls.map { "\($0.count) ioctl requests" } ?? "any ioctl" : "no ioctl"
         log(.info, "privileges dropped: no_new_privs, seccomp filter of \(program.count) instructions, \(ioctls) "
             + "(capabilities: \(capabilityNames.isEmpty ? "none" : capabilityNames.joined(separator: " ")))")

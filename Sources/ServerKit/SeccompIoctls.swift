@@ -1,4 +1,5 @@
 import CLimitless
+import Supervision
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -12,8 +13,9 @@ import Glibc
 /// cannot look at descriptors), so it restricts *which operations*, and the descriptors the
 /// server holds restrict *on what*. VFIO reuses numbers across descriptor kinds (the IOMMU's
 /// GET_INFO/MAP_DMA/UNMAP_DMA share numbers with the device's hot-reset requests), so
-/// CAP_DMA_ALLOC's numbers also pass those device requests. A filter can only ever be narrowed:
-/// a capability granted at run time that needs more ioctls gets them at the server's next start.
+/// CAP_DMA_ALLOC's numbers also pass those device requests. A filter can only ever be narrowed,
+/// so the VFIO requests of capabilities granted at run time are decided by the supervisor
+/// (`SeccompNotifications`).
 public struct IoctlRule: Equatable, Sendable {
     public var request: UInt
     public var name: String
@@ -24,28 +26,10 @@ public struct IoctlRule: Equatable, Sendable {
 }
 
 extension SeccompPolicy {
-    static let vfioVersion = [IoctlRule(request: CL_VFIO_GET_API_VERSION, name: "VFIO_GET_API_VERSION"),
-                              IoctlRule(request: CL_VFIO_CHECK_EXTENSION, name: "VFIO_CHECK_EXTENSION")]
-    static let deviceInfo = [IoctlRule(request: CL_VFIO_DEVICE_GET_INFO, name: "VFIO_DEVICE_GET_INFO"),
-                             IoctlRule(request: CL_VFIO_DEVICE_GET_REGION_INFO, name: "VFIO_DEVICE_GET_REGION_INFO")]
-
-    /// The ioctls `capability` needs (none for capabilities that are not device access).
+    /// The ioctls `capability` needs (none for capabilities that are not device access); the
+    /// table is Supervision's `CapabilityIoctls`, which the supervisor decides run-time grants by.
     public static func ioctls(forCapability name: String) -> [IoctlRule] {
-        if name.hasPrefix("CAP_MMIO_") {
-            return vfioVersion + deviceInfo + [IoctlRule(request: CL_VFIO_DEVICE_RESET, name: "VFIO_DEVICE_RESET")]
-        }
-        if name == "CAP_PCI_CONFIG" { return vfioVersion + deviceInfo }
-        if name.hasPrefix("CAP_IRQ_") {
-            return [IoctlRule(request: CL_VFIO_DEVICE_GET_INFO, name: "VFIO_DEVICE_GET_INFO"),
-                    IoctlRule(request: CL_VFIO_DEVICE_GET_IRQ_INFO, name: "VFIO_DEVICE_GET_IRQ_INFO"),
-                    IoctlRule(request: CL_VFIO_DEVICE_SET_IRQS, name: "VFIO_DEVICE_SET_IRQS")]
-        }
-        if name == "CAP_DMA_ALLOC" {
-            return vfioVersion + [IoctlRule(request: CL_VFIO_IOMMU_GET_INFO, name: "VFIO_IOMMU_GET_INFO"),
-                                  IoctlRule(request: CL_VFIO_IOMMU_MAP_DMA, name: "VFIO_IOMMU_MAP_DMA"),
-                                  IoctlRule(request: CL_VFIO_IOMMU_UNMAP_DMA, name: "VFIO_IOMMU_UNMAP_DMA")]
-        }
-        return []
+        CapabilityIoctls.requests(forCapability: name).map { IoctlRule(request: $0.request, name: $0.name) }
     }
 
     /// Every rule a capability can bring, for naming a refused request.

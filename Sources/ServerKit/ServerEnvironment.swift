@@ -43,7 +43,10 @@ public struct ServerEnvironment: Equatable, Sendable {
     }
 
     /// Reads and validates this process's environment and inherited descriptors.
+    /// A standby instance (`LIMITLESS_STANDBY` set) first waits here for its activation, which
+    /// puts its descriptors and variables in place (`StandbyActivation`).
     public static func current(standaloneName: String) throws(ServerKitError) -> ServerEnvironment {
+        if StandbyActivation.isStandby { try StandbyActivation.awaitActivation() }
         var variables: [String: String] = [:]
         for name in [SupervisorChannel.serverNameVariable, SupervisorChannel.capabilitiesVariable,
                      SupervisorChannel.runtimeDirectoryVariable, SupervisorChannel.instanceVariable,

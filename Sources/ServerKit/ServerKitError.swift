@@ -42,6 +42,8 @@ public enum ServerKitError: Error, Equatable, Sendable, CustomStringConvertible 
     case ioctlRefused(request: String, capabilities: [String])
     /// An ioctl failed for another reason (the kernel's answer).
     case ioctlFailed(String, Errno)
+    /// A standby instance's activation was unusable (`StandbyActivation`).
+    case standbyActivation(String)
 
     public var description: String {
         switch self {
@@ -90,9 +92,11 @@ public enum ServerKitError: Error, Equatable, Sendable, CustomStringConvertible 
         case .ioctlRefused(let request, let capabilities):
             let list = capabilities.joined(separator: " or ")
             return "\(request) refused by the seccomp filter (EPERM): this server is not granted \(list); "
-                + "add it to the server's capabilities in servers.conf (or `serverctl grant NAME \(capabilities.first ?? "")` and restart it)"
+                + "add it to the server's capabilities in servers.conf (or `serverctl grant NAME \(capabilities.first ?? "")`)"
         case .ioctlFailed(let request, let errno):
             return "\(request) failed: \(errno) (errno \(errno.rawValue))"
+        case .standbyActivation(let why):
+            return "standby activation failed: \(why); this instance exits and the supervisor restarts the server"
         }
     }
 }

@@ -10,6 +10,7 @@ import Glibc
 ///       user NAME / group NAME
 ///       depends NAME...
 ///       checkpoint D / watchdog D
+///       standby yes|no                       a pre-started instance for fast restarts
 ///
 /// Indentation rather than `NAME.setting = value`: a server's whole description reads as one
 /// block, and the seed's `start_server` lines stay valid as they are.
@@ -24,7 +25,7 @@ public enum ConfigParser {
     public static let maximumNameLength = 64
 
     /// The setting keywords, for messages and suggestions.
-    public static let settingKeywords = ["device", "capabilities", "restart", "user", "group", "depends", "checkpoint", "watchdog"]
+    public static let settingKeywords = ["device", "capabilities", "restart", "user", "group", "depends", "checkpoint", "watchdog", "standby"]
 
     /// Reads and parses the file at `path`.
     public static func load(path: String) throws(ConfigurationErrors) -> SupervisorConfiguration {
@@ -195,7 +196,7 @@ private struct Parser {
 
     mutating func setting(_ keyword: ConfigTokenizer.Word, _ arguments: [ConfigTokenizer.Word], line: Int, server: Int) {
         let name = drafts[server].configuration.name
-        let singular = ["restart", "user", "group", "checkpoint", "watchdog"]
+        let singular = ["restart", "user", "group", "checkpoint", "watchdog", "standby"]
         if singular.contains(keyword.text) {
             if let earlier = drafts[server].settingLines[keyword.text] {
                 error(line, keyword.column, "`\(keyword.text)` is already set for \(name) at line \(earlier); keep one")
@@ -261,6 +262,13 @@ private struct Parser {
             } else {
                 drafts[server].configuration.watchdogInterval = interval
             }
+        case "standby":
+            guard arguments.count == 1, let value = ["yes": true, "no": false][arguments[0].text] else {
+                error(line, arguments.first?.column ?? keyword.column, "`standby` takes yes or no, e.g. `standby yes` "
+                    + "(a pre-started instance waits to take over when the server exits)")
+                return
+            }
+            drafts[server].configuration.standby = value
         default:
             error(line, keyword.column, "unknown setting `\(keyword.text)`; settings are "
                 + ConfigParser.settingKeywords.joined(separator: ", ")

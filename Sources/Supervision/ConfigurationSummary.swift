@@ -20,6 +20,7 @@ public struct ConfigurationSummary: Sendable {
             if !server.dependencies.isEmpty { lines.append("  depends       " + server.dependencies.joined(separator: " ")) }
             lines.append("  checkpoint    " + (server.checkpointInterval.map { "every " + DurationText.format($0) } ?? "never"))
             lines.append("  watchdog      " + (server.watchdogInterval.map { "every " + DurationText.format($0) } ?? "none"))
+            if server.standby { lines.append("  standby       yes (a pre-started instance takes over at a restart)") }
         }
         text = lines.joined(separator: "\n") + "\n"
     }

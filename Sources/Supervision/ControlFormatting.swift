@@ -7,7 +7,7 @@ public enum ControlFormatting {
     public static func list(_ statuses: [ServerStatus], now: Int64) -> String {
         let header = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT"]
         let rows = statuses.map { status in
-            [status.name, stateText(status), status.pid > 0 ? String(status.pid) : "-",
+            [status.name, stateText(status), status.pid > 0 ? String(status.pid) + (status.standbyPID > 0 ? " (standby \(status.standbyPID))" : "") : "-",
              status.startedAt > 0 ? duration(now - status.startedAt) : "-", String(status.restarts),
              status.lastExit.isEmpty ? "-" : status.lastExit]
         }
@@ -30,6 +30,9 @@ public enum ControlFormatting {
         if status.startedAt > 0 { state += " since \(LogTimestamp.format(status.startedAt).prefix(19))Z; \(duration(now - status.startedAt)) ago" }
         lines.append(state)
         if status.pid > 0 { lines.append("      PID: \(status.pid) (instance \(status.instance))") }
+        if status.standbyPID > 0 {
+            lines.append("  Standby: pid \(status.standbyPID) " + (status.standbyReady ? "(ready to take over)" : "(starting)"))
+        }
         lines.append(" Restarts: \(status.restarts)" + (status.lastExit.isEmpty ? "" : " (last exit: \(status.lastExit))"))
         if status.lastHeartbeat > 0 && status.pid > 0 { lines.append("Heartbeat: \(duration(now - status.lastHeartbeat)) ago") }
         lines.append("   Device: " + (status.devices.isEmpty ? "none" : status.devices.joined(separator: ", ")))
@@ -162,6 +165,8 @@ public enum ControlFormatting {
                 return string(String(parts.first ?? "")) + ":" + (parts.count > 1 && parts[1] != "-1" ? String(parts[1]) : "null")
             }.joined(separator: ",") + "}"),
             ("depends", "[" + status.dependencies.map(string).joined(separator: ",") + "]"),
+            ("standby_pid", status.standbyPID > 0 ? String(status.standbyPID) : "null"),
+            ("standby_ready", status.standbyReady ? "true" : "false"),
         ]
         return "{" + fields.map { "\(string($0.0)):\($0.1)" }.joined(separator: ",") + "}"
     }

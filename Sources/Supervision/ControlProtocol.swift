@@ -74,11 +74,14 @@ public struct ServerStatus: Hashable, Sendable {
     /// `CAP_NAME=FD` (-1: granted without a descriptor).
     public var capabilities: [String]
     public var dependencies: [String]
+    /// The standby instance's pid (`standby yes`), 0: none; whether it is waiting for activation.
+    public var standbyPID: Int32
+    public var standbyReady: Bool
 
     public init(name: String, path: String, state: ServerState, pid: Int32 = 0, instance: Int = 0, startedAt: Int64 = 0,
                 restarts: Int = 0, lastExit: String = "", registered: Bool = false, lastHeartbeat: Int64 = 0,
                 checkpointSequence: UInt64 = 0, checkpointSavedAt: Int64 = 0, devices: [String] = [],
-                capabilities: [String] = [], dependencies: [String] = []) {
+                capabilities: [String] = [], dependencies: [String] = [], standbyPID: Int32 = 0, standbyReady: Bool = false) {
         self.name = name
         self.path = path
         self.state = state
@@ -94,6 +97,8 @@ public struct ServerStatus: Hashable, Sendable {
         self.devices = devices
         self.capabilities = capabilities
         self.dependencies = dependencies
+        self.standbyPID = standbyPID
+        self.standbyReady = standbyReady
     }
 
     /// One line: fields separated by tabs, lists by commas, each field escaped.
@@ -102,13 +107,15 @@ public struct ServerStatus: Hashable, Sendable {
             name, path, state.rawValue, String(pid), String(instance), String(startedAt), String(restarts), lastExit,
             registered ? "1" : "0", String(lastHeartbeat), String(checkpointSequence), String(checkpointSavedAt),
             devices.joined(separator: ","), capabilities.joined(separator: ","), dependencies.joined(separator: ","),
+            String(standbyPID), standbyReady ? "1" : "0",
         ]
         return fields.map(LogRecord.escape).joined(separator: "\t")
     }
 
     public init?(encoded line: Substring) {
         let fields = line.split(separator: "\t", omittingEmptySubsequences: false).map { LogRecord.unescape($0) }
-        guard fields.count == 15, let state = ServerState(rawValue: fields[2]), let pid = Int32(fields[3]),
+        // 17 fields since standby instances; 15 from a supervisor without them.
+        guard fields.count == 15 || fields.count == 17, let state = ServerState(rawValue: fields[2]), let pid = Int32(fields[3]),
               let instance = Int(fields[4]), let startedAt = Int64(fields[5]), let restarts = Int(fields[6]),
               let heartbeat = Int64(fields[9]), let sequence = UInt64(fields[10]), let savedAt = Int64(fields[11])
         else { return nil }
@@ -116,7 +123,8 @@ public struct ServerStatus: Hashable, Sendable {
         self.init(name: fields[0], path: fields[1], state: state, pid: pid, instance: instance, startedAt: startedAt,
                   restarts: restarts, lastExit: fields[7], registered: fields[8] == "1", lastHeartbeat: heartbeat,
                   checkpointSequence: sequence, checkpointSavedAt: savedAt, devices: list(fields[12]),
-                  capabilities: list(fields[13]), dependencies: list(fields[14]))
+                  capabilities: list(fields[13]), dependencies: list(fields[14]),
+                  standbyPID: fields.count == 17 ? Int32(fields[15]) ?? 0 : 0, standbyReady: fields.count == 17 && fields[16] == "1")
     }
 
     public static func decodeAll(_ text: String) -> [ServerStatus]? {

@@ -21,6 +21,9 @@ public struct ServerConfiguration: Hashable, Sendable {
     public var checkpointInterval: Duration?
     /// How often it must report alive; nil: no watchdog.
     public var watchdogInterval: Duration?
+    /// Keep a second instance started ahead of need, waiting before it takes its capabilities,
+    /// to take over when the running one exits (`Supervisor+Standby`).
+    public var standby: Bool = false
     /// Where it was declared, for messages about it later.
     public var location: SourceLocation
 

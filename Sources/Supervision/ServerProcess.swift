@@ -48,6 +48,10 @@ final class ServerProcess {
     var exitNotifier: Int32 = -1
     var stdoutBuffer: [UInt8] = []
     var stderrBuffer: [UInt8] = []
+    /// The listener of the instance's seccomp filter (`Supervisor+SeccompNotifications`), -1: none;
+    /// the requests decided so far (logged once each).
+    var seccompListener: Int32 = -1
+    var seccompDecisions: Set<String> = []
     var capabilities: [(name: String, fd: Int32)] = []
     /// Deadlines: registration (starting), SIGKILL (stopping), next start (backoff).
     var deadline: ContinuousClock.Instant?
@@ -63,6 +67,13 @@ final class ServerProcess {
     var revokedAtRuntime: Set<Capability> = []
     /// Revokes sent to the running instance and not yet confirmed, with their deadlines.
     var pendingRevokes: [String: ContinuousClock.Instant] = [:]
+
+    // The standby instance (`standby yes`), started while this one runs; activated at a restart.
+    var standby: StandbyInstance?
+    var standbyGeneration = 0
+    /// Standbys that failed in a row (exited, hung) and when the next may start.
+    var standbyFailures = 0
+    var standbyRetryAt: ContinuousClock.Instant?
 
     // Across instances.
     var restarts = 0
@@ -97,7 +108,8 @@ final class ServerProcess {
             capabilities: capabilities.isEmpty
                 ? effectiveConfiguration.capabilities.sorted().map { "\($0)=-1" }
                 : capabilities.map { "\($0.name)=\($0.fd)" },
-            dependencies: configuration.dependencies)
+            dependencies: configuration.dependencies,
+            standbyPID: standby.map { $0.killedBecause == nil ? $0.pid : 0 } ?? 0, standbyReady: standby?.ready ?? false)
     }
 }
 

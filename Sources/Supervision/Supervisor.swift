@@ -152,8 +152,9 @@ public final class Supervisor: @unchecked Sendable {
                 if shuttingDown { for server in servers { server.wanted = false } }
                 stopUnwanted()
                 startEligible()
+                maintainStandbys()
                 releaseCapabilities()
-                if shuttingDown && servers.allSatisfy({ !$0.isAlive }) {
+                if shuttingDown && servers.allSatisfy({ !$0.isAlive && $0.standby == nil }) {
                     finished = true
                     return true
                 }
@@ -171,6 +172,8 @@ public final class Supervisor: @unchecked Sendable {
             var deadlines: [ContinuousClock.Instant] = []
             if let deadline = server.deadline { deadlines.append(deadline) }
             deadlines += server.pendingRevokes.values
+            if let standby = server.standby, !standby.ready { deadlines.append(standby.startedMonotonic + options.startTimeout) }
+            if let retry = server.standbyRetryAt { deadlines.append(retry) }
             if server.state == .running, server.registered, let interval = server.configuration.watchdogInterval,
                let last = server.lastHeartbeat {
                 deadlines.append(last + interval)
@@ -193,11 +196,12 @@ public final class Supervisor: @unchecked Sendable {
         UInt64(UInt32(truncatingIfNeeded: server.instance)) << 32 | UInt64(server.index) << 4 | kind
     }
 
-    func watch(_ fd: Int32, token: UInt64) {
+    /// Adds `fd` to the epoll set with `token`; `retoken`: it is there already, change its token.
+    func watch(_ fd: Int32, token: UInt64, retoken: Bool = false) {
         var event = epoll_event()
         event.events = UInt32(EPOLLIN.rawValue | EPOLLRDHUP.rawValue)
         event.data.u64 = token
-        _ = epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event)
+        _ = epoll_ctl(epollFD, retoken ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &event)
     }
 
     func unwatch(_ fd: inout Int32) {
@@ -217,12 +221,17 @@ public final class Supervisor: @unchecked Sendable {
         let index = Int((token >> 4) & 0x0FFF_FFFF)
         guard index < servers.count else { return }
         let server = servers[index]
+        if (Self.standbyStdoutKind...Self.standbyExitKind).contains(token & 0xF) {
+            handleStandbyEvent(server, kind: token & 0xF, generation: UInt32(token >> 32))
+            return
+        }
         guard UInt32(truncatingIfNeeded: server.instance) == UInt32(token >> 32) else { return }
         switch token & 0xF {
         case Self.stdoutKind: drain(server, stream: .stdout)
         case Self.stderrKind: drain(server, stream: .stderr)
         case Self.channelKind: readChannel(server)
         case Self.exitKind: reap()
+        case Self.seccompKind: answerSeccomp(server)
         default: break
         }
     }
@@ -234,10 +243,18 @@ public final class Supervisor: @unchecked Sendable {
     static let readBudget = 64
 
     func drain(_ server: ServerProcess, stream: LogStream, budget: Int = readBudget) {
-        let isOut = stream == .stdout
-        let fd = isOut ? server.stdout : server.stderr
+        if stream == .stdout {
+            drainPipe(&server.stdout, buffer: &server.stdoutBuffer, server: server, stream: stream, budget: budget)
+        } else {
+            drainPipe(&server.stderr, buffer: &server.stderrBuffer, server: server, stream: stream, budget: budget)
+        }
+    }
+
+    /// `drain` for one pipe of the server's instance or of its standby (both log as the server;
+    /// a standby's lines carry `prefix`, `standby pid N: `).
+    func drainPipe(_ fd: inout Int32, buffer: inout [UInt8], server: ServerProcess, stream: LogStream, budget: Int = readBudget,
+                   prefix: String = "") {
         guard fd >= 0 else { return }
-        var buffer = isOut ? server.stdoutBuffer : server.stderrBuffer
         var closed = false
         var reads = 0
         while reads < budget {
@@ -255,25 +272,24 @@ public final class Supervisor: @unchecked Sendable {
             buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: readBuffer[..<count]))
             var start = 0
             while let newline = buffer[start...].firstIndex(of: 0x0A) {
-                logLine(server, stream: stream, bytes: buffer[start..<newline])
+                logLine(server, stream: stream, bytes: buffer[start..<newline], prefix: prefix)
                 start = newline + 1
             }
             buffer.removeFirst(start)
             if buffer.count >= logs.configuration.maximumLineLength {
-                logLine(server, stream: stream, bytes: buffer[...])
+                logLine(server, stream: stream, bytes: buffer[...], prefix: prefix)
                 buffer.removeAll(keepingCapacity: true)
             }
         }
         if closed {
-            if !buffer.isEmpty { logLine(server, stream: stream, bytes: buffer[...]) }
+            if !buffer.isEmpty { logLine(server, stream: stream, bytes: buffer[...], prefix: prefix) }
             buffer.removeAll()
-            if isOut { unwatch(&server.stdout) } else { unwatch(&server.stderr) }
+            unwatch(&fd)
         }
-        if isOut { server.stdoutBuffer = buffer } else { server.stderrBuffer = buffer }
     }
 
-    func logLine(_ server: ServerProcess, stream: LogStream, bytes: ArraySlice<UInt8>) {
-        var text = String(decoding: bytes, as: UTF8.self)
+    func logLine(_ server: ServerProcess, stream: LogStream, bytes: ArraySlice<UInt8>, prefix: String = "") {
+        var text = prefix + String(decoding: bytes, as: UTF8.self)
         if text.hasSuffix("\r") { text.removeLast() }
         logs.append(server: server.name, stream: stream, level: stream == .stderr ? .warning : .info, text: text)
     }
@@ -289,23 +305,9 @@ public final class Supervisor: @unchecked Sendable {
         var reads = 0
         while server.channel >= 0 && reads < budget {
             reads += 1
-            var fds: (Int32, Int32) = (-1, -1)
-            var fdCount: Int32 = 0, flags: Int32 = 0
-            let count = withUnsafeMutableBytes(of: &fds) { raw in
-                CL_ipc_recv(server.channel, receiveBuffer.baseAddress, receiveBuffer.count,
-                            raw.baseAddress!.assumingMemoryBound(to: Int32.self), 2, &fdCount, &flags, CL_MSG_DONTWAIT)
-            }
-            if fdCount > 0 { close(fds.0) }  // servers send no descriptors
-            if fdCount > 1 { close(fds.1) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                if errno != EAGAIN { unwatch(&server.channel) }
-                return
-            }
-            if count == 0 {
-                unwatch(&server.channel)  // the server closed its end: it is exiting
-                return
-            }
+            guard let (count, received) = receiveDatagram(&server.channel, keepDescriptor: true) else { return }
+            var descriptor = received
+            defer { if descriptor >= 0 { close(descriptor) } }
             guard let message = try? Message.decode(UnsafeRawBufferPointer(rebasing: receiveBuffer[..<count])) else {
                 note(server, .warning, "ignored a malformed message on the supervisor channel")
                 continue
@@ -339,12 +341,41 @@ public final class Supervisor: @unchecked Sendable {
             case .supervisorCapabilityGrant where message.flags.contains(.reply),
                  .supervisorCapabilityRevoke where message.flags.contains(.reply):
                 capabilityConfirmed(server, message, payload: payload)
+            case .supervisorSeccompListener where descriptor >= 0:
+                adoptSeccompListener(server, descriptor)
+                descriptor = -1
             case .supervisorCheckpointSave:
                 server.checkpointSequence = message.param1
                 server.checkpointSavedAt = CheckpointStore.now()
             default:
                 note(server, .warning, "ignored \(message.type) on the supervisor channel")
             }
+        }
+    }
+}
+
+extension Supervisor {
+    /// One datagram from a server's (or a standby's) channel into `receiveBuffer`, without
+    /// waiting: its length, or nil when none is there now or the channel closed (the process is
+    /// exiting; the channel is then unwatched). A descriptor that came with it is closed, or with
+    /// `keepDescriptor` returned (-1: none) for the caller to close or keep.
+    func receiveDatagram(_ channel: inout Int32, keepDescriptor: Bool = false) -> (count: Int, descriptor: Int32)? {
+        while true {
+            var fds: (Int32, Int32) = (-1, -1)
+            var fdCount: Int32 = 0, flags: Int32 = 0
+            let count = withUnsafeMutableBytes(of: &fds) { raw in
+                CL_ipc_recv(channel, receiveBuffer.baseAddress, receiveBuffer.count,
+                            raw.baseAddress!.assumingMemoryBound(to: Int32.self), 2, &fdCount, &flags, CL_MSG_DONTWAIT)
+            }
+            if fdCount > 0 && (!keepDescriptor || count <= 0) { close(fds.0) }
+            if fdCount > 1 { close(fds.1) }
+            if count < 0 && errno == EINTR { continue }
+            if count < 0 && errno == EAGAIN { return nil }
+            if count <= 0 {
+                unwatch(&channel)
+                return nil
+            }
+            return (count, keepDescriptor && fdCount > 0 ? fds.0 : -1)
         }
     }
 }

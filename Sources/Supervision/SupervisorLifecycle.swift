@@ -12,6 +12,7 @@ extension Supervisor {
             let result = waitpid(server.pid, &status, WNOHANG)
             if result == server.pid || (result < 0 && errno == ECHILD) { exited(server, status: result < 0 ? nil : status) }
         }
+        reapStandbys()
     }
 
     func exited(_ server: ServerProcess, status: Int32?) {
@@ -22,6 +23,8 @@ extension Supervisor {
         unwatch(&server.stderr)
         unwatch(&server.channel)
         unwatch(&server.exitNotifier)
+        unwatch(&server.seccompListener)
+        server.seccompDecisions = []
         server.stdoutBuffer = []
         server.stderrBuffer = []
         // Anything it forked is stopped with it.
@@ -223,15 +226,39 @@ extension Supervisor {
                     throw .systemCall("creating the checkpoint memfd (\(error))", ENOMEM)
                 }
             }
-            var identity: ProcessLauncher.Identity?
-            if config.user != nil || config.group != nil {
-                if geteuid() == 0 {
-                    identity = try ProcessLauncher.resolveIdentity(user: config.user, group: config.group)
-                } else if server.instance == 0 {
-                    note(server, .warning, "not running as root: starting it as uid \(geteuid()), not as "
-                        + [config.user.map { "user \($0)" }, config.group.map { "group \($0)" }].compactMap { $0 }.joined(separator: ", "))
+            // What the instance gets from 4 up: the checkpoint, then the capabilities in the
+            // order of the sorted grant list (descriptor 3, the channel, is the launch's own).
+            var passed: [Int32] = [server.checkpoint!.fileDescriptor.rawValue]
+            var capabilities: [(name: String, fd: Int32)] = []
+            for capability in config.capabilities.sorted() {
+                if let fd = provided[capability.description] {
+                    capabilities.append((capability.description, SupervisorChannel.checkpointFD + Int32(passed.count)))
+                    passed.append(fd)
+                } else {
+                    capabilities.append((capability.description, -1))
                 }
             }
+            let instance = server.instance + 1
+            var variables = [
+                "\(SupervisorChannel.capabilitiesVariable)=\(SupervisorChannel.formatCapabilities(capabilities))",
+                "\(SupervisorChannel.instanceVariable)=\(instance)",
+            ]
+            if let watchdog = config.watchdogInterval {
+                variables.append("\(SupervisorChannel.watchdogVariable)=\(max(1, watchdog.nanosecondsValue / 1_000_000))")
+            }
+            let spawnStart = ContinuousClock.now
+            if let standby = server.standby, activate(standby, of: server, descriptors: passed, variables: variables) {
+                server.instance = instance
+                adopt(standby, into: server)
+                // Behind the activation on its channel: the tokens of the grants it serves, read
+                // before it listens (a standby drops anything that comes before its activation).
+                queueBlockTokens(for: config, channel: server.channel)
+                began(server, capabilities: capabilities)
+                note(server, .info, "instance \(instance) activated standby pid \(standby.pid) (descriptors passed in "
+                    + "\(Self.microseconds(spawnStart.duration(to: .now))) us)")
+                return
+            }
+            let identity = try launchIdentity(server, config)
             var pair: [Int32] = [-1, -1]
             guard socketpair(AF_UNIX, CL_SOCK_SEQPACKET | CL_SOCK_CLOEXEC, 0, &pair) == 0 else {
                 throw .systemCall("socketpair", errno)
@@ -239,62 +266,26 @@ extension Supervisor {
             defer { close(pair[1]) }
             // Waiting on its channel when it starts: the tokens of the grants it serves.
             queueBlockTokens(for: config, channel: pair[0])
-            // Capabilities: descriptors from 5 up, in the order of the sorted grant list.
-            var descriptors: [Int32] = [pair[1], server.checkpoint!.fileDescriptor.rawValue]
-            var capabilities: [(name: String, fd: Int32)] = []
-            for capability in config.capabilities.sorted() {
-                if let fd = provided[capability.description] {
-                    capabilities.append((capability.description, SupervisorChannel.firstCapabilityFD + Int32(descriptors.count - 2)))
-                    descriptors.append(fd)
-                } else {
-                    capabilities.append((capability.description, -1))
-                }
+            let process: ProcessLauncher.Process
+            do throws(LaunchError) {
+                process = try ProcessLauncher.launch(ProcessLauncher.Request(
+                    path: config.path, arguments: config.arguments, environment: baseEnvironment(config) + variables,
+                    inheritedDescriptors: [pair[1]] + passed, identity: identity))
+            } catch {
+                close(pair[0])
+                throw error
             }
-            let instance = server.instance + 1
-            var environment = [
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "\(SupervisorChannel.serverNameVariable)=\(config.name)",
-                "\(SupervisorChannel.capabilitiesVariable)=\(SupervisorChannel.formatCapabilities(capabilities))",
-                "\(SupervisorChannel.runtimeDirectoryVariable)=\(options.runtimeDirectory)",
-                "\(SupervisorChannel.instanceVariable)=\(instance)",
-            ]
-            if let watchdog = config.watchdogInterval {
-                environment.append("\(SupervisorChannel.watchdogVariable)=\(max(1, watchdog.nanosecondsValue / 1_000_000))")
-            }
-            let spawnStart = ContinuousClock.now
-            let process = try ProcessLauncher.launch(ProcessLauncher.Request(
-                path: config.path, arguments: config.arguments, environment: environment,
-                inheritedDescriptors: descriptors, identity: identity))
             _ = CL_fcntl_int(pair[0], F_SETFL, O_NONBLOCK)
             server.instance = instance
             server.pid = process.pid
             server.stdout = process.stdout
             server.stderr = process.stderr
             server.channel = pair[0]
-            server.capabilities = capabilities
-            server.startedAt = CheckpointStore.now()
-            server.startedMonotonic = .now
-            server.registered = false
-            server.lastHeartbeat = nil
-            server.killSent = false
-            server.exitOverride = nil
-            server.stopRequested = false
             watch(process.stdout, token: token(server, kind: Self.stdoutKind))
             watch(process.stderr, token: token(server, kind: Self.stderrKind))
             watch(pair[0], token: token(server, kind: Self.channelKind))
-            let pidfd = CL_pidfd_open(process.pid)
-            if pidfd >= 0 {
-                _ = fcntl(pidfd, F_SETFD, FD_CLOEXEC)
-                server.exitNotifier = pidfd
-                watch(pidfd, token: token(server, kind: Self.exitKind))
-            }
-            if options.requireRegistration {
-                server.state = .starting
-                server.deadline = .now + options.startTimeout
-            } else {
-                server.state = .running
-                server.deadline = nil
-            }
+            server.exitNotifier = exitNotifier(for: process.pid, token: token(server, kind: Self.exitKind))
+            began(server, capabilities: capabilities)
             // posix_spawn returns once the child has exec'd (glibc waits for it), so this is the
             // fork + exec time.
             note(server, .info, "instance \(instance) started as pid \(process.pid) (spawned in \(Self.microseconds(spawnStart.duration(to: .now))) us)")
@@ -304,6 +295,57 @@ extension Supervisor {
             server.instance += 1
             server.exitOverride = (.exited(status: 127), "could not start: \(error)")
             startFailed(server)
+        }
+    }
+
+    /// The user and group to start `config`'s processes as (nil: the supervisor's own); warns
+    /// once when not root and so unable to switch.
+    func launchIdentity(_ server: ServerProcess, _ config: ServerConfiguration) throws(LaunchError) -> ProcessLauncher.Identity? {
+        guard config.user != nil || config.group != nil else { return nil }
+        if geteuid() == 0 { return try ProcessLauncher.resolveIdentity(user: config.user, group: config.group) }
+        if server.instance == 0 && server.standby == nil {
+            note(server, .warning, "not running as root: starting it as uid \(geteuid()), not as "
+                + [config.user.map { "user \($0)" }, config.group.map { "group \($0)" }].compactMap { $0 }.joined(separator: ", "))
+        }
+        return nil
+    }
+
+    /// The environment every process of `config` starts with (instances add their capabilities,
+    /// instance number and watchdog; a standby gets those at activation).
+    func baseEnvironment(_ config: ServerConfiguration) -> [String] {
+        [
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "\(SupervisorChannel.serverNameVariable)=\(config.name)",
+            "\(SupervisorChannel.runtimeDirectoryVariable)=\(options.runtimeDirectory)",
+        ]
+    }
+
+    /// A pidfd for `pid`, watched with `token`; -1 where the kernel has none (the poll finds the
+    /// exit then).
+    func exitNotifier(for pid: pid_t, token: UInt64) -> Int32 {
+        let pidfd = CL_pidfd_open(pid)
+        guard pidfd >= 0 else { return -1 }
+        _ = fcntl(pidfd, F_SETFD, FD_CLOEXEC)
+        watch(pidfd, token: token)
+        return pidfd
+    }
+
+    /// The new instance's bookkeeping, spawned or activated alike.
+    func began(_ server: ServerProcess, capabilities: [(name: String, fd: Int32)]) {
+        server.capabilities = capabilities
+        server.startedAt = CheckpointStore.now()
+        server.startedMonotonic = .now
+        server.registered = false
+        server.lastHeartbeat = nil
+        server.killSent = false
+        server.exitOverride = nil
+        server.stopRequested = false
+        if options.requireRegistration {
+            server.state = .starting
+            server.deadline = .now + options.startTimeout
+        } else {
+            server.state = .running
+            server.deadline = nil
         }
     }
 

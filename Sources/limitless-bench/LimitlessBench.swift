@@ -79,7 +79,8 @@ struct SupervisorCommand: ParsableCommand {
             Runs the supervisor in this process over limitless-testserver with restart backoff 0, SIGKILLs the \
             running instance --trials times, and prints p50/p99 of: exit seen, new instance spawned, REGISTER \
             received (all from the SIGKILL), and spawn to REGISTER; once with the supervisor's default loop poll \
-            interval and once with 5 ms. Beside them: posix_spawn to first stdout line of /bin/echo and of the \
+            interval and once with 5 ms, each without and with a standby instance (servers.conf `standby yes`), \
+            and the p50s side by side. Beside them: posix_spawn to first stdout line of /bin/echo and of the \
             test server. Figures only, never asserted. Build with -c release.
             """)
 

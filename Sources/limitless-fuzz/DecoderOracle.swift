@@ -8,7 +8,7 @@ enum DecoderOracle {
     /// The registry's numbers, by range (MessageType.swift), kept separate on purpose.
     static func isRegistered(_ type: UInt32) -> Bool {
         switch type {
-        case 0x0001...0x0005, 0x0100...0x0116, 0x0200...0x0208, 0x0300...0x0305, 0x0400...0x0404, 0x0500...0x0509: true
+        case 0x0001...0x0005, 0x0100...0x0116, 0x0200...0x0208, 0x0300...0x0305, 0x0400...0x0404, 0x0500...0x050C: true
         default: false
         }
     }

@@ -150,8 +150,12 @@ struct SupervisedStorage: ParsableCommand {
     @Option(help: "Milliseconds to wait for the server to answer again after SIGKILL.")
     var restartTimeoutMs: Int = 30000
 
+    @Flag(help: "Run storage_server with `standby yes`: every restart must be its standby taking over.")
+    var standby = false
+
     func run() throws {
         var options = SupervisedStorageSuite.Options()
+        options.standby = standby
         options.device = device
         options.binaryDirectory = binDir
         options.startTimeoutMilliseconds = startTimeoutMs

@@ -19,6 +19,7 @@ struct LimitlessSupervisor: ParsableCommand {
                       [backoff=100ms] [max-backoff=30s] [limit=5/60s]
               user NAME    group NAME    depends NAME...
               checkpoint 5s    watchdog 1s
+              standby yes                  a pre-started instance takes over at a restart
             Quote arguments with spaces ("..." or '...'); # starts a comment.
             The example servers.conf in the repository documents every setting.
 

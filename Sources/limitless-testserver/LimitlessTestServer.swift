@@ -57,6 +57,10 @@ struct LimitlessTestServer: ParsableCommand {
     var echo = false
     @Option(help: "Offer shared-memory rings to this many clients (MSG_IPC_RING_ATTACH; default 0: refused).")
     var rings = 0
+    @Flag(help: "With --seccomp: try VFIO_IOMMU_GET_INFO on stdin after dropping privileges and on every descriptor granted at run time, printing the errno.")
+    var probeIoctl = false
+    @Flag(help: "Started as a standby (servers.conf `standby yes`): hang before ServerKit, never reaching the activation point.")
+    var stallAsStandby = false
     @Option(help: "The server's name when run standalone.")
     var name = "testserver"
 
@@ -72,6 +76,11 @@ struct LimitlessTestServer: ParsableCommand {
         var options = ServerRuntime.Options()
         if ignoreSigterm { options.stopSignals = [SIGINT] }
         if ignoreRevoke { options.acknowledgeRevocations = false }
+        if stallAsStandby && StandbyActivation.isStandby {
+            print("stalling as a standby")
+            fflush(nil)
+            while true { pause() }
+        }
         let runtime: ServerRuntime
         do {
             runtime = try ServerRuntime(standaloneName: name, options: options)
@@ -87,7 +96,7 @@ struct LimitlessTestServer: ParsableCommand {
             crashAfterMs: crashAfterMs, crashSignal: crashSignal.number, exitCode: exitCode, exitAfterMs: exitAfterMs,
             hangAfterMs: hangAfterMs, floodLog: floodLog, corruptCheckpoint: corruptCheckpoint,
             saveCheckpoint: saveCheckpoint, printCheckpointOnly: printCheckpoint, seccomp: seccomp,
-            serve: serve ?? (getenv("LIMITLESS_RUNTIME_DIR") != nil), echo: echo, rings: rings))
+            serve: serve ?? (getenv("LIMITLESS_RUNTIME_DIR") != nil), echo: echo, rings: rings, probeIoctl: probeIoctl))
         throw ExitCode(try behaviour.run())
     }
 }

@@ -1,3 +1,4 @@
+import CLimitless
 import IPC
 import ServerKit
 #if canImport(Glibc)
@@ -20,6 +21,7 @@ struct TestServerBehaviour {
         var serve: Bool
         var echo = false
         var rings = 0
+        var probeIoctl = false
     }
 
     let runtime: ServerRuntime
@@ -70,6 +72,7 @@ struct TestServerBehaviour {
             let code = errno
             say(fd < 0 ? "seccomp: socket(AF_INET) refused: errno \(code)" : "seccomp: socket(AF_INET) allowed")
             if fd >= 0 { close(fd) }
+            if plan.probeIoctl { say("ioctl VFIO_IOMMU_GET_INFO on stdin: errno \(Self.probeIoctl(0))") }
         }
 
         if !runtime.capabilityNames.isEmpty {
@@ -88,6 +91,7 @@ struct TestServerBehaviour {
         runtime.onCapabilityChange { change in
             var line = "capability: \(change.name) " + (change.granted ? "granted" : "revoked")
             if change.fd >= 0 { line += " fd \(change.fd) (\(Self.describe(descriptor: change.fd)))" }
+            if plan.probeIoctl && change.fd >= 0 { line += "; ioctl VFIO_IOMMU_GET_INFO on it: errno \(Self.probeIoctl(change.fd))" }
             print(line)
             fflush(nil)
         }
@@ -124,6 +128,15 @@ struct TestServerBehaviour {
     static func inode(_ descriptor: Int32) -> UInt64 {
         var info = stat()
         return fstat(descriptor, &info) == 0 ? UInt64(info.st_ino) : 0
+    }
+
+    /// ioctl(fd, VFIO_IOMMU_GET_INFO) and its errno: EPERM when the seccomp filter (or the
+    /// supervisor deciding for it) refuses it, the descriptor's own answer (ENOTTY for a file)
+    /// when it runs.
+    static func probeIoctl(_ fd: Int32) -> Int32 {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let result = buffer.withUnsafeMutableBytes { CL_ioctl_ptr(fd, CL_VFIO_IOMMU_GET_INFO, $0.baseAddress) }
+        return result < 0 ? errno : 0
     }
 
     /// What /proc/self/fd/N points at (`/dev/null`, `/memfd:NAME (deleted)`, `anon_inode:[eventfd]`).

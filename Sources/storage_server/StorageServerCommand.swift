@@ -62,6 +62,12 @@ struct StorageServerCommand: ParsableCommand {
         // Start-up phases on CLOCK_MONOTONIC, logged once registered (the HIL suite places them
         // on the restart's timeline: issue 4, crash to serving).
         var phases = StartupPhases()
+        // Everything before ServerRuntime needs no capability, so a standby instance (servers.conf
+        // `standby yes`) has done it before it is activated: the arguments are parsed (above),
+        // the access policy built. Nothing may open a descriptor here (it would sit where the
+        // activation puts the capabilities; StandbyActivation refuses that).
+        let policy = allowUIDs.isEmpty ? BlockAccessPolicy.rootOnly
+            : BlockAccessPolicy(readers: .uids(Set(allowUIDs)), writers: .uids(Set(allowUIDs)))
         let runtime: ServerRuntime
         do {
             runtime = try ServerRuntime(standaloneName: name ?? "storage")
@@ -69,6 +75,8 @@ struct StorageServerCommand: ParsableCommand {
             Self.say("storage_server: \(error)")
             throw ExitCode(78)
         }
+        // A standby's steps count from its activation, where its restart work began.
+        if let activated = StandbyActivation.activatedAt { phases = StartupPhases(origin: activated, named: "activation") }
         phases.mark("runtime")
         // The supervisor queued the CAP_BLOCK_* tokens of our clients before starting us: take
         // them all before listening, so no client presents a token we have not heard of yet.
@@ -108,8 +116,6 @@ struct StorageServerCommand: ParsableCommand {
         if poll { opened.blockDevice.queue.polling = true }
         runtime.log(.info, "serving \(opened.summary)" + (poll ? " (completions polled)" : ""))
 
-        let policy = allowUIDs.isEmpty ? BlockAccessPolicy.rootOnly
-            : BlockAccessPolicy(readers: .uids(Set(allowUIDs)), writers: .uids(Set(allowUIDs)))
         let server = BlockServer(device: opened.blockDevice, policy: policy, tokens: tokens) { runtime.log(.error, $0) }
         server.info = { runtime.log(.info, $0) }
         server.defersAnswers = !oneAtATime
@@ -163,21 +169,25 @@ struct StorageServerCommand: ParsableCommand {
     }
 }
 
-/// When each start-up step finished, in microseconds after `run()` began; `description` is the
-/// one log line the supervised HIL suite reads (`startup phases (us after main at realtime N):
-/// name=us ...`). The controller's steps come from its recorded state transitions (NVMe 2.0
+/// When each start-up step finished, in microseconds after `run()` began (a standby: after its
+/// activation); `description` is the one log line the supervised HIL suite reads (`startup phases
+/// (us after main at realtime N): name=us ...`, `after activation` for a standby). The controller's steps come from its recorded state transitions (NVMe 2.0
 /// section 3.5.1: disable, admin queue, enable, Identify).
 struct StartupPhases: CustomStringConvertible {
     let clock = MonotonicClock()
     let start: UInt64
     let realtimeStart: Int64
+    let origin: String
     var marks: [(String, UInt64)] = []
 
-    init() {
-        start = clock.now()
+    /// `origin`: a CLOCK_MONOTONIC time in the past (default now), named in the line.
+    init(origin: UInt64? = nil, named name: String = "main") {
+        let now = clock.now()
+        start = origin ?? now
+        self.origin = name
         var time = timespec()
         clock_gettime(CLOCK_REALTIME, &time)
-        realtimeStart = Int64(time.tv_sec) * 1_000_000_000 + Int64(time.tv_nsec)
+        realtimeStart = Int64(time.tv_sec) * 1_000_000_000 + Int64(time.tv_nsec) - Int64(now &- start)
     }
 
     mutating func mark(_ name: String, at time: UInt64? = nil) {
@@ -200,6 +210,6 @@ struct StartupPhases: CustomStringConvertible {
     }
 
     var description: String {
-        "startup phases (us after main at realtime \(realtimeStart)): " + marks.map { "\($0.0)=\($0.1)" }.joined(separator: " ")
+        "startup phases (us after \(origin) at realtime \(realtimeStart)): " + marks.map { "\($0.0)=\($0.1)" }.joined(separator: " ")
     }
 }

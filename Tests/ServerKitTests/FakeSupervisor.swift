@@ -63,9 +63,10 @@ final class FakeSupervisor {
         return candidates.first { access($0, X_OK) == 0 }
     }
 
-    /// Starts the test server with the contract's descriptors and environment.
+    /// Starts the test server with the contract's descriptors and environment; `standby`: as a
+    /// standby instance (descriptor 3 only, LIMITLESS_STANDBY=1, no instance number).
     func spawn(arguments: [String] = [], name: String = "testsrv", instance: Int = 1, watchdogMs: Int? = nil,
-               extraEnvironment: [String: String] = [:]) throws {
+               extraEnvironment: [String: String] = [:], standby: Bool = false) throws {
         guard let path = Self.testServerPath() else {
             throw XCTSkip("limitless-testserver not found next to the test bundle; build it first "
                           + "(swift build --scratch-path .build-sk --product limitless-testserver)")
@@ -90,13 +91,17 @@ final class FakeSupervisor {
             "LIMITLESS_RUNTIME_DIR": "/tmp", "PATH": "/usr/bin:/bin",
         ]
         if let watchdogMs { environment["LIMITLESS_WATCHDOG_MS"] = String(watchdogMs) }
+        if standby {
+            environment["LIMITLESS_INSTANCE"] = nil
+            environment["LIMITLESS_STANDBY"] = "1"
+        }
         for (key, value) in extraEnvironment { environment[key] = value }
 
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, childEnd, 3)
-        posix_spawn_file_actions_adddup2(&actions, checkpointCopy, 4)
+        if !standby { posix_spawn_file_actions_adddup2(&actions, checkpointCopy, 4) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_addopen(&actions, 2, outputPath + ".err", O_WRONLY | O_CREAT | O_TRUNC, 0o600)

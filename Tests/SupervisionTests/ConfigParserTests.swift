@@ -92,6 +92,18 @@ final class ConfigParserTests: XCTestCase {
         assertError("start_server a /a\n    restart on-failure healthy=soon\n", line: 2, contains: "soon")
     }
 
+    func testStandbySetting() throws {
+        let configuration = try parse("start_server a /bin/a\n    standby yes\nstart_server b /bin/b\n    standby no\nstart_server c /bin/c\n")
+        XCTAssertEqual(configuration["a"]?.standby, true)
+        XCTAssertEqual(configuration["b"]?.standby, false)
+        XCTAssertEqual(configuration["c"]?.standby, false)
+        XCTAssertTrue(ConfigurationSummary(configuration).text.contains("  standby       yes"), ConfigurationSummary(configuration).text)
+        assertError("start_server a /a\n    standby maybe\n", line: 2, contains: "`standby` takes yes or no")
+        assertError("start_server a /a\n    standby\n", line: 2, contains: "`standby` takes yes or no")
+        assertError("start_server a /a\n    standby yes\n    standby no\n", line: 3, contains: "already set for a at line 2")
+        assertError("start_server a /a\n    standbye yes\n", line: 2, contains: "did you mean standby")
+    }
+
     func testDefaultsWhenOnlyTheSeedLineIsGiven() throws {
         let configuration = try parse("start_server a /bin/a\nstart_server b /bin/b x y\n")
         XCTAssertEqual(configuration.startOrder, ["a", "b"])

@@ -59,12 +59,14 @@ final class SupervisorIntegrationTests: XCTestCase {
     }
 
     @discardableResult
-    func run(_ servers: [ServerConfiguration], grace: Duration = .seconds(5), logs: LogStore.Configuration = .init()) throws -> Supervisor {
+    func run(_ servers: [ServerConfiguration], grace: Duration = .seconds(5), logs: LogStore.Configuration = .init(),
+             configure: (inout Supervisor.Options) -> Void = { _ in }) throws -> Supervisor {
         var options = Supervisor.Options()
         options.runtimeDirectory = directory.path
         options.stopGracePeriod = grace
         options.startTimeout = .seconds(30)  // a Swift binary's start on a loaded two-core machine
         options.checkpointCapacity = 4096
+        configure(&options)
         let supervisor = try Supervisor(configuration: try SupervisorConfiguration(servers: servers), options: options,
                                         logs: try LogStore(logs))
         self.supervisor = supervisor

@@ -277,6 +277,16 @@ final class SupervisorTests: XCTestCase {
             lastHeartbeat: 1_060_000_000_000, checkpointSequence: 12, checkpointSavedAt: 1_059_000_000_000,
             devices: ["NVME0 0000:00:03.0"], capabilities: ["CAP_DMA_ALLOC=-1", "CAP_MMIO_NVME0=5"], dependencies: [])
         XCTAssertEqual(ServerStatus(encoded: Substring(status.encoded)), status)
+        var withStandby = status
+        withStandby.standbyPID = 4250
+        withStandby.standbyReady = true
+        XCTAssertEqual(ServerStatus(encoded: Substring(withStandby.encoded)), withStandby)
+        // A supervisor without standbys sends 15 fields.
+        let old = status.encoded.split(separator: "\t", omittingEmptySubsequences: false).prefix(15).joined(separator: "\t")
+        XCTAssertEqual(ServerStatus(encoded: Substring(old)), status)
+        XCTAssertTrue(ControlFormatting.status(withStandby, now: 1_062_000_000_000).contains("  Standby: pid 4250 (ready to take over)"))
+        XCTAssertTrue(ControlFormatting.json(withStandby).contains("\"standby_pid\":4250,\"standby_ready\":true"))
+        XCTAssertTrue(ControlFormatting.list([withStandby], now: 1_062_000_000_000).contains("4242 (standby 4250)"))
         let now: Int64 = 1_062_000_000_000
         let text = ControlFormatting.status(status, now: now)
         XCTAssertTrue(text.hasPrefix("● storage_server - /system/servers/drivers/storage_server\n"), text)

@@ -268,14 +268,16 @@ static inline long CL_ipc_send(int sock, const void *head, size_t headLen, const
 }
 
 /// Receives one datagram into `buf`; descriptors that came with it are stored in `fds` (up to
-/// `maxfds`, at most 8) and counted in `*nfds`; any beyond `maxfds` are closed here so none leak.
-/// The control buffer holds 8; the kernel closes what does not fit and sets MSG_CTRUNC.
+/// `maxfds`, at most 253) and counted in `*nfds`; any beyond `maxfds` are closed here so none
+/// leak. The control buffer holds 253 (the kernel's SCM_MAX_FD, which a sender cannot exceed: a
+/// standby's activation carries every capability at once); it lives on the stack, nothing is
+/// allocated.
 /// `*msgFlags` receives msg_flags (MSG_TRUNC: the datagram was longer than `len`).
 /// Descriptors are received close-on-exec.
 static inline long CL_ipc_recv(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds,
                                int *msgFlags, int flags) {
     struct iovec iov = { buf, len };
-    union { char buf[CMSG_SPACE(sizeof(int) * 8)]; struct cmsghdr align; } control;
+    union { char buf[CMSG_SPACE(sizeof(int) * 253)]; struct cmsghdr align; } control;
     struct msghdr msg = {0};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
@@ -359,6 +361,38 @@ static inline uint32_t CL_sk_audit_arch(void) {
 static const uint32_t CL_SK_SECCOMP_RET_ALLOW = SECCOMP_RET_ALLOW;
 static const uint32_t CL_SK_SECCOMP_RET_ERRNO = SECCOMP_RET_ERRNO;
 static const uint32_t CL_SK_SECCOMP_RET_KILL_PROCESS = SECCOMP_RET_KILL_PROCESS;
+static const uint32_t CL_SK_SECCOMP_RET_USER_NOTIF = SECCOMP_RET_USER_NOTIF;
+
+/// `CL_sk_seccomp_install` with SECCOMP_FILTER_FLAG_NEW_LISTENER (Linux 5.0; with TSYNC it needs
+/// TSYNC_ESRCH, 5.7): calls the filter answers SECCOMP_RET_USER_NOTIF for wait until the holder
+/// of the returned listener descriptor decides. Returns the listener (close-on-exec), or -1.
+static inline int CL_sk_seccomp_install_listener(const struct sock_filter *filter, unsigned short count) {
+    struct sock_fprog program = { count, (struct sock_filter *)filter };
+    return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+                        SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_TSYNC | SECCOMP_FILTER_FLAG_TSYNC_ESRCH, &program);
+}
+
+/// SECCOMP_IOCTL_NOTIF_RECV: one waiting call's id, system call number and arguments (6).
+/// Returns 0, or -1 with errno (ENOENT: the caller died meanwhile).
+static inline int CL_sk_notif_receive(int listener, uint64_t *id, int32_t *nr, uint64_t *args) {
+    struct seccomp_notif notif;
+    __builtin_memset(&notif, 0, sizeof notif);
+    if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &notif) != 0) return -1;
+    *id = notif.id;
+    *nr = notif.data.nr;
+    for (int i = 0; i < 6; i++) args[i] = notif.data.args[i];
+    return 0;
+}
+
+/// SECCOMP_IOCTL_NOTIF_SEND: let the call run as made (SECCOMP_USER_NOTIF_FLAG_CONTINUE, Linux
+/// 5.5), or fail it with `errnum`. Returns 0, or -1 with errno.
+static inline int CL_sk_notif_respond(int listener, uint64_t id, int allow, int errnum) {
+    struct seccomp_notif_resp response;
+    __builtin_memset(&response, 0, sizeof response);
+    response.id = id;
+    if (allow) response.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE; else response.error = -errnum;
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &response);
+}
 
 /// The system call number of `name` on this architecture ("read", "openat", ...), or -1 for a
 /// call this architecture does not have (aarch64 has no open, mkdir or poll).

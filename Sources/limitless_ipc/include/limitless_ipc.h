@@ -110,6 +110,9 @@ extern "C" {
 #define MSG_SUPERVISOR_DEPENDENCY_STATE   0x0507u
 #define MSG_SUPERVISOR_CAPABILITY_REVOKE  0x0508u
 #define MSG_SUPERVISOR_BLOCK_TOKEN        0x0509u
+#define MSG_SUPERVISOR_STANDBY_READY      0x050Au
+#define MSG_SUPERVISOR_STANDBY_ACTIVATE   0x050Bu
+#define MSG_SUPERVISOR_SECCOMP_LISTENER   0x050Cu
 
 /*
  * The seed's message, field for field and in its order, plus `status`. This is the C caller's
