@@ -10,6 +10,8 @@ public enum BenchError: Error, CustomStringConvertible {
     case peerTimedOut(role: String, seconds: Double)
     /// Unknown hidden role (only the benchmark itself passes --role).
     case unknownRole(String)
+    /// The allocation probe's server answered wrongly, or the probe cannot count.
+    case probe(String)
 
     public var description: String {
         switch self {
@@ -23,6 +25,8 @@ public enum BenchError: Error, CustomStringConvertible {
                 + "fewer --round-trips / --messages."
         case .unknownRole(let role):
             return "unknown peer role \"\(role)\": --role is internal to the benchmark; leave it out."
+        case .probe(let problem):
+            return "limitless-bench alloc: \(problem)."
         }
     }
 }

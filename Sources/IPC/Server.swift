@@ -79,6 +79,11 @@ public final class IPCServer: @unchecked Sendable {
     private let epollFD: Int32
     private let stopFD: Int32
     private var clients: [ClientState?]
+    /// Every client's queue of pool buffers: slot `s` owns `queueDepth` entries from
+    /// `s * queueDepth`. Kept outside `ClientState` so queueing writes through a plain pointer:
+    /// a store into an array inside an optional element of `clients` runs Array's modify
+    /// accessor, which in a debug build allocated once per request (HotPathAllocationTests).
+    private let queues: UnsafeMutablePointer<Int32>
     private var generations: [UInt32]
     private var nextConnectionID: UInt64 = 1
     private let pool: UnsafeMutableRawPointer
@@ -128,7 +133,6 @@ public final class IPCServer: @unchecked Sendable {
         var connection: IPCConnection
         /// Its shared-memory handles, shared with its ring's thread.
         let regions: SharedRegionTable
-        var queue: [Int32]
         var queueHead = 0
         var queueCount = 0
         var protocolErrors = 0
@@ -168,6 +172,8 @@ public final class IPCServer: @unchecked Sendable {
         self.epollFD = epollFD
         self.stopFD = stopFD
         clients = Array(repeating: nil, count: configuration.maxClients)
+        queues = .allocate(capacity: configuration.maxClients * configuration.queueDepth)
+        queues.initialize(repeating: -1, count: configuration.maxClients * configuration.queueDepth)
         generations = Array(repeating: 0, count: configuration.maxClients)
         let poolBytes = configuration.bufferPoolSize * Message.maxDatagramSize
         let poolBase = mmap(nil, poolBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
@@ -187,6 +193,7 @@ public final class IPCServer: @unchecked Sendable {
         scratch.deallocate()
         replyBuffer.deallocate()
         events.deallocate()
+        queues.deallocate()
     }
 
     // MARK: Running
@@ -309,8 +316,7 @@ public final class IPCServer: @unchecked Sendable {
             }
             clients[slot] = ClientState(
                 fd: fd, connection: connection,
-                regions: SharedRegionTable(capacity: configuration.maxHandlesPerClient),
-                queue: Array(repeating: -1, count: configuration.queueDepth))
+                regions: SharedRegionTable(capacity: configuration.maxHandlesPerClient))
             connections.wrappingIncrement(ordering: .relaxed)
         }
     }
@@ -326,8 +332,8 @@ public final class IPCServer: @unchecked Sendable {
         }
         var position = client.queueHead
         for _ in 0..<client.queueCount {
-            releaseBuffer(client.queue[position])
-            position = (position + 1) % client.queue.count
+            releaseBuffer(queues[slot * configuration.queueDepth + position])
+            position = (position + 1) % configuration.queueDepth
         }
         if client.deferred > 0 {
             // A deferred answer may still be using a region (copying into it): keep them all
@@ -404,7 +410,7 @@ public final class IPCServer: @unchecked Sendable {
             poolLengths[Int(buffer)] = count
             poolFDs[Int(buffer)] = fdCount == 1 ? fds.0 : (fdCount > 1 ? -2 : -1)
             fds = (-1, -1)
-            clients[slot]!.queue[(client.queueHead + client.queueCount) % configuration.queueDepth] = buffer
+            queues[slot * configuration.queueDepth + (client.queueHead + client.queueCount) % configuration.queueDepth] = buffer
             clients[slot]!.queueCount += 1
         }
     }
@@ -417,7 +423,7 @@ public final class IPCServer: @unchecked Sendable {
             progress = false
             for slot in clients.indices {
                 guard let client = clients[slot], client.queueCount > 0, client.pendingReplies.isEmpty else { continue }
-                let buffer = client.queue[client.queueHead]
+                let buffer = queues[slot * configuration.queueDepth + client.queueHead]
                 if client.deferred > 0 && (client.deferred >= configuration.maxDeferredPerClient || releasesRegion(buffer)) {
                     continue  // paused until answers complete
                 }

@@ -138,7 +138,9 @@ public final class BlockServer: @unchecked Sendable {
         let sharedWritable: Bool
         if case .shared = message.data { sharedWritable = payload.writableData != nil } else { sharedWritable = true }
         let request: BlockRequest
-        switch BlockRequestDecoder.decode(message, sharedWritable: sharedWritable, geometry: device.geometry) {
+        // A closure literal, not `device.geometry`: the partially applied method of an
+        // existential allocated a context per request (HotPathAllocationTests).
+        switch BlockRequestDecoder.decode(message, sharedWritable: sharedWritable, geometry: { device.geometry($0) }) {
         case .failure(let status): return .error(status)
         case .success(let decoded): request = decoded
         }
@@ -380,7 +382,7 @@ public final class BlockServer: @unchecked Sendable {
             ringCompletions += 1
         }
         if ringCompletions > 0 {
-            for ring in rings { ring.publishCompletions() }
+            for index in rings.indices { rings[index].publishCompletions() }  // no iterator: see pollRings
             ringRequests &+= UInt64(ringCompletions)
         }
         return count
@@ -406,7 +408,8 @@ public final class BlockServer: @unchecked Sendable {
         guard let queued, !rings.isEmpty else { return 0 }
         var work = reapDevice()
         queued.beginBatch()
-        for (index, ring) in rings.enumerated() {
+        for index in rings.indices {  // not enumerated(): unspecialized in a debug build, it allocated per pass
+            let ring = rings[index]
             guard let available = ring.published(), available > 0 else { continue }
             var room = ring.completionRoom()
             var taken = 0, refused = 0

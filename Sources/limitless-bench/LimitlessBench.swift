@@ -6,7 +6,7 @@ struct LimitlessBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "limitless-bench",
         abstract: "Benchmarks that print figures (never timed assertions).",
-        subcommands: [IPC.self, SupervisorCommand.self, VFSCommand.self])
+        subcommands: [IPC.self, SupervisorCommand.self, VFSCommand.self, AllocCommand.self])
 }
 
 struct IPC: ParsableCommand {
