@@ -49,7 +49,7 @@ final class HotPathAllocationTests: XCTestCase {
             let output = try run(bench, ["alloc", "--path", path.rawValue, "--name", server.name, "--directory", directory,
                                          "--server-counters", server.counters, "--count", String(Self.count), "--warmup", "500"],
                                  preload: preload, counters: directory + "/client-\(path.rawValue).counters", log: "client-\(path.rawValue).log")
-            check(output, path: path.rawValue)
+            check(output, path: path.rawValue, serverLog: server.log)
         }
     }
 
@@ -65,14 +65,20 @@ final class HotPathAllocationTests: XCTestCase {
             let output = try run(client, [String(ipc.pid), mode, ipc.counters, String(Self.count * 5)], preload: preload,
                                  counters: directory + "/c-\(mode).counters", log: "c-\(mode).log",
                                  environment: ["LIMITLESS_RUNTIME_DIR=" + directory])
-            check(output, path: "c-" + mode)
+            check(output, path: "c-" + mode, serverLog: ipc.log)
         }
     }
 
     // MARK: Checking
 
-    /// Two `alloc PATH ops=N key=value...` lines, N then 10 N: every *_allocs 0.
-    private func check(_ output: String, path: String, file: StaticString = #filePath, line: UInt = #line) {
+    /// Two `alloc PATH ops=N key=value...` lines, N then 10 N: every *_allocs 0. A failure says how
+    /// to find the allocation; with LIMITLESS_ALLOC_TRACE set it carries both processes' backtraces.
+    private func check(_ output: String, path: String, serverLog: String, file: StaticString = #filePath, line: UInt = #line) {
+        var location = "rerun with LIMITLESS_ALLOC_TRACE=1 for backtraces"
+        if getenv("LIMITLESS_ALLOC_TRACE") != nil {
+            let server = (try? String(contentsOfFile: serverLog, encoding: .utf8)) ?? ""
+            location = "client output and backtraces:\n\(output)\nserver log (all paths so far):\n\(server)"
+        }
         let lines = output.split(separator: "\n").filter { $0.hasPrefix("alloc \(path) ") }
         XCTAssertEqual(lines.count, 2, "\(path): expected two window lines, got:\n\(output)", file: file, line: line)
         for text in lines {
@@ -82,9 +88,9 @@ final class HotPathAllocationTests: XCTestCase {
                 let parts = field.split(separator: "=")
                 if parts.count == 2, let value = UInt64(parts[1]) { fields[String(parts[0])] = value }
             }
-            XCTAssertNotNil(fields["ops"], text, file: file, line: line)
-            XCTAssertEqual(fields["client_allocs"], 0, "\(path): the client allocated in the window: \(text)", file: file, line: line)
-            XCTAssertEqual(fields["server_allocs"], 0, "\(path): the server allocated in the window: \(text)", file: file, line: line)
+            XCTAssertNotNil(fields["ops"], String(text), file: file, line: line)
+            XCTAssertEqual(fields["client_allocs"], 0, "\(path): the client allocated in the window: \(text); \(location)", file: file, line: line)
+            XCTAssertEqual(fields["server_allocs"], 0, "\(path): the server allocated in the window: \(text); \(location)", file: file, line: line)
         }
     }
 
@@ -94,6 +100,7 @@ final class HotPathAllocationTests: XCTestCase {
         var pid: pid_t
         var name: String
         var counters: String
+        var log: String
     }
 
     private func benchExecutable() throws -> String {
@@ -128,7 +135,7 @@ final class HotPathAllocationTests: XCTestCase {
         children.append(pid)
         for _ in 0..<1000 {
             if let text = try? String(contentsOfFile: log, encoding: .utf8), text.contains("serving"), access(counters, R_OK) == 0 {
-                return Server(pid: pid, name: name, counters: counters)
+                return Server(pid: pid, name: name, counters: counters, log: log)
             }
             usleep(10_000)
         }
