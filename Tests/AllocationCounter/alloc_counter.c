@@ -112,9 +112,13 @@ void free(void *pointer) {
  * in Swift 6.3 their adapter masks the object pointer before the hook sees it, so a tagged
  * non-pointer bridge value (a small String) reaches the real retain as a bad pointer and
  * crashes. Each name resolves its real definition (RTLD_NEXT) on first use. */
-#define REAL(name, type, ...) \
-    static type real = NULL; \
-    if (real == NULL) real = (type)dlsym(RTLD_NEXT, name)
+#define REAL(name, type)                                        \
+    static type resolved;                                       \
+    type real = __atomic_load_n(&resolved, __ATOMIC_RELAXED);   \
+    if (real == NULL) {                                         \
+        real = (type)dlsym(RTLD_NEXT, name);                    \
+        __atomic_store_n(&resolved, real, __ATOMIC_RELAXED);    \
+    }
 
 typedef void *(*retain_fn)(void *);
 typedef void *(*retain_n_fn)(void *, uint32_t);
@@ -126,46 +130,39 @@ static inline void counted_retain(void) {
     trace(&counters->trace_retains, "a retain");
 }
 
-void *swift_retain(void *object) {
-    REAL("swift_retain", retain_fn);
-    counted_retain();
-    return real(object);
-}
-void *swift_retain_n(void *object, uint32_t n) {
-    REAL("swift_retain_n", retain_n_fn);
-    counted_retain();
-    return real(object, n);
-}
-void *swift_bridgeObjectRetain(void *object) {
-    REAL("swift_bridgeObjectRetain", retain_fn);
-    counted_retain();
-    return real(object);
-}
-void *swift_bridgeObjectRetain_n(void *object, uint32_t n) {
-    REAL("swift_bridgeObjectRetain_n", retain_n_fn);
-    counted_retain();
-    return real(object, n);
-}
-void swift_release(void *object) {
-    REAL("swift_release", release_fn);
-    ADD(releases, 1);
-    real(object);
-}
-void swift_release_n(void *object, uint32_t n) {
-    REAL("swift_release_n", release_n_fn);
-    ADD(releases, 1);
-    real(object, n);
-}
-void swift_bridgeObjectRelease(void *object) {
-    REAL("swift_bridgeObjectRelease", release_fn);
-    ADD(releases, 1);
-    real(object);
-}
-void swift_bridgeObjectRelease_n(void *object, uint32_t n) {
-    REAL("swift_bridgeObjectRelease_n", release_n_fn);
-    ADD(releases, 1);
-    real(object, n);
-}
+#define COUNTED_RETAIN(name)                \
+    void *name(void *object) {              \
+        REAL(#name, retain_fn);             \
+        counted_retain();                   \
+        return real(object);                \
+    }
+#define COUNTED_RETAIN_N(name)              \
+    void *name(void *object, uint32_t n) {  \
+        REAL(#name, retain_n_fn);           \
+        counted_retain();                   \
+        return real(object, n);             \
+    }
+#define COUNTED_RELEASE(name)               \
+    void name(void *object) {               \
+        REAL(#name, release_fn);            \
+        ADD(releases, 1);                   \
+        real(object);                       \
+    }
+#define COUNTED_RELEASE_N(name)             \
+    void name(void *object, uint32_t n) {   \
+        REAL(#name, release_n_fn);          \
+        ADD(releases, 1);                   \
+        real(object, n);                    \
+    }
+
+COUNTED_RETAIN(swift_retain)
+COUNTED_RETAIN_N(swift_retain_n)
+COUNTED_RETAIN(swift_bridgeObjectRetain)
+COUNTED_RETAIN_N(swift_bridgeObjectRetain_n)
+COUNTED_RELEASE(swift_release)
+COUNTED_RELEASE_N(swift_release_n)
+COUNTED_RELEASE(swift_bridgeObjectRelease)
+COUNTED_RELEASE_N(swift_bridgeObjectRelease_n)
 
 __attribute__((constructor)) static void start_counting(void) {
     /* The unwinder loads on first use: do it now, outside any measured window. */
