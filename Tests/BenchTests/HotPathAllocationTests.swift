@@ -124,7 +124,7 @@ final class HotPathAllocationTests: XCTestCase {
         let (spawned, status, text) = spawnAndWait("cc", arguments, environment: [], log: directory + "/cc.log", search: true)
         if spawned == ENOENT { throw XCTSkip("no C compiler: `cc` is not on PATH") }
         XCTAssertEqual(spawned, 0, "posix_spawnp(cc): \(spawned)")
-        guard status == 0 else { throw XCTSkip("cc failed (status \(status)): \(text)") }
+        guard status == 0 else { throw ProbeError(description: "cc failed (status \(status)):\n\(text)") }
     }
 
     private func startServer(_ bench: String, _ kind: HotPathProbe.ServerKind, name: String, preload: String) throws -> Server {
@@ -139,8 +139,8 @@ final class HotPathAllocationTests: XCTestCase {
             }
             usleep(10_000)
         }
-        XCTFail("the \(kind.rawValue) server did not start within 10 s: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
-        throw XCTSkip("no server")
+        throw ProbeError(description: "the \(kind.rawValue) server did not start within 10 s: "
+            + ((try? String(contentsOfFile: log, encoding: .utf8)) ?? ""))
     }
 
     private func run(_ program: String, _ arguments: [String], preload: String, counters: String, log: String,
@@ -165,6 +165,7 @@ final class HotPathAllocationTests: XCTestCase {
     }
 
     private struct SpawnError: Error { let code: Int32 }
+    private struct ProbeError: Error, CustomStringConvertible { let description: String }
 
     /// posix_spawn(p) with stdout and stderr to `log` and `environment` added (LIMITLESS_* and
     /// LD_PRELOAD from this process left out).
