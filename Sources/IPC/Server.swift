@@ -82,7 +82,7 @@ public final class IPCServer: @unchecked Sendable {
     /// Every client's queue of pool buffers: slot `s` owns `queueDepth` entries from
     /// `s * queueDepth`. Kept outside `ClientState` so queueing writes through a plain pointer:
     /// a store into an array inside an optional element of `clients` runs Array's modify
-    /// accessor, which in a debug build allocated once per request (HotPathAllocationTests).
+    /// accessor, which allocated once per request, in release builds too (HotPathAllocationTests).
     private let queues: UnsafeMutablePointer<Int32>
     private var generations: [UInt32]
     private var nextConnectionID: UInt64 = 1
