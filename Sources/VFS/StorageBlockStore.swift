@@ -1,5 +1,6 @@
 import IPC
 import Storage
+import Synchronization
 import VFSCore
 #if canImport(Glibc)
 import Glibc
@@ -37,6 +38,12 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
     /// How many times the connection was made again.
     public private(set) var reconnects = 0
     private let connect: (() throws(IPCError) -> BlockClient)?
+    /// The CAP_BLOCK_* descriptors held now (asked again whenever they are presented).
+    private let tokens: () -> [Int32]
+    /// Set by another thread after a run-time grant; read before each request (below).
+    public let tokenRefresh: TokenRefresh
+    /// How often held tokens were presented again on a live connection (after a grant).
+    public private(set) var tokenRepresentations = 0
 
     private final class Region {
         let memory: SharedMemory
@@ -103,8 +110,11 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
     /// it restarts. `tokens` gives the CAP_BLOCK_READ / CAP_BLOCK_WRITE descriptors held at the
     /// time (asked again per connection: a revoked one is gone); they are presented on every
     /// connection, the first and each one after a restart.
+    /// A CAP_BLOCK_* granted while the store runs is presented on the live connection before the
+    /// next request once someone calls `tokenRefresh.request()` (vfs_server does, from ServerKit's
+    /// onCapabilityChange).
     public convenience init(name: String, directory: String, nsid: UInt32,
-                            tokens: @escaping () -> [Int32] = { [] }) throws(FSError) {
+                            tokens: @escaping () -> [Int32] = { [] }, tokenRefresh: TokenRefresh = TokenRefresh()) throws(FSError) {
         let connect = { () throws(IPCError) -> BlockClient in
             try BlockClient.connect(name: name, directory: directory, presenting: tokens())
         }
@@ -114,15 +124,18 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
         } catch {
             throw FSError(.socketNotConnected, "no storage server at \(directory)/\(name).sock: \(error)")
         }
-        try self.init(client: client, nsid: nsid, reconnect: connect)
+        try self.init(client: client, nsid: nsid, reconnect: connect, tokens: tokens, tokenRefresh: tokenRefresh)
     }
 
     /// Opens namespace `nsid` and shares the transfer region. EIO/ENOENT name what failed.
     /// Without `reconnect`, a broken connection fails every later operation with EIO.
-    public init(client: BlockClient, nsid: UInt32, reconnect: (() throws(IPCError) -> BlockClient)? = nil) throws(FSError) {
+    public init(client: BlockClient, nsid: UInt32, reconnect: (() throws(IPCError) -> BlockClient)? = nil,
+                tokens: @escaping () -> [Int32] = { [] }, tokenRefresh: TokenRefresh = TokenRefresh()) throws(FSError) {
         self.client = client
         self.nsid = nsid
         self.connect = reconnect
+        self.tokens = tokens
+        self.tokenRefresh = tokenRefresh
         let geometry: BlockGeometry
         do {
             switch try client.openNamespace(nsid) {
@@ -273,6 +286,7 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
     /// Runs `request`; the reply's status is checked, a broken connection is made again (when
     /// this store knows how) and the request sent again, until `reconnectDeadline`.
     private func retrying(_ what: String, _ request: () throws(IPCError) -> IPCStatus) throws(FSError) {
+        if tokenRefresh.take() { presentTokensAgain() }
         var deadline: ContinuousClock.Instant?
         var backoff = Duration.milliseconds(5)
         while true {
@@ -297,6 +311,24 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
             var pause = timespec(tv_sec: Int(backoff.components.seconds), tv_nsec: Int(backoff.components.attoseconds / 1_000_000_000))
             nanosleep(&pause, nil)
             backoff = min(backoff * 2, .milliseconds(250))
+        }
+    }
+
+    /// Presents every token held now on the current connection (this thread's: the
+    /// connection is used by one thread only, so no lock). Tokens presented before are harmless
+    /// to present again (the server keeps a set). A broken connection is left to the request
+    /// that follows: its reconnect presents every token anyway.
+    private func presentTokensAgain() {
+        tokenRepresentations += 1
+        for token in tokens() {
+            do {
+                switch try client.present(token: token) {
+                case .success(let rights): log?("presented a CAP_BLOCK token granted at run time: the connection now has \(rights)")
+                case .failure(let status): log?("the storage server refused a CAP_BLOCK token granted at run time: \(status)")
+                }
+            } catch {
+                return
+            }
         }
     }
 
@@ -331,5 +363,25 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
         } catch {
             return false
         }
+    }
+}
+
+/// A flag another thread sets when the CAP_BLOCK_* descriptors this process holds changed (a
+/// run-time grant: ServerKit's onCapabilityChange runs on the supervisor link's thread). The
+/// store, on its own thread, takes it before its next request and presents the tokens then, so
+/// the connection is never used from two threads and needs no lock; the check is one atomic load.
+public final class TokenRefresh: Sendable {
+    private let pending = Atomic<Bool>(false)
+
+    public init() {}
+
+    /// Asks for the held tokens to be presented before the store's next request.
+    public func request() { pending.store(true, ordering: .releasing) }
+
+    /// Whether a presentation was asked for since the last call (clears it).
+    @inline(__always)
+    func take() -> Bool {
+        guard pending.load(ordering: .relaxed) else { return false }
+        return pending.exchange(false, ordering: .acquiring)
     }
 }

@@ -117,6 +117,76 @@ final class StorageReconnectTests: XCTestCase {
         XCTAssertEqual(back, second)
     }
 
+    /// A CAP_BLOCK_WRITE granted while the store runs (serverctl grant): once another thread
+    /// asks (`tokenRefresh.request()`, as vfs_server's onCapabilityChange handler does), the
+    /// store presents its tokens on the live connection before its next request, so the write
+    /// refused before now succeeds without a reconnect.
+    func testATokenGrantedAtRunTimeIsPresentedOnTheLiveConnection() throws {
+        let device = MemoryBlockDevice(namespaces: [1: BlockGeometry(blockSize: 512, blockCount: 4096)])
+        let directory = makeTemporaryDirectory(self)
+        let read = open(directory + "/read-token", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        let write = open(directory + "/write-token", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        XCTAssertGreaterThanOrEqual(read, 0)
+        XCTAssertGreaterThanOrEqual(write, 0)
+        let tokenServers = TokenServers()
+        addTeardownBlock {
+            tokenServers.stopAll()
+            close(read)
+            close(write)
+        }
+        let table = BlockCapabilityTokens()
+        table.update(descriptor: read, rights: .read, holder: "vfs_server")
+        table.update(descriptor: write, rights: .write, holder: "vfs_server")
+        let block = BlockServer(device: device, policy: BlockAccessPolicy(readers: .uids([]), writers: .uids([])), tokens: table)
+        let server = try block.makeIPCServer(name: "storage", directory: directory)
+        server.start()
+        tokenServers.add(block, server)
+
+        // At start the process holds CAP_BLOCK_READ only.
+        let held = HeldTokens([read])
+        let refresh = TokenRefresh()
+        let store = try StorageBlockStore(name: "storage", directory: directory, nsid: 1, tokens: { held.current }, tokenRefresh: refresh)
+        var lines: [String] = []
+        store.log = { lines.append($0) }
+        let data = pattern(4096, seed: 6)
+        XCTAssertThrowsError(try data.withUnsafeBytes { try store.write(at: 0, from: $0) }) { error in
+            XCTAssertEqual((error as? FSError)?.errno, .permissionDenied, "\(error)")
+        }
+        var back = [UInt8](repeating: 0, count: 4096)
+        try back.withUnsafeMutableBytes { try store.read(at: 0, into: $0) }
+        XCTAssertEqual(store.tokenRepresentations, 0)
+
+        // The grant arrives on another thread (ServerKit's supervisor link).
+        held.current = [read, write]
+        let granted = expectation(description: "granted")
+        DispatchQueue.global().async {
+            refresh.request()
+            granted.fulfill()
+        }
+        wait(for: [granted], timeout: 10)
+        try data.withUnsafeBytes { try store.write(at: 0, from: $0) }
+        XCTAssertEqual(store.tokenRepresentations, 1)
+        XCTAssertEqual(store.reconnects, 0, "presented on the same connection")
+        XCTAssertTrue(lines.contains { $0.contains("granted at run time") && $0.contains("CAP_BLOCK_WRITE") }, "\(lines)")
+        try back.withUnsafeMutableBytes { try store.read(at: 0, into: $0) }
+        XCTAssertEqual(back, data)
+        // Presented once: later requests do not present again.
+        try data.withUnsafeBytes { try store.write(at: 4096, from: $0) }
+        XCTAssertEqual(store.tokenRepresentations, 1)
+        XCTAssertEqual(block.connectionsWithTokens, 1)
+    }
+
+    /// The descriptors a test process "holds", changed by the test between requests.
+    private final class HeldTokens: @unchecked Sendable {
+        private let lock = NSLock()
+        private var tokens: [Int32]
+        init(_ tokens: [Int32]) { self.tokens = tokens }
+        var current: [Int32] {
+            get { lock.lock(); defer { lock.unlock() }; return tokens }
+            set { lock.lock(); tokens = newValue; lock.unlock() }
+        }
+    }
+
     private final class TokenServers: @unchecked Sendable {
         private var servers: [(BlockServer, IPCServer)] = []
         private let lock = NSLock()
