@@ -76,29 +76,9 @@ final class StorageReconnectTests: XCTestCase {
     /// its CAP_BLOCK_* tokens on the first connection and again after the restart, where the new
     /// server learned the same tokens afresh (from the supervisor, in storage_server).
     func testTokensArePresentedAgainAfterARestart() throws {
-        let device = MemoryBlockDevice(namespaces: [1: BlockGeometry(blockSize: 512, blockCount: 4096)])
-        let directory = makeTemporaryDirectory(self)
-        // Any file serves as a token here; the supervisor's are sealed memfds.
-        let read = open(directory + "/read-token", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        let write = open(directory + "/write-token", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        XCTAssertGreaterThanOrEqual(read, 0)
-        XCTAssertGreaterThanOrEqual(write, 0)
-        let tokenServers = TokenServers()
-        addTeardownBlock {
-            tokenServers.stopAll()
-            close(read)
-            close(write)
-        }
-        func start() throws {
-            let tokens = BlockCapabilityTokens()
-            tokens.update(descriptor: read, rights: .read, holder: "vfs_server")
-            tokens.update(descriptor: write, rights: .write, holder: "vfs_server")
-            let block = BlockServer(device: device, policy: BlockAccessPolicy(readers: .uids([]), writers: .uids([])), tokens: tokens)
-            let server = try block.makeIPCServer(name: "storage", directory: directory)
-            server.start()
-            tokenServers.add(block, server)
-        }
-        try start()
+        let fixture = makeTokenFixture()
+        let (directory, read, write, tokenServers) = (fixture.directory, fixture.read, fixture.write, fixture.servers)
+        try fixture.start()
         // Without tokens even root is refused by this server.
         XCTAssertThrowsError(try StorageBlockStore(name: "storage", directory: directory, nsid: 1))
         let store = try StorageBlockStore(name: "storage", directory: directory, nsid: 1, tokens: { [read, write] })
@@ -106,7 +86,7 @@ final class StorageReconnectTests: XCTestCase {
         try first.withUnsafeBytes { try store.write(at: 0, from: $0) }
         XCTAssertEqual(tokenServers.last.connectionsWithTokens, 1)
         tokenServers.stopAll()
-        try start()
+        try fixture.start()
         let second = pattern(4096, seed: 5)
         try second.withUnsafeBytes { try store.write(at: 8192, from: $0) }
         XCTAssertEqual(store.reconnects, 1)
@@ -122,25 +102,10 @@ final class StorageReconnectTests: XCTestCase {
     /// store presents its tokens on the live connection before its next request, so the write
     /// refused before now succeeds without a reconnect.
     func testATokenGrantedAtRunTimeIsPresentedOnTheLiveConnection() throws {
-        let device = MemoryBlockDevice(namespaces: [1: BlockGeometry(blockSize: 512, blockCount: 4096)])
-        let directory = makeTemporaryDirectory(self)
-        let read = open(directory + "/read-token", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        let write = open(directory + "/write-token", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        XCTAssertGreaterThanOrEqual(read, 0)
-        XCTAssertGreaterThanOrEqual(write, 0)
-        let tokenServers = TokenServers()
-        addTeardownBlock {
-            tokenServers.stopAll()
-            close(read)
-            close(write)
-        }
-        let table = BlockCapabilityTokens()
-        table.update(descriptor: read, rights: .read, holder: "vfs_server")
-        table.update(descriptor: write, rights: .write, holder: "vfs_server")
-        let block = BlockServer(device: device, policy: BlockAccessPolicy(readers: .uids([]), writers: .uids([])), tokens: table)
-        let server = try block.makeIPCServer(name: "storage", directory: directory)
-        server.start()
-        tokenServers.add(block, server)
+        let fixture = makeTokenFixture()
+        let (directory, read, write) = (fixture.directory, fixture.read, fixture.write)
+        try fixture.start()
+        let block = fixture.servers.last
 
         // At start the process holds CAP_BLOCK_READ only.
         let held = HeldTokens([read])
@@ -174,6 +139,44 @@ final class StorageReconnectTests: XCTestCase {
         try data.withUnsafeBytes { try store.write(at: 4096, from: $0) }
         XCTAssertEqual(store.tokenRepresentations, 1)
         XCTAssertEqual(block.connectionsWithTokens, 1)
+    }
+
+    /// A RAM device served by block servers that admit nobody without a token (not even
+    /// root), and two tokens they know: CAP_BLOCK_READ and CAP_BLOCK_WRITE of "vfs_server".
+    private struct TokenFixture {
+        let device = MemoryBlockDevice(namespaces: [1: BlockGeometry(blockSize: 512, blockCount: 4096)])
+        let directory: String
+        let read: Int32
+        let write: Int32
+        let servers = TokenServers()
+
+        /// A new server on the device (the first, or one after a "restart") that learned both tokens.
+        func start() throws {
+            let tokens = BlockCapabilityTokens()
+            tokens.update(descriptor: read, rights: .read, holder: "vfs_server")
+            tokens.update(descriptor: write, rights: .write, holder: "vfs_server")
+            let block = BlockServer(device: device, policy: BlockAccessPolicy(readers: .uids([]), writers: .uids([])), tokens: tokens)
+            let server = try block.makeIPCServer(name: "storage", directory: directory)
+            server.start()
+            servers.add(block, server)
+        }
+    }
+
+    private func makeTokenFixture() -> TokenFixture {
+        let directory = makeTemporaryDirectory(self)
+        // Any file serves as a token here; the supervisor's are sealed memfds.
+        let read = open(directory + "/read-token", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        let write = open(directory + "/write-token", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        XCTAssertGreaterThanOrEqual(read, 0)
+        XCTAssertGreaterThanOrEqual(write, 0)
+        let fixture = TokenFixture(directory: directory, read: read, write: write)
+        let servers = fixture.servers
+        addTeardownBlock {
+            servers.stopAll()
+            close(read)
+            close(write)
+        }
+        return fixture
     }
 
     /// The descriptors a test process "holds", changed by the test between requests.
