@@ -320,17 +320,32 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
     /// that follows: its reconnect presents every token anyway.
     private func presentTokensAgain() {
         tokenRepresentations += 1
+        var refused = false
         for token in tokens() {
             do {
                 switch try client.present(token: token) {
                 case .success(let rights): log?("presented a CAP_BLOCK token granted at run time: the connection now has \(rights)")
-                case .failure(let status): log?("the storage server refused a CAP_BLOCK token granted at run time: \(status)")
+                case .failure(let status):
+                    refused = true
+                    log?("the storage server refused a CAP_BLOCK token granted at run time: \(status)")
                 }
             } catch {
                 return
             }
         }
+        // The supervisor tells the storage server of the grant before this process, but each
+        // reads its channel on its own: a token presented before the storage server learned it
+        // is refused. Present again before the next few requests, then give up (a token it never
+        // learns would otherwise cost a round trip per request).
+        if refused && presentationRetries < Self.presentationRetryLimit {
+            presentationRetries += 1
+            tokenRefresh.request()
+        } else {
+            presentationRetries = 0
+        }
     }
+    private var presentationRetries = 0
+    private static let presentationRetryLimit = 10
 
     /// The errors that mean the server went away (not that it refused the request).
     private static func isBrokenConnection(_ error: IPCError) -> Bool {

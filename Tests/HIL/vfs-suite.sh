@@ -221,6 +221,20 @@ grep -q "lacks CAP_BLOCK_WRITE (it presented tokens for CAP_BLOCK_READ)" <<<"$re
 result $? "supervised: storage_server refused it: ${refusal:-no refusal logged}"
 grep -q "vfs's block token withdrawn" <<<"$(storage_log)"
 result $? "supervised: storage_server was told the token is withdrawn"
+
+# Granting it back at run time: vfs_server presents the new token on its live connection before
+# its next block request (neither server restarts), and writes work again.
+vfs_pid=$(server_pid vfs)
+vfs_log() { ctl logs vfs 2>&1; }
+ctl grant vfs CAP_BLOCK_WRITE >"$work/out" 2>&1
+result $? "supervised: serverctl grant vfs CAP_BLOCK_WRITE" || cat "$work/out"
+echo "after the grant" >"$work/cap4.txt"
+fs put "$work/cap4.txt" /data/cap4.txt >"$work/out" 2>&1 && fs get /data/cap4.txt "$work/cap4.back" >>"$work/out" 2>&1 &&
+	cmp -s "$work/cap4.txt" "$work/cap4.back"
+result $? "supervised: after the grant a write through vfs_server works again" || { cat "$work/out"; vfs_log | tail -20; }
+presented=$(grep -m1 -o "presented a CAP_BLOCK token granted at run time.*" <<<"$(vfs_log)")
+[[ -n $vfs_pid && $(server_pid vfs) == "$vfs_pid" && $presented == *CAP_BLOCK_WRITE* ]]
+result $? "supervised: the same vfs_server (pid $vfs_pid) ${presented:-presented nothing}" || vfs_log | tail -20
 kill -TERM "$supervisor"
 wait "$supervisor"
 result $? "supervised: limitless-supervisor stops with exit 0"

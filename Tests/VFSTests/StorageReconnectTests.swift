@@ -141,6 +141,27 @@ final class StorageReconnectTests: XCTestCase {
         XCTAssertEqual(block.connectionsWithTokens, 1)
     }
 
+    /// The grant reaches this process before the storage server has learned the token (each
+    /// reads its supervisor channel on its own): the refused presentation is made again before
+    /// the next request, which then works.
+    func testATokenPresentedBeforeTheServerKnowsItIsPresentedAgain() throws {
+        let fixture = makeTokenFixture()
+        let table = try fixture.start(knowingWrite: false)
+        let refresh = TokenRefresh()
+        let store = try StorageBlockStore(name: "storage", directory: fixture.directory, nsid: 1,
+                                          tokens: { [fixture.read, fixture.write] }, tokenRefresh: refresh)
+        let data = pattern(4096, seed: 7)
+        refresh.request()
+        XCTAssertThrowsError(try data.withUnsafeBytes { try store.write(at: 0, from: $0) })
+        XCTAssertEqual(store.tokenRepresentations, 1)
+        table.update(descriptor: fixture.write, rights: .write, holder: "vfs_server")
+        try data.withUnsafeBytes { try store.write(at: 0, from: $0) }
+        XCTAssertEqual(store.tokenRepresentations, 2)
+        try data.withUnsafeBytes { try store.write(at: 4096, from: $0) }
+        XCTAssertEqual(store.tokenRepresentations, 2, "accepted: not presented again")
+        XCTAssertEqual(store.reconnects, 0)
+    }
+
     /// A RAM device served by block servers that admit nobody without a token (not even
     /// root), and two tokens they know: CAP_BLOCK_READ and CAP_BLOCK_WRITE of "vfs_server".
     private struct TokenFixture {
@@ -150,15 +171,18 @@ final class StorageReconnectTests: XCTestCase {
         let write: Int32
         let servers = TokenServers()
 
-        /// A new server on the device (the first, or one after a "restart") that learned both tokens.
-        func start() throws {
+        /// A new server on the device (the first, or one after a "restart") that learned both
+        /// tokens (the read token only unless `knowingWrite`); its table, to teach it more.
+        @discardableResult
+        func start(knowingWrite: Bool = true) throws -> BlockCapabilityTokens {
             let tokens = BlockCapabilityTokens()
             tokens.update(descriptor: read, rights: .read, holder: "vfs_server")
-            tokens.update(descriptor: write, rights: .write, holder: "vfs_server")
+            if knowingWrite { tokens.update(descriptor: write, rights: .write, holder: "vfs_server") }
             let block = BlockServer(device: device, policy: BlockAccessPolicy(readers: .uids([]), writers: .uids([])), tokens: tokens)
             let server = try block.makeIPCServer(name: "storage", directory: directory)
             server.start()
             servers.add(block, server)
+            return tokens
         }
     }
 
