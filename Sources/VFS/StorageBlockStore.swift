@@ -321,17 +321,22 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
     private func presentTokensAgain() {
         tokenRepresentations += 1
         var refused = false
-        for token in tokens() {
+        var rights = BlockRights()
+        let held = tokens()
+        for token in held {
             do {
                 switch try client.present(token: token) {
-                case .success(let rights): log?("presented a CAP_BLOCK token granted at run time: the connection now has \(rights)")
+                case .success(let now): rights = now
                 case .failure(let status):
                     refused = true
-                    log?("the storage server refused a CAP_BLOCK token granted at run time: \(status)")
+                    log?("the storage server refused a CAP_BLOCK token held since a run-time grant: \(status)")
                 }
             } catch {
                 return
             }
+        }
+        if !rights.isEmpty {
+            log?("presented the \(held.count) CAP_BLOCK tokens held since a run-time grant: the connection now has \(rights)")
         }
         // The supervisor tells the storage server of the grant before this process, but each
         // reads its channel on its own: a token presented before the storage server learned it

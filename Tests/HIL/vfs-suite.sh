@@ -232,7 +232,7 @@ echo "after the grant" >"$work/cap4.txt"
 fs put "$work/cap4.txt" /data/cap4.txt >"$work/out" 2>&1 && fs get /data/cap4.txt "$work/cap4.back" >>"$work/out" 2>&1 &&
 	cmp -s "$work/cap4.txt" "$work/cap4.back"
 result $? "supervised: after the grant a write through vfs_server works again" || { cat "$work/out"; vfs_log | tail -20; }
-presented=$(grep -m1 -o "presented a CAP_BLOCK token granted at run time.*" <<<"$(vfs_log)")
+presented=$(grep -m1 -o "presented the [0-9]* CAP_BLOCK tokens held since a run-time grant.*" <<<"$(vfs_log)")
 [[ -n $vfs_pid && $(server_pid vfs) == "$vfs_pid" && $presented == *CAP_BLOCK_WRITE* ]]
 result $? "supervised: the same vfs_server (pid $vfs_pid) ${presented:-presented nothing}" || vfs_log | tail -20
 kill -TERM "$supervisor"

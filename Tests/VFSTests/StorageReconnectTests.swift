@@ -132,7 +132,7 @@ final class StorageReconnectTests: XCTestCase {
         try data.withUnsafeBytes { try store.write(at: 0, from: $0) }
         XCTAssertEqual(store.tokenRepresentations, 1)
         XCTAssertEqual(store.reconnects, 0, "presented on the same connection")
-        XCTAssertTrue(lines.contains { $0.contains("granted at run time") && $0.contains("CAP_BLOCK_WRITE") }, "\(lines)")
+        XCTAssertTrue(lines.contains { $0.contains("held since a run-time grant") && $0.contains("now has CAP_BLOCK_READ+CAP_BLOCK_WRITE") }, "\(lines)")
         try back.withUnsafeMutableBytes { try store.read(at: 0, into: $0) }
         XCTAssertEqual(back, data)
         // Presented once: later requests do not present again.
