@@ -146,7 +146,7 @@ mount -t ext3 -o data=ordered "$dev" "$mnt"
 result $? "mount -t ext3 -o data=ordered $dev ($(grep " $mnt " /proc/mounts | cut -d' ' -f3,4))" || finish
 mounted=1
 start_vfs
-result $? "vfs_server mounts namespace 1 through storage_server ($(grep -m1 -o 'mounted ext2 at /' "$work/vfs.log"))" ||
+result $? "vfs_server mounts namespace 1 through storage_server ($(grep -m1 -o 'mounted ext3 at /' "$work/vfs.log"))" ||
 	{ tail -20 "$work/vfs.log"; finish; }
 
 # Rounds alternate the sides (kernel, ours, kernel, ours...), so load from elsewhere on the shared

@@ -10,7 +10,10 @@ import Glibc
 /// it collects in the running transaction and reaches the disk through the journal on commit
 /// (Transaction.swift). Single-threaded, as the `FileSystem` contract promises.
 public final class Ext2FileSystem: FileSystem {
-    public var typeName: String { "ext2" }
+    /// "ext3" when the image has a journal (has_journal: it was opened, replayed if needed, and
+    /// journals this mount's changes when read-write), "ext2" otherwise: what `df` and the mount
+    /// log show, as Linux names the two.
+    public let typeName: String
     public var rootInode: InodeNumber { 2 }
     public internal(set) var isReadOnly: Bool
 
@@ -57,6 +60,7 @@ public final class Ext2FileSystem: FileSystem {
         directIO = geometry.blockSize % store.sectorSize == 0
 
         let hasJournal = sb.featureCompat & Features.compatHasJournal != 0
+        typeName = hasJournal ? "ext3" : "ext2"
         // needs_recovery means something only with a journal to recover from.
         let understood = Features.incompatSupported | (hasJournal ? Features.incompatRecover : 0)
         let unknownIncompat = sb.featureIncompat & ~understood

@@ -23,6 +23,11 @@ public final class BlockServer: @unchecked Sendable {
     private var presented = PresentedCapabilities()
     /// Requests refused for a missing capability.
     public private(set) var refusals: UInt64 = 0
+    /// Refusals per connection (serving thread only): the first is logged, then one line per
+    /// `refusalLogInterval` and one when the connection ends, so a ring client without rights
+    /// cannot flood the log with a line per request.
+    private var refusalsByConnection: [UInt64: UInt64] = [:]
+    public var refusalLogInterval: UInt64 = 1000
     let log: @Sendable (String) -> Void
     /// Where routine access news goes (a token presented); `log` gets refusals and errors.
     public var info: @Sendable (String) -> Void = { _ in }
@@ -219,9 +224,14 @@ public final class BlockServer: @unchecked Sendable {
 
     private func refuse(_ type: MessageType, needing rights: BlockRights, client: UInt64, uid: UInt32, pid: Int32) {
         refusals &+= 1
+        let count = (refusalsByConnection[client] ?? 0) &+ 1
+        refusalsByConnection[client] = count
+        guard count == 1 || count % refusalLogInterval == 0 else { return }
         let proved = presented.rights(client: client, table: tokens)
         log("refused \(type) from connection \(client) (pid \(pid), uid \(uid)): it lacks \(rights) ("
-            + (proved.map { "it presented tokens for \($0)" } ?? "no token presented, and uid \(uid) is not allowed by --allow-uid") + ")")
+            + (proved.map { "it presented tokens for \($0)" } ?? "no token presented, and uid \(uid) is not allowed by --allow-uid") + ")"
+            + (count == 1 ? "; further refusals on this connection are counted, logged every \(refusalLogInterval) and when it closes"
+                          : "; \(count) refused on this connection so far"))
     }
 
     /// MSG_BLOCK_PRESENT_CAPABILITY: identifies the token by its file (the IPC server closes the
@@ -243,6 +253,9 @@ public final class BlockServer: @unchecked Sendable {
     /// Forgets what connection `client` presented (its connection ended).
     func connectionEnded(_ client: UInt64) {
         presented.forget(client: client)
+        if let count = refusalsByConnection.removeValue(forKey: client), count > 1 {
+            log("connection \(client) closed after \(count) refused requests")
+        }
     }
 
     /// Connections that presented tokens and are still open.

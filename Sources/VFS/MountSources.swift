@@ -26,10 +26,12 @@ public enum MountSources {
     }
 
     /// Namespace `nsid` of the storage server at `directory/name.sock`, presenting `tokens()`
-    /// (the CAP_BLOCK_* descriptors held then) on each connection.
-    public static func storage(name: String, directory: String, nsid: UInt32, tokens: @escaping () -> [Int32] = { [] }, readOnly: Bool, cachePages: Int,
+    /// (the CAP_BLOCK_* descriptors held then) on each connection, and on the live one again
+    /// after `tokenRefresh.request()` (a run-time grant).
+    public static func storage(name: String, directory: String, nsid: UInt32, tokens: @escaping () -> [Int32] = { [] },
+                               tokenRefresh: TokenRefresh = TokenRefresh(), readOnly: Bool, cachePages: Int,
                                log: @escaping (String) -> Void) throws(FSError) -> Mounted {
-        let store = try StorageBlockStore(name: name, directory: directory, nsid: nsid, tokens: tokens)
+        let store = try StorageBlockStore(name: name, directory: directory, nsid: nsid, tokens: tokens, tokenRefresh: tokenRefresh)
         let what = "storage \(name) nsid \(nsid) (\(store.capacity / UInt64(store.sectorSize)) blocks of \(store.sectorSize))"
         // The page cache takes its pool from the store (registered with the server: the device
         // DMAs straight into cached pages); say whether that worked.

@@ -1,5 +1,6 @@
 import IPC
 import Storage
+import Synchronization
 import VFSCore
 #if canImport(Glibc)
 import Glibc
@@ -37,6 +38,12 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
     /// How many times the connection was made again.
     public private(set) var reconnects = 0
     private let connect: (() throws(IPCError) -> BlockClient)?
+    /// The CAP_BLOCK_* descriptors held now (asked again whenever they are presented).
+    private let tokens: () -> [Int32]
+    /// Set by another thread after a run-time grant; read before each request (below).
+    public let tokenRefresh: TokenRefresh
+    /// How often held tokens were presented again on a live connection (after a grant).
+    public private(set) var tokenRepresentations = 0
 
     private final class Region {
         let memory: SharedMemory
@@ -103,8 +110,11 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
     /// it restarts. `tokens` gives the CAP_BLOCK_READ / CAP_BLOCK_WRITE descriptors held at the
     /// time (asked again per connection: a revoked one is gone); they are presented on every
     /// connection, the first and each one after a restart.
+    /// A CAP_BLOCK_* granted while the store runs is presented on the live connection before the
+    /// next request once someone calls `tokenRefresh.request()` (vfs_server does, from ServerKit's
+    /// onCapabilityChange).
     public convenience init(name: String, directory: String, nsid: UInt32,
-                            tokens: @escaping () -> [Int32] = { [] }) throws(FSError) {
+                            tokens: @escaping () -> [Int32] = { [] }, tokenRefresh: TokenRefresh = TokenRefresh()) throws(FSError) {
         let connect = { () throws(IPCError) -> BlockClient in
             try BlockClient.connect(name: name, directory: directory, presenting: tokens())
         }
@@ -114,15 +124,18 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
         } catch {
             throw FSError(.socketNotConnected, "no storage server at \(directory)/\(name).sock: \(error)")
         }
-        try self.init(client: client, nsid: nsid, reconnect: connect)
+        try self.init(client: client, nsid: nsid, reconnect: connect, tokens: tokens, tokenRefresh: tokenRefresh)
     }
 
     /// Opens namespace `nsid` and shares the transfer region. EIO/ENOENT name what failed.
     /// Without `reconnect`, a broken connection fails every later operation with EIO.
-    public init(client: BlockClient, nsid: UInt32, reconnect: (() throws(IPCError) -> BlockClient)? = nil) throws(FSError) {
+    public init(client: BlockClient, nsid: UInt32, reconnect: (() throws(IPCError) -> BlockClient)? = nil,
+                tokens: @escaping () -> [Int32] = { [] }, tokenRefresh: TokenRefresh = TokenRefresh()) throws(FSError) {
         self.client = client
         self.nsid = nsid
         self.connect = reconnect
+        self.tokens = tokens
+        self.tokenRefresh = tokenRefresh
         let geometry: BlockGeometry
         do {
             switch try client.openNamespace(nsid) {
@@ -273,6 +286,7 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
     /// Runs `request`; the reply's status is checked, a broken connection is made again (when
     /// this store knows how) and the request sent again, until `reconnectDeadline`.
     private func retrying(_ what: String, _ request: () throws(IPCError) -> IPCStatus) throws(FSError) {
+        if tokenRefresh.take() { presentTokensAgain() }
         var deadline: ContinuousClock.Instant?
         var backoff = Duration.milliseconds(5)
         while true {
@@ -299,6 +313,44 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
             backoff = min(backoff * 2, .milliseconds(250))
         }
     }
+
+    /// Presents every token held now on the current connection (this thread's: the
+    /// connection is used by one thread only, so no lock). Tokens presented before are harmless
+    /// to present again (the server keeps a set). A broken connection is left to the request
+    /// that follows: its reconnect presents every token anyway.
+    private func presentTokensAgain() {
+        tokenRepresentations += 1
+        var refused = false
+        var rights = BlockRights()
+        let held = tokens()
+        for token in held {
+            do {
+                switch try client.present(token: token) {
+                case .success(let now): rights = now
+                case .failure(let status):
+                    refused = true
+                    log?("the storage server refused a CAP_BLOCK token held since a run-time grant: \(status)")
+                }
+            } catch {
+                return
+            }
+        }
+        if !rights.isEmpty {
+            log?("presented the \(held.count) CAP_BLOCK tokens held since a run-time grant: the connection now has \(rights)")
+        }
+        // The supervisor tells the storage server of the grant before this process, but each
+        // reads its channel on its own: a token presented before the storage server learned it
+        // is refused. Present again before the next few requests, then give up (a token it never
+        // learns would otherwise cost a round trip per request).
+        if refused && presentationRetries < Self.presentationRetryLimit {
+            presentationRetries += 1
+            tokenRefresh.request()
+        } else {
+            presentationRetries = 0
+        }
+    }
+    private var presentationRetries = 0
+    private static let presentationRetryLimit = 10
 
     /// The errors that mean the server went away (not that it refused the request).
     private static func isBrokenConnection(_ error: IPCError) -> Bool {
@@ -331,5 +383,25 @@ public final class StorageBlockStore: BlockStore, DirectPageIO {
         } catch {
             return false
         }
+    }
+}
+
+/// A flag another thread sets when the CAP_BLOCK_* descriptors this process holds changed (a
+/// run-time grant: ServerKit's onCapabilityChange runs on the supervisor link's thread). The
+/// store, on its own thread, takes it before its next request and presents the tokens then, so
+/// the connection is never used from two threads and needs no lock; the check is one atomic load.
+public final class TokenRefresh: Sendable {
+    private let pending = Atomic<Bool>(false)
+
+    public init() {}
+
+    /// Asks for the held tokens to be presented before the store's next request.
+    public func request() { pending.store(true, ordering: .releasing) }
+
+    /// Whether a presentation was asked for since the last call (clears it).
+    @inline(__always)
+    func take() -> Bool {
+        guard pending.load(ordering: .relaxed) else { return false }
+        return pending.exchange(false, ordering: .acquiring)
     }
 }

@@ -84,8 +84,17 @@ struct VFSServerCommand: ParsableCommand {
             } else {
                 // CAP_BLOCK_READ / CAP_BLOCK_WRITE are tokens the storage server checks: present them.
                 let tokens = { ["CAP_BLOCK_READ", "CAP_BLOCK_WRITE"].compactMap { (try? runtime.capability($0)).flatMap { $0 >= 0 ? $0 : nil } } }
-                root = try MountSources.storage(name: storage!, directory: directory, nsid: nsid, tokens: tokens, readOnly: readOnly,
-                                                cachePages: pages, log: log)
+                // A grant at run time (serverctl grant) is presented on the live connection, by
+                // the serving thread before its next block request (a revoke needs nothing: the
+                // storage server re-reads the rights per request).
+                let tokenRefresh = TokenRefresh()
+                runtime.onCapabilityChange { change in
+                    guard change.granted, change.name == "CAP_BLOCK_READ" || change.name == "CAP_BLOCK_WRITE" else { return }
+                    runtime.log(.info, "\(change): presenting it to the storage server before the next block request")
+                    tokenRefresh.request()
+                }
+                root = try MountSources.storage(name: storage!, directory: directory, nsid: nsid, tokens: tokens, tokenRefresh: tokenRefresh,
+                                                readOnly: readOnly, cachePages: pages, log: log)
             }
             try service.mount(root.fileSystem, at: "/", cache: root.cache, readOnly: readOnly, source: root.description)
             for mount in imageMounts {

@@ -35,6 +35,25 @@ final class Ext2JournalFormatTests: Ext2TestCase {
         XCTAssertTrue(logLines.contains { $0.contains("refusing to mount") && $0.contains("journal_checksum_v3") }, "\(logLines)")
     }
 
+    /// The type df and the mount log show: "ext3" for an image with a journal (read-write or
+    /// read-only), "ext2" for one without, and for the same image after `tune2fs -O ^has_journal`.
+    func testTypeNameIsExt3WithAJournalAndExt2Without() throws {
+        let journalled = try makeImage("typed3.img", blockSize: 1024, kib: 4096, type: "ext3")
+        let readWrite = try mount(journalled)
+        XCTAssertEqual(readWrite.typeName, "ext3")
+        try readWrite.unmount()
+        let readOnly = try mount(journalled, readOnly: true)
+        XCTAssertEqual(readOnly.typeName, "ext3")
+        try readOnly.unmount()
+        XCTAssertEqual(try runTool("/usr/sbin/tune2fs", ["-O", "^has_journal", journalled]).status, 0)
+        let stripped = try mount(journalled)
+        XCTAssertEqual(stripped.typeName, "ext2")
+        try stripped.unmount()
+        let plain = try mount(try makeImage("typed2.img", blockSize: 1024, kib: 4096, type: "ext2"))
+        XCTAssertEqual(plain.typeName, "ext2")
+        try plain.unmount()
+    }
+
     /// A journalled mount sets needs_recovery until unmount; a sync commits and checkpoints (the
     /// log is empty again, as e2fsprogs' logdump reads it); a clean unmount clears the flag and
     /// e2fsck finds the image clean.

@@ -58,7 +58,7 @@ result $? "the image is on namespace 1 ($(head -1 "$work/write.out"))" || { cat 
 vfs=$!
 wait_socket "$work/vfs.sock"
 result $? "vfs_server mounts namespace 1 through storage_server" || { tail -20 "$work/vfs.log"; finish; }
-grep -q "mounted ext2 at /" "$work/vfs.log"
+grep -q "mounted ext3 at /" "$work/vfs.log"
 result $? "vfs_server logs the mount: $(grep -m1 "mounted" "$work/vfs.log")"
 
 fs mkdir -p /data/deep/er >"$work/out" 2>&1
@@ -89,8 +89,8 @@ fs rm /data/moved.bin >"$work/out" 2>&1 && fs rmdir /data/deep/er >>"$work/out" 
 result $? "rm and rmdir" || cat "$work/out"
 
 df=$(fs df / 2>&1)
-grep -qE "^ext2 +16[0-9]{3} " <<<"$df"
-result $? "df reports the 16 MiB ext2 file system"
+grep -qE "^ext3 +16[0-9]{3} " <<<"$df"
+result $? "df reports the 16 MiB file system as ext3 (it has a journal)"
 while IFS= read -r line; do echo "     $line"; done <<<"$df"
 
 # A crash under load: files put (each fsync'd) in a loop, vfs_server killed in the middle, then
@@ -108,7 +108,7 @@ acked=$(wc -l <"$work/acked")
 result $? "vfs_server killed (SIGKILL) after $acked acknowledged puts"
 "$bin/vfs_server" --storage storage --nsid 1 --runtime-dir "$work" --writeback-interval 1s >>"$work/vfs.log" 2>&1 &
 vfs=$!
-for _ in $(seq 1 300); do [[ $(grep -c "mounted ext2 at /" "$work/vfs.log") -ge 2 ]] && break; sleep 0.1; done
+for _ in $(seq 1 300); do [[ $(grep -c "mounted ext3 at /" "$work/vfs.log") -ge 2 ]] && break; sleep 0.1; done
 wait_socket "$work/vfs.sock" && fs ls /data >/dev/null 2>&1
 result $? "vfs_server started again ($(grep -m1 -o "journal: replayed.*" "$work/vfs.log" || echo "nothing committed was left to replay"))" ||
 	{ tail -20 "$work/vfs.log"; finish; }
@@ -221,6 +221,20 @@ grep -q "lacks CAP_BLOCK_WRITE (it presented tokens for CAP_BLOCK_READ)" <<<"$re
 result $? "supervised: storage_server refused it: ${refusal:-no refusal logged}"
 grep -q "vfs's block token withdrawn" <<<"$(storage_log)"
 result $? "supervised: storage_server was told the token is withdrawn"
+
+# Granting it back at run time: vfs_server presents the new token on its live connection before
+# its next block request (neither server restarts), and writes work again.
+vfs_pid=$(server_pid vfs)
+vfs_log() { ctl logs vfs 2>&1; }
+ctl grant vfs CAP_BLOCK_WRITE >"$work/out" 2>&1
+result $? "supervised: serverctl grant vfs CAP_BLOCK_WRITE" || cat "$work/out"
+echo "after the grant" >"$work/cap4.txt"
+fs put "$work/cap4.txt" /data/cap4.txt >"$work/out" 2>&1 && fs get /data/cap4.txt "$work/cap4.back" >>"$work/out" 2>&1 &&
+	cmp -s "$work/cap4.txt" "$work/cap4.back"
+result $? "supervised: after the grant a write through vfs_server works again" || { cat "$work/out"; vfs_log | tail -20; }
+presented=$(grep -m1 -o "presented the [0-9]* CAP_BLOCK tokens held since a run-time grant.*" <<<"$(vfs_log)")
+[[ -n $vfs_pid && $(server_pid vfs) == "$vfs_pid" && $presented == *CAP_BLOCK_WRITE* ]]
+result $? "supervised: the same vfs_server (pid $vfs_pid) ${presented:-presented nothing}" || vfs_log | tail -20
 kill -TERM "$supervisor"
 wait "$supervisor"
 result $? "supervised: limitless-supervisor stops with exit 0"

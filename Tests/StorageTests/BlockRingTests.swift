@@ -109,6 +109,54 @@ final class BlockRingTests: ServingLoopTestCase {
         XCTAssertTrue(device.clientMappings.isEmpty)
     }
 
+    /// A ring client without the right to write publishes a stream of writes: each completes
+    /// EACCES, but the log gets the first refusal, one line per `refusalLogInterval`, and a count
+    /// when the connection closes, not a line per request.
+    func testRingRefusalsAreLoggedOncePerConnectionThenCounted() throws {
+        loop.stop()
+        let logged = BlockServerTests.LogBox()
+        let refusing = BlockServer(device: device, policy: BlockAccessPolicy(readers: .anyone, writers: .uids([]))) { logged.append($0) }
+        refusing.refusalLogInterval = 100
+        block = refusing
+        loop = BlockServingLoop(server: refusing, endpoint: try refusing.makeIPCServer(name: "refusing", directory: directory))
+        loop.wakeInterval = .milliseconds(20)
+        loop.start()
+
+        var client: BlockClient? = try BlockClient.connect(name: "refusing", directory: directory)
+        let ring = try BlockRingClient(entries: 16, dataBytes: 64 * 1024)
+        let handle = try client!.connection.share(ring.memory)
+        XCTAssertEqual(try client!.attachRing(sharedHandle: handle, count: UInt32(ring.memory.size)), .success(handle))
+        let total = 250
+        var statuses: [UInt64: IPCStatus] = [:]
+        var sent = 0
+        let deadline = ContinuousClock.now + .seconds(30)
+        while statuses.count < total, ContinuousClock.now < deadline {
+            while sent < total, sent - statuses.count < 16,
+                  ring.enqueue(write: true, nsid: 2, lba: UInt64(sent % 64), blocks: 1, dataOffset: 0, tag: UInt64(sent)) {
+                sent += 1
+            }
+            ring.publish()
+            if ring.reap({ tag, status, _ in statuses[tag] = status }) == 0 { usleep(100) }
+        }
+        XCTAssertEqual(statuses.count, total)
+        XCTAssertTrue(statuses.values.allSatisfy { $0 == .EACCES }, "\(Set(statuses.values))")
+        // Reads are allowed: the connection still works.
+        XCTAssertEqual(try client!.read(2, lba: 0, blocks: 1).map(\.count), .success(4096))
+        XCTAssertEqual(refusing.refusals, UInt64(total))
+        var refusalLines = logged.all.filter { $0.contains("refused MSG_BLOCK_WRITE") }
+        XCTAssertEqual(refusalLines.count, 3, "the first, the 100th and the 200th: \(refusalLines)")
+        XCTAssertTrue(refusalLines.first?.contains("further refusals on this connection are counted") ?? false, "\(refusalLines)")
+        XCTAssertTrue(refusalLines.last?.contains("200 refused on this connection so far") ?? false, "\(refusalLines)")
+
+        // The connection ends: one line with the count.
+        client = nil
+        let closed = ContinuousClock.now + .seconds(10)
+        while !logged.all.contains(where: { $0.contains("closed after") }), ContinuousClock.now < closed { usleep(5000) }
+        refusalLines = logged.all.filter { $0.contains("refused") }
+        XCTAssertEqual(refusalLines.count, 4, "\(refusalLines)")
+        XCTAssertTrue(refusalLines.last?.contains("closed after \(total) refused requests") ?? false, "\(refusalLines)")
+    }
+
     func testBenchOverTheRing() throws {
         let client = try BlockClient.connect(name: "storage", directory: directory)
         let result = try StorageTool.bench(client, options: .init(nsid: 2, seconds: 0.2, queueDepth: 8, ioSize: 4096,

@@ -260,6 +260,7 @@ final class ProcessTests: XCTestCase {
             return XCTFail("vfs_server was not restarted: \(readText(directory + "/supervisor.log"))")
         }
         let again = try VFSClient.connect(name: "vfs", directory: directory)
+        XCTAssertEqual(try again.statfs("/").typeName, "ext3", "df names a journalled image ext3")
         for index in acknowledged {
             XCTAssertEqual(try again.readFile("/load/f\(index)"), contents(index), "acknowledged fsync of f\(index)")
         }
@@ -293,6 +294,7 @@ final class ProcessTests: XCTestCase {
         try exerciseTool(directory, under: "/mnt")
         let df = try fsTool(directory, "df", "/", "/tmp", "/mnt")
         XCTAssertTrue(df.1.contains(" /\n") && df.1.contains(" /tmp\n") && df.1.contains(" /mnt\n") && df.1.contains("tmpfs"), df.1)
+        XCTAssertTrue(df.1.contains("\next2 ") && !df.1.contains("ext3"), "images without a journal are ext2: \(df.1)")
         writeText(directory + "/m", Array("on the second image".utf8))
         XCTAssertEqual(try fsTool(directory, "put", directory + "/m", "/mnt/m").0, 0)
         XCTAssertEqual(try fsTool(directory, "mv", "/mnt/m", "/m").1, "limitless-fs: cannot move '/mnt/m' to '/m': Invalid cross-device link\n")

@@ -76,29 +76,9 @@ final class StorageReconnectTests: XCTestCase {
     /// its CAP_BLOCK_* tokens on the first connection and again after the restart, where the new
     /// server learned the same tokens afresh (from the supervisor, in storage_server).
     func testTokensArePresentedAgainAfterARestart() throws {
-        let device = MemoryBlockDevice(namespaces: [1: BlockGeometry(blockSize: 512, blockCount: 4096)])
-        let directory = makeTemporaryDirectory(self)
-        // Any file serves as a token here; the supervisor's are sealed memfds.
-        let read = open(directory + "/read-token", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        let write = open(directory + "/write-token", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        XCTAssertGreaterThanOrEqual(read, 0)
-        XCTAssertGreaterThanOrEqual(write, 0)
-        let tokenServers = TokenServers()
-        addTeardownBlock {
-            tokenServers.stopAll()
-            close(read)
-            close(write)
-        }
-        func start() throws {
-            let tokens = BlockCapabilityTokens()
-            tokens.update(descriptor: read, rights: .read, holder: "vfs_server")
-            tokens.update(descriptor: write, rights: .write, holder: "vfs_server")
-            let block = BlockServer(device: device, policy: BlockAccessPolicy(readers: .uids([]), writers: .uids([])), tokens: tokens)
-            let server = try block.makeIPCServer(name: "storage", directory: directory)
-            server.start()
-            tokenServers.add(block, server)
-        }
-        try start()
+        let fixture = makeTokenFixture()
+        let (directory, read, write, tokenServers) = (fixture.directory, fixture.read, fixture.write, fixture.servers)
+        try fixture.start()
         // Without tokens even root is refused by this server.
         XCTAssertThrowsError(try StorageBlockStore(name: "storage", directory: directory, nsid: 1))
         let store = try StorageBlockStore(name: "storage", directory: directory, nsid: 1, tokens: { [read, write] })
@@ -106,7 +86,7 @@ final class StorageReconnectTests: XCTestCase {
         try first.withUnsafeBytes { try store.write(at: 0, from: $0) }
         XCTAssertEqual(tokenServers.last.connectionsWithTokens, 1)
         tokenServers.stopAll()
-        try start()
+        try fixture.start()
         let second = pattern(4096, seed: 5)
         try second.withUnsafeBytes { try store.write(at: 8192, from: $0) }
         XCTAssertEqual(store.reconnects, 1)
@@ -115,6 +95,123 @@ final class StorageReconnectTests: XCTestCase {
         var back = [UInt8](repeating: 0, count: second.count)
         try back.withUnsafeMutableBytes { try store.read(at: 8192, into: $0) }
         XCTAssertEqual(back, second)
+    }
+
+    /// A CAP_BLOCK_WRITE granted while the store runs (serverctl grant): once another thread
+    /// asks (`tokenRefresh.request()`, as vfs_server's onCapabilityChange handler does), the
+    /// store presents its tokens on the live connection before its next request, so the write
+    /// refused before now succeeds without a reconnect.
+    func testATokenGrantedAtRunTimeIsPresentedOnTheLiveConnection() throws {
+        let fixture = makeTokenFixture()
+        let (directory, read, write) = (fixture.directory, fixture.read, fixture.write)
+        try fixture.start()
+        let block = fixture.servers.last
+
+        // At start the process holds CAP_BLOCK_READ only.
+        let held = HeldTokens([read])
+        let refresh = TokenRefresh()
+        let store = try StorageBlockStore(name: "storage", directory: directory, nsid: 1, tokens: { held.current }, tokenRefresh: refresh)
+        var lines: [String] = []
+        store.log = { lines.append($0) }
+        let data = pattern(4096, seed: 6)
+        XCTAssertThrowsError(try data.withUnsafeBytes { try store.write(at: 0, from: $0) }) { error in
+            XCTAssertEqual((error as? FSError)?.errno, .permissionDenied, "\(error)")
+        }
+        var back = [UInt8](repeating: 0, count: 4096)
+        try back.withUnsafeMutableBytes { try store.read(at: 0, into: $0) }
+        XCTAssertEqual(store.tokenRepresentations, 0)
+
+        // The grant arrives on another thread (ServerKit's supervisor link).
+        held.current = [read, write]
+        let granted = expectation(description: "granted")
+        DispatchQueue.global().async {
+            refresh.request()
+            granted.fulfill()
+        }
+        wait(for: [granted], timeout: 10)
+        try data.withUnsafeBytes { try store.write(at: 0, from: $0) }
+        XCTAssertEqual(store.tokenRepresentations, 1)
+        XCTAssertEqual(store.reconnects, 0, "presented on the same connection")
+        XCTAssertTrue(lines.contains { $0.contains("held since a run-time grant") && $0.contains("now has CAP_BLOCK_READ+CAP_BLOCK_WRITE") }, "\(lines)")
+        try back.withUnsafeMutableBytes { try store.read(at: 0, into: $0) }
+        XCTAssertEqual(back, data)
+        // Presented once: later requests do not present again.
+        try data.withUnsafeBytes { try store.write(at: 4096, from: $0) }
+        XCTAssertEqual(store.tokenRepresentations, 1)
+        XCTAssertEqual(block.connectionsWithTokens, 1)
+    }
+
+    /// The grant reaches this process before the storage server has learned the token (each
+    /// reads its supervisor channel on its own): the refused presentation is made again before
+    /// the next request, which then works.
+    func testATokenPresentedBeforeTheServerKnowsItIsPresentedAgain() throws {
+        let fixture = makeTokenFixture()
+        let table = try fixture.start(knowingWrite: false)
+        let refresh = TokenRefresh()
+        let store = try StorageBlockStore(name: "storage", directory: fixture.directory, nsid: 1,
+                                          tokens: { [fixture.read, fixture.write] }, tokenRefresh: refresh)
+        let data = pattern(4096, seed: 7)
+        refresh.request()
+        XCTAssertThrowsError(try data.withUnsafeBytes { try store.write(at: 0, from: $0) })
+        XCTAssertEqual(store.tokenRepresentations, 1)
+        table.update(descriptor: fixture.write, rights: .write, holder: "vfs_server")
+        try data.withUnsafeBytes { try store.write(at: 0, from: $0) }
+        XCTAssertEqual(store.tokenRepresentations, 2)
+        try data.withUnsafeBytes { try store.write(at: 4096, from: $0) }
+        XCTAssertEqual(store.tokenRepresentations, 2, "accepted: not presented again")
+        XCTAssertEqual(store.reconnects, 0)
+    }
+
+    /// A RAM device served by block servers that admit nobody without a token (not even
+    /// root), and two tokens they know: CAP_BLOCK_READ and CAP_BLOCK_WRITE of "vfs_server".
+    private struct TokenFixture {
+        let device = MemoryBlockDevice(namespaces: [1: BlockGeometry(blockSize: 512, blockCount: 4096)])
+        let directory: String
+        let read: Int32
+        let write: Int32
+        let servers = TokenServers()
+
+        /// A new server on the device (the first, or one after a "restart") that learned both
+        /// tokens (the read token only unless `knowingWrite`); its table, to teach it more.
+        @discardableResult
+        func start(knowingWrite: Bool = true) throws -> BlockCapabilityTokens {
+            let tokens = BlockCapabilityTokens()
+            tokens.update(descriptor: read, rights: .read, holder: "vfs_server")
+            if knowingWrite { tokens.update(descriptor: write, rights: .write, holder: "vfs_server") }
+            let block = BlockServer(device: device, policy: BlockAccessPolicy(readers: .uids([]), writers: .uids([])), tokens: tokens)
+            let server = try block.makeIPCServer(name: "storage", directory: directory)
+            server.start()
+            servers.add(block, server)
+            return tokens
+        }
+    }
+
+    private func makeTokenFixture() -> TokenFixture {
+        let directory = makeTemporaryDirectory(self)
+        // Any file serves as a token here; the supervisor's are sealed memfds.
+        let read = open(directory + "/read-token", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        let write = open(directory + "/write-token", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        XCTAssertGreaterThanOrEqual(read, 0)
+        XCTAssertGreaterThanOrEqual(write, 0)
+        let fixture = TokenFixture(directory: directory, read: read, write: write)
+        let servers = fixture.servers
+        addTeardownBlock {
+            servers.stopAll()
+            close(read)
+            close(write)
+        }
+        return fixture
+    }
+
+    /// The descriptors a test process "holds", changed by the test between requests.
+    private final class HeldTokens: @unchecked Sendable {
+        private let lock = NSLock()
+        private var tokens: [Int32]
+        init(_ tokens: [Int32]) { self.tokens = tokens }
+        var current: [Int32] {
+            get { lock.lock(); defer { lock.unlock() }; return tokens }
+            set { lock.lock(); tokens = newValue; lock.unlock() }
+        }
     }
 
     private final class TokenServers: @unchecked Sendable {
