@@ -195,6 +195,15 @@ private struct Parser {
 
     // MARK: settings
 
+    /// The one `yes` or `no` a setting takes; nil (and the error reported) otherwise.
+    mutating func yesOrNo(_ keyword: ConfigTokenizer.Word, _ arguments: [ConfigTokenizer.Word], line: Int, example: String) -> Bool? {
+        guard arguments.count == 1, let value = ["yes": true, "no": false][arguments[0].text] else {
+            error(line, arguments.first?.column ?? keyword.column, "`\(keyword.text)` takes yes or no, e.g. \(example)")
+            return nil
+        }
+        return value
+    }
+
     mutating func setting(_ keyword: ConfigTokenizer.Word, _ arguments: [ConfigTokenizer.Word], line: Int, server: Int) {
         let name = drafts[server].configuration.name
         let singular = ["restart", "user", "group", "checkpoint", "watchdog", "standby", "listen"]
@@ -264,18 +273,12 @@ private struct Parser {
                 drafts[server].configuration.watchdogInterval = interval
             }
         case "standby":
-            guard arguments.count == 1, let value = ["yes": true, "no": false][arguments[0].text] else {
-                error(line, arguments.first?.column ?? keyword.column, "`standby` takes yes or no, e.g. `standby yes` "
-                    + "(a pre-started instance waits to take over when the server exits)")
-                return
-            }
+            guard let value = yesOrNo(keyword, arguments, line: line, example: "`standby yes` "
+                + "(a pre-started instance waits to take over when the server exits)") else { return }
             drafts[server].configuration.standby = value
         case "listen":
-            guard arguments.count == 1, let value = ["yes": true, "no": false][arguments[0].text] else {
-                error(line, arguments.first?.column ?? keyword.column, "`listen` takes yes or no, e.g. `listen no` "
-                    + "(for a server that does not serve RUNTIME_DIR/NAME.sock; by default the supervisor holds it)")
-                return
-            }
+            guard let value = yesOrNo(keyword, arguments, line: line, example: "`listen no` "
+                + "(for a server that does not serve RUNTIME_DIR/NAME.sock; by default the supervisor holds it)") else { return }
             drafts[server].configuration.listens = value
         default:
             error(line, keyword.column, "unknown setting `\(keyword.text)`; settings are "
