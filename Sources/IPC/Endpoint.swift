@@ -131,7 +131,10 @@ public struct IPCEndpoint: Equatable, Sendable, CustomStringConvertible {
     public func writePIDFile(pid: Int32 = getpid()) throws(IPCError) {
         let text = Array(String(pid).utf8) + [0x0A]
         let temporary = pidPath + ".tmp"
-        let fd = try sys("open(\(temporary))") { open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
+        // Made afresh and never followed: the supervisor writes this as root in a directory a
+        // server may be able to write, where a planted symlink must not redirect it.
+        unlink(temporary)
+        let fd = try sys("open(\(temporary))") { open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644) }
         defer { closeDescriptor(fd) }
         _ = try sys("write(\(temporary))") { text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
         // rename is atomic: a reader sees the old file or the new one, never half a number.

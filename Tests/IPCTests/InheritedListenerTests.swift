@@ -68,6 +68,16 @@ final class InheritedListenerTests: RuntimeDirectoryTestCase {
         next.stop()
     }
 
+    func testPIDFileWriteFollowsNoPlantedSymlink() throws {
+        let endpoint = try IPCEndpoint(name: "planted", directory: directory)
+        let victim = directory + "/victim"
+        XCTAssertTrue(FileManager.default.createFile(atPath: victim, contents: Data("keep".utf8)))
+        XCTAssertEqual(symlink(victim, endpoint.pidPath + ".tmp"), 0)
+        try endpoint.writePIDFile(pid: 4242)
+        XCTAssertEqual(IPCEndpoint.readPID(endpoint.pidPath), 4242)
+        XCTAssertEqual(try String(contentsOfFile: victim, encoding: .utf8), "keep", "the symlink's target is untouched")
+    }
+
     func testOfferOfSomethingNotListeningIsNotTaken() throws {
         var pair: [Int32] = [-1, -1]
         XCTAssertEqual(socketpair(AF_UNIX, CL_SOCK_SEQPACKET_VALUE, 0, &pair), 0)
