@@ -29,8 +29,10 @@ struct RestartTimeline {
     }
 
     /// `origin`: CLOCK_REALTIME ns of the event that started it all. `newPID`: the instance that
-    /// came back. `answered`: CLOCK_REALTIME ns when the suite's probe got its first answer.
-    init(records: [Record], origin: Int64, newPID: Int64, answered: Int64) {
+    /// came back. `answered`: CLOCK_REALTIME ns when the suite's probe got its first answer;
+    /// `connected`: when the connect of that probe succeeded (with the supervisor holding the
+    /// listening socket, while the server may still be down).
+    init(records: [Record], origin: Int64, newPID: Int64, answered: Int64, connected: Int64? = nil) {
         let after = records.filter { $0.time >= origin }
         func first(_ predicate: (String) -> Bool, from: Int64 = Int64.min) -> Record? {
             after.first { $0.time >= from && predicate($0.text) }
@@ -64,7 +66,9 @@ struct RestartTimeline {
             }
         }
         add("REGISTER seen", first { $0.hasPrefix("instance ") && $0.contains("registered (pid \(newPID))") }?.time)
+        add("probe connected", connected)
         add("answering", answered)
+        phases.sort { $0.offset < $1.offset }
     }
 
     func offset(_ name: String) -> Int64? { phases.first { $0.name == name }?.offset }

@@ -40,6 +40,10 @@ public struct SupervisedStorageSuite {
         /// servers.conf `standby yes`: every restart must be the standby taking over (its pid
         /// becomes the server's), and the timeline shows its activation instead of a fork + exec.
         public var standby = false
+        /// servers.conf `listen` (socket activation: the supervisor holds storage.sock and a
+        /// probe connecting while the server is down waits in its backlog); false, `listen no`:
+        /// storage_server binds its own, as before, for a comparison in the same boot.
+        public var listen = true
         /// How long a restart waits for the standby to be ready before the kill.
         public var standbyReadyTimeoutMilliseconds = 30_000
         public init() {}
@@ -85,6 +89,7 @@ public struct SupervisedStorageSuite {
                     restart on-failure \(restartOptions)
                     watchdog 2s
                     standby \(options.standby ? "yes" : "no")
+                    listen \(options.listen ? "yes" : "no")
 
                 """
             try Self.writeFile(configPath, text)
@@ -166,7 +171,7 @@ public struct SupervisedStorageSuite {
             }
             let answering = RestartTimeline.median(timelines.compactMap { $0.offset("answering") })
             let spawn = RestartTimeline.median(spawns)
-            let mode = options.standby ? "standby yes" : "standby no"
+            let mode = (options.standby ? "standby yes" : "standby no") + (options.listen ? "" : ", listen no")
             report.note("[\(mode)] median phases (ms after SIGKILL, \(timelines.count) kills): \(RestartTimeline.medians(timelines))")
             report.note("[\(mode)] SIGKILL -> answering: p50 \(RestartTimeline.milliseconds(answering)) ms over \(timelines.count) kills "
                 + "(each: \(timelines.compactMap { $0.offset("answering") }.map(RestartTimeline.milliseconds).joined(separator: ", ")) ms); "
@@ -279,8 +284,9 @@ public struct SupervisedStorageSuite {
         let origin = RestartTimeline.realtimeNow()
         let sentAt = clock.now()
         try expect(kill(oldPID, signal) == 0, "kill \(oldPID): errno \(errno)")
+        var connectedAt: Int64?
         let client = try waitForAnswer(directory: directory, supervisor: supervisor, since: sentAt,
-                                       timeoutMilliseconds: options.restartTimeoutMilliseconds, notPID: oldPID)
+                                       timeoutMilliseconds: options.restartTimeoutMilliseconds, notPID: oldPID) { connectedAt = $0 }
         let answeredAt = RestartTimeline.realtimeNow()
         let milliseconds = (clock.now() - sentAt) / 1_000_000
         answered(client)
@@ -291,7 +297,8 @@ public struct SupervisedStorageSuite {
         try expect(kill(oldPID, 0) != 0, "old pid \(oldPID) still exists")
         let (code, output) = try Self.capture([serverctl, "logs", "storage", "--json", "-n", "200", "--runtime-dir", directory])
         try expect(code == 0, "serverctl logs exit \(code): \(output)")
-        let timeline = RestartTimeline(records: RestartTimeline.records(output), origin: origin, newPID: pid, answered: answeredAt)
+        let timeline = RestartTimeline(records: RestartTimeline.records(output), origin: origin, newPID: pid, answered: answeredAt,
+                                       connected: connectedAt)
         return (Int32(pid), milliseconds, timeline)
     }
 
@@ -326,8 +333,10 @@ public struct SupervisedStorageSuite {
     }
 
     /// Polls until `storage.sock` answers a geometry request (from a server other than `notPID`).
+    /// `connected` gets the CLOCK_REALTIME ns of the connect that got the answer (with the
+    /// supervisor holding the socket, that connect succeeds while the server is still down).
     func waitForAnswer(directory: String, supervisor: Child, since start: UInt64, timeoutMilliseconds: Int,
-                       notPID: Int32 = 0) throws -> BlockClient {
+                       notPID: Int32 = 0, connected: (Int64) -> Void = { _ in }) throws -> BlockClient {
         let clock = MonotonicClock()
         let deadline = start + UInt64(timeoutMilliseconds) * 1_000_000
         while clock.now() < deadline {
@@ -337,8 +346,10 @@ public struct SupervisedStorageSuite {
             }
             if notPID == 0 || kill(notPID, 0) != 0,
                let client = try? BlockClient.connect(name: "storage", directory: directory) {
+                let connectedAt = RestartTimeline.realtimeNow()
                 client.timeout = .seconds(5)
                 if let result = try? client.geometry(1), case .success = result {
+                    connected(connectedAt)
                     client.timeout = .seconds(30)
                     return client
                 }

@@ -58,6 +58,19 @@ public struct IPCEndpoint: Equatable, Sendable, CustomStringConvertible {
     /// Creates the directory if needed, removes a stale socket left by a dead server, binds,
     /// listens and writes NAME.pid. Returns the listening (non-blocking) socket.
     func listen(backlog: Int32 = 128) throws(IPCError) -> Int32 {
+        let fd = try makeListeningSocket(backlog: backlog)
+        do throws(IPCError) {
+            try writePIDFile()
+        } catch {
+            closeDescriptor(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// `listen` without the pid file: the supervisor holds a server's listening socket across
+    /// its instances (`InheritedListener`) and writes NAME.pid itself for each instance.
+    public func makeListeningSocket(backlog: Int32 = 128) throws(IPCError) -> Int32 {
         try Self.makeDirectories(directory)
         if access(socketPath, F_OK) == 0 {
             // Something is there: a live server (connect succeeds) or the remains of a dead one.
@@ -79,7 +92,6 @@ public struct IPCEndpoint: Equatable, Sendable, CustomStringConvertible {
                 throw IPCError.systemCall("bind(\(socketPath))", Errno(rawValue: code))
             }
             _ = try sys("listen(\(socketPath))") { Glibc.listen(fd, backlog) }
-            try writePIDFile()
         } catch {
             closeDescriptor(fd)
             throw error
@@ -107,17 +119,22 @@ public struct IPCEndpoint: Equatable, Sendable, CustomStringConvertible {
     }
 
     /// Removes the socket and pid file (when the server stops).
-    func removeFiles() {
+    public func removeFiles() {
         unlink(socketPath)
         unlink(pidPath)
     }
 
     // MARK: Registry
 
-    func writePIDFile() throws(IPCError) {
-        let text = Array(String(getpid()).utf8) + [0x0A]
+    /// Writes NAME.pid naming `pid` (this process by default; the supervisor names the instance
+    /// it started).
+    public func writePIDFile(pid: Int32 = getpid()) throws(IPCError) {
+        let text = Array(String(pid).utf8) + [0x0A]
         let temporary = pidPath + ".tmp"
-        let fd = try sys("open(\(temporary))") { open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
+        // Made afresh and never followed: the supervisor writes this as root in a directory a
+        // server may be able to write, where a planted symlink must not redirect it.
+        unlink(temporary)
+        let fd = try sys("open(\(temporary))") { open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644) }
         defer { closeDescriptor(fd) }
         _ = try sys("write(\(temporary))") { text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
         // rename is atomic: a reader sees the old file or the new one, never half a number.

@@ -68,6 +68,10 @@ public final class IPCServer: @unchecked Sendable {
         /// Called on the serving thread when a client's connection ends (it went away, was
         /// disconnected, or the server stopped), so a handler can forget what it kept per connection.
         public var connectionEnded: (@Sendable (IPCConnection) -> Void)? = nil
+        /// Serve on the listening socket the supervisor passed down for this endpoint
+        /// (`InheritedListener`) instead of binding one; the server then neither writes nor
+        /// removes the socket and pid files (the supervisor does). Without one it binds.
+        public var adoptsInheritedListener = true
         public init() {}
     }
 
@@ -76,6 +80,8 @@ public final class IPCServer: @unchecked Sendable {
     private let handler: Handler
 
     private let listenFD: Int32
+    /// The listening socket came from the supervisor, which owns its path and the pid file.
+    public let adoptedListener: Bool
     private let epollFD: Int32
     private let stopFD: Int32
     private var clients: [ClientState?]
@@ -146,7 +152,8 @@ public final class IPCServer: @unchecked Sendable {
     }
 
     /// Listens at `DIR/NAME.sock` (creating DIR, replacing a stale socket) and writes
-    /// `DIR/NAME.pid`. Serve with `start()` (own thread) or `run()` / `serveOnce` (caller's thread).
+    /// `DIR/NAME.pid`, or adopts the supervisor's listening socket for that path (see
+    /// `Configuration.adoptsInheritedListener`). Serve with `start()` (own thread) or `run()` / `serveOnce` (caller's thread).
     public init(name: String, directory: String = IPCRuntime.defaultDirectory,
                 configuration: Configuration = Configuration(), handler: @escaping Handler) throws(IPCError) {
         precondition(configuration.maxClients > 0 && configuration.queueDepth > 0 && configuration.bufferPoolSize > 0)
@@ -154,7 +161,9 @@ public final class IPCServer: @unchecked Sendable {
         self.endpoint = endpoint
         self.configuration = configuration
         self.handler = handler
-        let listenFD = try endpoint.listen()
+        let inherited = configuration.adoptsInheritedListener ? InheritedListener.take(for: endpoint) : nil
+        let listenFD: Int32
+        if let inherited { listenFD = inherited } else { listenFD = try endpoint.listen() }
         var epollFD: Int32 = -1, stopFD: Int32 = -1
         do throws(IPCError) {
             epollFD = try sys("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
@@ -165,10 +174,11 @@ public final class IPCServer: @unchecked Sendable {
             closeDescriptor(stopFD)
             closeDescriptor(epollFD)
             closeDescriptor(listenFD)
-            endpoint.removeFiles()
+            if inherited == nil { endpoint.removeFiles() }
             throw error
         }
         self.listenFD = listenFD
+        adoptedListener = inherited != nil
         self.epollFD = epollFD
         self.stopFD = stopFD
         clients = Array(repeating: nil, count: configuration.maxClients)
@@ -253,7 +263,8 @@ public final class IPCServer: @unchecked Sendable {
     }
 
     /// Stops serving (from any thread), waits for the serving thread, disconnects every client
-    /// and removes the socket and pid files. Idempotent.
+    /// and removes the socket and pid files (only closes an adopted listener: clients connecting
+    /// now wait for the next instance). Idempotent.
     public func stop() {
         // After the first stop the eventfd's number may already belong to someone else.
         guard !closed else { return }
@@ -273,7 +284,7 @@ public final class IPCServer: @unchecked Sendable {
         closeDescriptor(listenFD)
         closeDescriptor(stopFD)
         closeDescriptor(epollFD)
-        endpoint.removeFiles()
+        if !adoptedListener { endpoint.removeFiles() }
     }
 
     // MARK: Clients coming and going

@@ -9,6 +9,11 @@
 /// - `checkpointFD` (4): the server's checkpoint memfd (a `CheckpointStore`), the same one every
 ///   instance of this server gets, so a restarted instance finds what its predecessor saved.
 /// - one descriptor per granted capability, from 5 up, named in the environment.
+/// - after them, the server's listening socket (`listenVariable` names its number): the
+///   supervisor binds and listens on `RUNTIME_DIR/NAME.sock` once, as the server's user, writes
+///   `NAME.pid` for each instance, and passes every instance the same socket, so clients that
+///   connect between instances wait in its backlog (`InheritedListener`). Removed when the
+///   server is stopped, not when it restarts.
 ///
 /// Environment:
 /// - `LIMITLESS_SERVER_NAME`: the server's name from servers.conf.
@@ -18,6 +23,7 @@
 /// - `LIMITLESS_RUNTIME_DIR`: where servers' sockets live (default /run/limitless).
 /// - `LIMITLESS_INSTANCE`: 1 for the first start, then counting restarts.
 /// - `LIMITLESS_WATCHDOG_MS`: the heartbeat deadline in milliseconds (absent: no watchdog).
+/// - `LIMITLESS_LISTEN_FD`: the listening socket's descriptor (absent: the server binds its own).
 ///
 /// Messages, server to supervisor (the supervisor replies to REGISTER only):
 /// - `supervisorRegister`: the server is initialised and serving; param1 = instance.
@@ -44,11 +50,12 @@
 /// Stopping is SIGTERM, then SIGKILL after the grace period.
 ///
 /// A standby instance (servers.conf `standby yes`) is started with only descriptor 3 (its own
-/// channel), no checkpoint, no capabilities, and `LIMITLESS_STANDBY=1` in place of
-/// `LIMITLESS_CAPABILITIES`, `LIMITLESS_INSTANCE` and `LIMITLESS_WATCHDOG_MS`. It sends
+/// channel), no checkpoint, no capabilities, no listening socket, and `LIMITLESS_STANDBY=1` in
+/// place of `LIMITLESS_CAPABILITIES`, `LIMITLESS_INSTANCE`, `LIMITLESS_WATCHDOG_MS` and
+/// `LIMITLESS_LISTEN_FD`. It sends
 /// `supervisorStandbyReady` and waits. `supervisorStandbyActivate` carries the missing variables
 /// inline (`NAME=value` lines) and, with SCM_RIGHTS, the checkpoint memfd followed by the
-/// capability descriptors in the order of their numbers (4, 5, 6...); once they are in place it
+/// capability descriptors and the listening socket in the order of their numbers (4, 5, 6...); once they are in place it
 /// runs as an instance started with them would.
 public enum SupervisorChannel {
     public static let supervisorFD: Int32 = 3
@@ -61,6 +68,7 @@ public enum SupervisorChannel {
     public static let instanceVariable = "LIMITLESS_INSTANCE"
     public static let watchdogVariable = "LIMITLESS_WATCHDOG_MS"
     public static let standbyVariable = "LIMITLESS_STANDBY"
+    public static let listenVariable = "LIMITLESS_LISTEN_FD"
 
     /// Parses `CAP_A=5,CAP_B=-1` into name and descriptor pairs; nil if malformed.
     public static func parseCapabilities(_ text: String) -> [(name: String, fd: Int32)]? {

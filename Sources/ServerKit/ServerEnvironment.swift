@@ -25,20 +25,25 @@ public struct ServerEnvironment: Equatable, Sendable {
     public var instance: UInt64
     /// The heartbeat deadline; nil: no watchdog.
     public var watchdog: Duration?
+    /// The listening socket the supervisor holds for this server (socket activation); nil: the
+    /// server binds its own.
+    public var listenDescriptor: Int32?
 
     public init(mode: Mode, serverName: String, capabilities: [(name: String, fd: Int32)] = [],
-                runtimeDirectory: String = IPCRuntime.defaultDirectory, instance: UInt64 = 1, watchdog: Duration? = nil) {
+                runtimeDirectory: String = IPCRuntime.defaultDirectory, instance: UInt64 = 1, watchdog: Duration? = nil,
+                listenDescriptor: Int32? = nil) {
         self.mode = mode
         self.serverName = serverName
         self.capabilities = capabilities
         self.runtimeDirectory = runtimeDirectory
         self.instance = instance
         self.watchdog = watchdog
+        self.listenDescriptor = listenDescriptor
     }
 
     public static func == (lhs: ServerEnvironment, rhs: ServerEnvironment) -> Bool {
         lhs.mode == rhs.mode && lhs.serverName == rhs.serverName && lhs.runtimeDirectory == rhs.runtimeDirectory
-            && lhs.instance == rhs.instance && lhs.watchdog == rhs.watchdog
+            && lhs.instance == rhs.instance && lhs.watchdog == rhs.watchdog && lhs.listenDescriptor == rhs.listenDescriptor
             && lhs.capabilities.map(\.name) == rhs.capabilities.map(\.name) && lhs.capabilities.map(\.fd) == rhs.capabilities.map(\.fd)
     }
 
@@ -50,7 +55,7 @@ public struct ServerEnvironment: Equatable, Sendable {
         var variables: [String: String] = [:]
         for name in [SupervisorChannel.serverNameVariable, SupervisorChannel.capabilitiesVariable,
                      SupervisorChannel.runtimeDirectoryVariable, SupervisorChannel.instanceVariable,
-                     SupervisorChannel.watchdogVariable] {
+                     SupervisorChannel.watchdogVariable, SupervisorChannel.listenVariable] {
             if let value = getenv(name) { variables[name] = String(cString: value) }
         }
         return try parse(variables, standaloneName: standaloneName, isOpen: isDescriptorOpen)
@@ -63,7 +68,8 @@ public struct ServerEnvironment: Equatable, Sendable {
         let name = variables[SupervisorChannel.serverNameVariable]
         let mode: Mode = name == nil ? .standalone : .supervised
         if mode == .standalone {
-            for variable in [SupervisorChannel.instanceVariable, SupervisorChannel.watchdogVariable] where variables[variable] != nil {
+            for variable in [SupervisorChannel.instanceVariable, SupervisorChannel.watchdogVariable,
+                             SupervisorChannel.listenVariable] where variables[variable] != nil {
                 throw .variableWithoutServerName(variable)
             }
         }
@@ -113,12 +119,24 @@ public struct ServerEnvironment: Equatable, Sendable {
             watchdog = .milliseconds(value)
         }
 
+        var listenDescriptor: Int32?
+        if let text = variables[SupervisorChannel.listenVariable] {
+            // Above the reserved descriptors and not one a capability names.
+            guard let fd = Int32(text), fd >= SupervisorChannel.firstCapabilityFD, isOpen(fd),
+                  !capabilities.contains(where: { $0.fd == fd }) else {
+                throw .malformedVariable(name: SupervisorChannel.listenVariable, value: text,
+                                         expected: "an open descriptor from \(SupervisorChannel.firstCapabilityFD) up that no capability names")
+            }
+            listenDescriptor = fd
+        }
+
         if mode == .supervised {
             guard isOpen(SupervisorChannel.supervisorFD) else { throw .supervisorChannelMissing }
             guard isOpen(SupervisorChannel.checkpointFD) else { throw .checkpointDescriptorMissing("it is not open") }
         }
         return ServerEnvironment(mode: mode, serverName: serverName, capabilities: capabilities,
-                                 runtimeDirectory: runtimeDirectory, instance: instance, watchdog: watchdog)
+                                 runtimeDirectory: runtimeDirectory, instance: instance, watchdog: watchdog,
+                                 listenDescriptor: listenDescriptor)
     }
 
     /// fcntl(F_GETFD) succeeds only on an open descriptor.

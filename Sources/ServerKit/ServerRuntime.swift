@@ -95,6 +95,11 @@ public final class ServerRuntime: @unchecked Sendable {
             if capability.fd >= 0 { _ = CL_fcntl_int(capability.fd, F_SETFD, FD_CLOEXEC) }
         }
         capabilityTable = Mutex(table)
+        if let listener = environment.listenDescriptor {
+            _ = CL_fcntl_int(listener, F_SETFD, FD_CLOEXEC)
+            // The server's IPCServer for RUNTIME_DIR/NAME.sock serves on it instead of binding.
+            InheritedListener.offer(listener)
+        }
         switch environment.mode {
         case .supervised:
             let channel = SupervisorChannel.supervisorFD

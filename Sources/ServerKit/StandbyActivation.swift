@@ -30,6 +30,7 @@ public enum StandbyActivation {
     /// The variables an activation may set: the ones a standby is started without.
     static let activationVariables: Set<String> = [
         SupervisorChannel.capabilitiesVariable, SupervisorChannel.instanceVariable, SupervisorChannel.watchdogVariable,
+        SupervisorChannel.listenVariable,
     ]
 
     /// Waits for the supervisor to activate this standby (see the type's comment). Called from

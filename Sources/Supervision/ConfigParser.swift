@@ -11,6 +11,7 @@ import Glibc
 ///       depends NAME...
 ///       checkpoint D / watchdog D
 ///       standby yes|no                       a pre-started instance for fast restarts
+///       listen yes|no                        the supervisor holds RUNTIME_DIR/NAME.sock (default yes)
 ///
 /// Indentation rather than `NAME.setting = value`: a server's whole description reads as one
 /// block, and the seed's `start_server` lines stay valid as they are.
@@ -25,7 +26,7 @@ public enum ConfigParser {
     public static let maximumNameLength = 64
 
     /// The setting keywords, for messages and suggestions.
-    public static let settingKeywords = ["device", "capabilities", "restart", "user", "group", "depends", "checkpoint", "watchdog", "standby"]
+    public static let settingKeywords = ["device", "capabilities", "restart", "user", "group", "depends", "checkpoint", "watchdog", "standby", "listen"]
 
     /// Reads and parses the file at `path`.
     public static func load(path: String) throws(ConfigurationErrors) -> SupervisorConfiguration {
@@ -194,9 +195,18 @@ private struct Parser {
 
     // MARK: settings
 
+    /// The one `yes` or `no` a setting takes; nil (and the error reported) otherwise.
+    mutating func yesOrNo(_ keyword: ConfigTokenizer.Word, _ arguments: [ConfigTokenizer.Word], line: Int, example: String) -> Bool? {
+        guard arguments.count == 1, let value = ["yes": true, "no": false][arguments[0].text] else {
+            error(line, arguments.first?.column ?? keyword.column, "`\(keyword.text)` takes yes or no, e.g. \(example)")
+            return nil
+        }
+        return value
+    }
+
     mutating func setting(_ keyword: ConfigTokenizer.Word, _ arguments: [ConfigTokenizer.Word], line: Int, server: Int) {
         let name = drafts[server].configuration.name
-        let singular = ["restart", "user", "group", "checkpoint", "watchdog", "standby"]
+        let singular = ["restart", "user", "group", "checkpoint", "watchdog", "standby", "listen"]
         if singular.contains(keyword.text) {
             if let earlier = drafts[server].settingLines[keyword.text] {
                 error(line, keyword.column, "`\(keyword.text)` is already set for \(name) at line \(earlier); keep one")
@@ -263,12 +273,13 @@ private struct Parser {
                 drafts[server].configuration.watchdogInterval = interval
             }
         case "standby":
-            guard arguments.count == 1, let value = ["yes": true, "no": false][arguments[0].text] else {
-                error(line, arguments.first?.column ?? keyword.column, "`standby` takes yes or no, e.g. `standby yes` "
-                    + "(a pre-started instance waits to take over when the server exits)")
-                return
-            }
+            guard let value = yesOrNo(keyword, arguments, line: line, example: "`standby yes` "
+                + "(a pre-started instance waits to take over when the server exits)") else { return }
             drafts[server].configuration.standby = value
+        case "listen":
+            guard let value = yesOrNo(keyword, arguments, line: line, example: "`listen no` "
+                + "(for a server that does not serve RUNTIME_DIR/NAME.sock; by default the supervisor holds it)") else { return }
+            drafts[server].configuration.listens = value
         default:
             error(line, keyword.column, "unknown setting `\(keyword.text)`; settings are "
                 + ConfigParser.settingKeywords.joined(separator: ", ")

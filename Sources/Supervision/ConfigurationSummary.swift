@@ -21,6 +21,7 @@ public struct ConfigurationSummary: Sendable {
             lines.append("  checkpoint    " + (server.checkpointInterval.map { "every " + DurationText.format($0) } ?? "never"))
             lines.append("  watchdog      " + (server.watchdogInterval.map { "every " + DurationText.format($0) } ?? "none"))
             if server.standby { lines.append("  standby       yes (a pre-started instance takes over at a restart)") }
+            if !server.listens { lines.append("  listen        no (the server binds its own socket)") }
         }
         text = lines.joined(separator: "\n") + "\n"
     }

@@ -24,6 +24,10 @@ public struct ServerConfiguration: Hashable, Sendable {
     /// Keep a second instance started ahead of need, waiting before it takes its capabilities,
     /// to take over when the running one exits (`Supervisor+Standby`).
     public var standby: Bool = false
+    /// The supervisor binds and listens on RUNTIME_DIR/NAME.sock and passes the socket to every
+    /// instance (`SupervisorListeners`); servers.conf `listen no` for a server that serves no
+    /// socket under its name.
+    public var listens: Bool = true
     /// Where it was declared, for messages about it later.
     public var location: SourceLocation
 

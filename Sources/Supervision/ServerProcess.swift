@@ -75,6 +75,9 @@ final class ServerProcess {
     var standbyFailures = 0
     var standbyRetryAt: ContinuousClock.Instant?
 
+    /// Its listening socket, held across instances (`SupervisorListeners`); nil: not held.
+    var listener: HeldListener?
+
     // Across instances.
     var restarts = 0
     var lastExit: String?

@@ -40,6 +40,10 @@ public final class Supervisor: @unchecked Sendable {
         /// How long a server has to confirm a revoke (closing the descriptor) before it is
         /// restarted without the capability.
         public var revokeTimeout: Duration = .seconds(5)
+        /// Bind and listen on each server's `RUNTIME_DIR/NAME.sock` once and pass the socket to
+        /// every instance (socket activation, `SupervisorListeners`); servers.conf `listen no`
+        /// turns it off for one server. False: every server binds its own.
+        public var holdsListeningSockets = true
         public init() {}
     }
 
@@ -154,6 +158,7 @@ public final class Supervisor: @unchecked Sendable {
                 startEligible()
                 maintainStandbys()
                 releaseCapabilities()
+                releaseListeners()
                 if shuttingDown && servers.allSatisfy({ !$0.isAlive && $0.standby == nil }) {
                     finished = true
                     return true

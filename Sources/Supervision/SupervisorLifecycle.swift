@@ -29,6 +29,7 @@ extension Supervisor {
         server.stderrBuffer = []
         // Anything it forked is stopped with it.
         _ = kill(-server.pid, SIGKILL)
+        forgetListenerPID(server)
         server.pid = 0
         server.registered = false
         server.deadline = nil
@@ -238,6 +239,13 @@ extension Supervisor {
                     capabilities.append((capability.description, -1))
                 }
             }
+            let identity = try launchIdentity(server, config)
+            // After the capabilities: the listening socket held across instances.
+            var listenVariable: [String] = []
+            if let listener = listenerForLaunch(server, identity: identity) {
+                listenVariable = ["\(SupervisorChannel.listenVariable)=\(SupervisorChannel.checkpointFD + Int32(passed.count))"]
+                passed.append(listener)
+            }
             let instance = server.instance + 1
             var variables = [
                 "\(SupervisorChannel.capabilitiesVariable)=\(SupervisorChannel.formatCapabilities(capabilities))",
@@ -246,10 +254,12 @@ extension Supervisor {
             if let watchdog = config.watchdogInterval {
                 variables.append("\(SupervisorChannel.watchdogVariable)=\(max(1, watchdog.nanosecondsValue / 1_000_000))")
             }
+            variables += listenVariable
             let spawnStart = ContinuousClock.now
             if let standby = server.standby, activate(standby, of: server, descriptors: passed, variables: variables) {
                 server.instance = instance
                 adopt(standby, into: server)
+                recordListenerPID(server)
                 // Behind the activation on its channel: the tokens of the grants it serves, read
                 // before it listens (a standby drops anything that comes before its activation).
                 queueBlockTokens(for: config, channel: server.channel)
@@ -258,7 +268,6 @@ extension Supervisor {
                     + "\(Self.microseconds(spawnStart.duration(to: .now))) us)")
                 return
             }
-            let identity = try launchIdentity(server, config)
             var pair: [Int32] = [-1, -1]
             guard socketpair(AF_UNIX, CL_SOCK_SEQPACKET | CL_SOCK_CLOEXEC, 0, &pair) == 0 else {
                 throw .systemCall("socketpair", errno)
@@ -285,6 +294,7 @@ extension Supervisor {
             watch(process.stderr, token: token(server, kind: Self.stderrKind))
             watch(pair[0], token: token(server, kind: Self.channelKind))
             server.exitNotifier = exitNotifier(for: process.pid, token: token(server, kind: Self.exitKind))
+            recordListenerPID(server)
             began(server, capabilities: capabilities)
             // posix_spawn returns once the child has exec'd (glibc waits for it), so this is the
             // fork + exec time.

@@ -153,9 +153,13 @@ struct SupervisedStorage: ParsableCommand {
     @Flag(help: "Run storage_server with `standby yes`: every restart must be its standby taking over.")
     var standby = false
 
+    @Flag(help: "Run storage_server with `listen no`: it binds its own socket (no socket activation), for comparison.")
+    var serverBindsSocket = false
+
     func run() throws {
         var options = SupervisedStorageSuite.Options()
         options.standby = standby
+        options.listen = !serverBindsSocket
         options.device = device
         options.binaryDirectory = binDir
         options.startTimeoutMilliseconds = startTimeoutMs

@@ -122,6 +122,8 @@ struct StorageServerCommand: ParsableCommand {
         let directory = runtimeDir ?? runtime.environment.runtimeDirectory
         let socketName = name ?? runtime.name
         let endpoint = try server.makeIPCServer(name: socketName, directory: directory)
+        // Adopting the supervisor's socket instead of binding one shows here (issue 4's phases).
+        phases.mark(endpoint.adoptedListener ? "socket-adopted" : "socket-bound")
         if !noSeccomp {
             do {
                 try runtime.dropPrivileges(capabilities: StorageSandbox.capabilities(granted: runtime.capabilityNames),
@@ -131,6 +133,7 @@ struct StorageServerCommand: ParsableCommand {
                 endpoint.stop()
                 throw ExitCode(1)
             }
+            phases.mark("sandboxed")
         }
         // Served on the loop's thread, which also unmaps the registered buffers of vanished
         // clients (zero copy).

@@ -28,6 +28,23 @@ final class ServerEnvironmentTests: XCTestCase {
         XCTAssertEqual(environment.watchdog, .milliseconds(500))
     }
 
+    func testListenDescriptorIsCheckedAgainstTheReservedAndCapabilityDescriptors() throws {
+        let named = ["LIMITLESS_SERVER_NAME": "s", "LIMITLESS_CAPABILITIES": "CAP_X=5"]
+        let environment = try ServerEnvironment.parse(named.merging(["LIMITLESS_LISTEN_FD": "6"]) { $1 }, standaloneName: "t", isOpen: allOpen)
+        XCTAssertEqual(environment.listenDescriptor, 6)
+        XCTAssertNil(try ServerEnvironment.parse(named, standaloneName: "t", isOpen: allOpen).listenDescriptor)
+        for bad in ["4", "5", "six", "-1"] {
+            guard case .malformedVariable(let name, let value, _)? = parseError(named.merging(["LIMITLESS_LISTEN_FD": bad]) { $1 }) else {
+                XCTFail("LIMITLESS_LISTEN_FD=\(bad) must be refused")
+                continue
+            }
+            XCTAssertEqual(name, "LIMITLESS_LISTEN_FD")
+            XCTAssertEqual(value, bad)
+        }
+        XCTAssertNotNil(parseError(named.merging(["LIMITLESS_LISTEN_FD": "6"]) { $1 }, isOpen: { $0 != 6 }), "not open")
+        XCTAssertEqual(parseError(["LIMITLESS_LISTEN_FD": "6"]), .variableWithoutServerName("LIMITLESS_LISTEN_FD"))
+    }
+
     func testNoServerNameIsStandalone() throws {
         let environment = try ServerEnvironment.parse([:], standaloneName: "by-hand", isOpen: { _ in false })
         XCTAssertEqual(environment.mode, .standalone)

@@ -104,6 +104,16 @@ final class ConfigParserTests: XCTestCase {
         assertError("start_server a /a\n    standbye yes\n", line: 2, contains: "did you mean standby")
     }
 
+    func testListenSetting() throws {
+        let configuration = try parse("start_server a /bin/a\n    listen no\nstart_server b /bin/b\n    listen yes\nstart_server c /bin/c\n")
+        XCTAssertEqual(configuration["a"]?.listens, false)
+        XCTAssertEqual(configuration["b"]?.listens, true)
+        XCTAssertEqual(configuration["c"]?.listens, true, "the supervisor holds the socket by default")
+        XCTAssertTrue(ConfigurationSummary(configuration).text.contains("  listen        no"), ConfigurationSummary(configuration).text)
+        assertError("start_server a /a\n    listen later\n", line: 2, contains: "`listen` takes yes or no")
+        assertError("start_server a /a\n    listen no\n    listen yes\n", line: 3, contains: "already set for a at line 2")
+    }
+
     func testDefaultsWhenOnlyTheSeedLineIsGiven() throws {
         let configuration = try parse("start_server a /bin/a\nstart_server b /bin/b x y\n")
         XCTAssertEqual(configuration.startOrder, ["a", "b"])
