@@ -11,6 +11,13 @@ public struct NVMeQueueGrant: Sendable, Equatable, CustomStringConvertible {
     /// Queue pairs created: the smallest of the three.
     public var created: Int
 
+    public init(requested: Int, controllerGranted: Int, interruptVectors: Int?, created: Int) {
+        self.requested = requested
+        self.controllerGranted = controllerGranted
+        self.interruptVectors = interruptVectors
+        self.created = created
+    }
+
     public var description: String {
         var text = "\(created) I/O queue pair\(created == 1 ? "" : "s")"
         guard created < requested else { return text }

@@ -251,6 +251,15 @@ public final class BlockServer: @unchecked Sendable {
     /// Forgets what connection `client` presented (its connection ended).
     func connectionEnded(_ client: UInt64) {
         presented.forget(client: client)
+        // The IPC server unmaps the client's regions right after this: its rings stop now, on
+        // whichever thread serves them (their commands finish first). The registrations stay
+        // until the sweep unmaps them from the device.
+        if rings.contains(where: { $0.client == client }) {
+            drainDevice()
+            rings.removeAll { $0.client == client }
+        }
+        for placed in placedRings where placed.client == client { placed.worker.detach(client: client, handle: placed.handle) }
+        placedRings.removeAll { $0.client == client }
     }
 
     /// Connections that presented tokens and are still open.

@@ -71,9 +71,11 @@ struct NVMeMultiQueueTests {
             fixture.fill(written[index], seed: UInt64(100 + index))
         }
         let failures = Failures()
+        // Each iteration touches only its own queue and buffers.
+        let shared = Unshared((fixture.queues, written, readBack, ns))
         let queues = fixture.queues
-        let (source, target) = (written, readBack)
         DispatchQueue.concurrentPerform(iterations: 3) { index in
+            let (queues, source, target, ns) = shared.value
             let queue = queues[index]
             let base = UInt64(index * rounds * chunkBlocks)
             do {
@@ -131,6 +133,12 @@ struct NVMeMultiQueueTests {
         #expect(tags.sorted() == Array(0...8))
         #expect(equalBytes(fixture.fake.media(1), buffer.address, buffer.size))
     }
+}
+
+/// Values handed to threads that each use a disjoint part of them.
+struct Unshared<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }
 
 /// Errors collected from several threads.
