@@ -53,15 +53,7 @@ public final class BlockRingWorker: @unchecked Sendable {
 
     public func start() {
         precondition(thread == nil, "BlockRingWorker.start called twice")
-        let context = Unmanaged.passRetained(self).toOpaque()
-        var handle = pthread_t()
-        let result = pthread_create(&handle, nil, { context in
-            let worker = Unmanaged<BlockRingWorker>.fromOpaque(context!).takeRetainedValue()
-            worker.run()
-            return nil
-        }, context)
-        precondition(result == 0, "pthread_create failed: \(result)")
-        thread = handle
+        thread = startServingThread { self.run() }
     }
 
     /// Ends the thread (rings still attached stay with `server`; their commands are drained).

@@ -36,15 +36,7 @@ public final class BlockServingLoop: @unchecked Sendable {
     /// Starts the serving thread.
     public func start() {
         precondition(thread == nil, "BlockServingLoop.start called twice")
-        let context = Unmanaged.passRetained(self).toOpaque()
-        var handle = pthread_t()
-        let result = pthread_create(&handle, nil, { context in
-            let loop = Unmanaged<BlockServingLoop>.fromOpaque(context!).takeRetainedValue()
-            loop.run()
-            return nil
-        }, context)
-        precondition(result == 0, "pthread_create failed: \(result)")
-        thread = handle
+        thread = startServingThread { self.run() }
     }
 
     private func run() {
