@@ -9,7 +9,8 @@ import Glibc
 /// a temporary runtime directory, then as its client: geometry, seeded patterns written inline
 /// and read back, range errors, flush, trim, shared-memory and zero-copy (registered buffer)
 /// transfers; SIGKILL and a fresh start (the device re-initialised, as a supervisor would restart
-/// it) with every acknowledged write read back; SIGTERM stops it with exit 0.
+/// it) with every acknowledged write read back; SIGTERM stops it with exit 0; then
+/// `--queues 2` with two ring clients at once (StorageServerSuite+Queues.swift).
 public struct StorageServerSuite {
     public struct Options {
         public var device = PCIAddress("0000:00:03.0")!
@@ -185,6 +186,7 @@ public struct StorageServerSuite {
             try expect(access(directory + "/storage.sock", F_OK) != 0, "the socket is still there")
             return "exit 0, socket removed"
         }
+        runTwoQueues(serverPath: serverPath, directory: directory, report: report)
     }
 
     // MARK: Helpers
@@ -266,9 +268,9 @@ public struct StorageServerSuite {
     }
 
     /// Spawns the server and waits until its socket answers a geometry request.
-    func start(_ path: String, directory: String) throws -> (Child, BlockClient, UInt64) {
+    func start(_ path: String, directory: String, extraArguments: [String] = []) throws -> (Child, BlockClient, UInt64) {
         guard access(path, X_OK) == 0 else { throw CheckFailure("\(path) is not there (build it: swift build -c release --product storage_server)") }
-        let arguments = [path, "--device", options.device.description, "--runtime-dir", directory, "--name", "storage"]
+        let arguments = [path, "--device", options.device.description, "--runtime-dir", directory, "--name", "storage"] + extraArguments
         var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
         var pid: pid_t = 0

@@ -341,6 +341,8 @@ public final class IPCServer: @unchecked Sendable {
             ring.stop()
             rings.wrappingDecrement(ordering: .relaxed)
         }
+        // Before its regions are unmapped: a handler polling one of them (a block ring) stops first.
+        configuration.connectionEnded?(client.connection)
         var position = client.queueHead
         for _ in 0..<client.queueCount {
             releaseBuffer(queues[slot * configuration.queueDepth + position])
@@ -357,7 +359,6 @@ public final class IPCServer: @unchecked Sendable {
         _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, client.fd, nil)
         closeDescriptor(client.fd)
         connections.wrappingDecrement(ordering: .relaxed)
-        configuration.connectionEnded?(client.connection)
     }
 
     private func releaseBuffer(_ buffer: Int32) {

@@ -181,4 +181,16 @@ struct PresentedCapabilities {
     mutating func forget(client: UInt64) {
         connections.removeValue(forKey: client)
     }
+
+    /// The tokens `client` presented (nil: none), for a ring thread that checks its requests.
+    func tokens(client: UInt64) -> [BlockCapabilityTokens.Presented]? {
+        connections[client]?.tokens
+    }
+
+    /// Takes `client`'s presented tokens as the serving thread has them (a ring handed to
+    /// another thread is checked with the same rights, revocations included).
+    mutating func replace(client: UInt64, tokens: [BlockCapabilityTokens.Presented]?, table: BlockCapabilityTokens) {
+        guard let tokens else { connections.removeValue(forKey: client); return }
+        connections[client] = Connection(tokens: tokens, rights: table.rights(of: tokens), generation: table.generation)
+    }
 }

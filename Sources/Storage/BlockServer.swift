@@ -49,6 +49,13 @@ public final class BlockServer: @unchecked Sendable {
     /// Requests served through rings, and ring commands reaped.
     public private(set) var ringRequests: UInt64 = 0
     public var ringCount: Int { rings.count }
+    /// More serving threads, each with its own queue (`storage_server --queues N`): attached
+    /// rings are dealt round-robin to this thread and to them. Set before serving.
+    public var ringWorkers: [BlockRingWorker] = []
+    /// Rings dealt so far, and where each one on another thread went (changes only at attach
+    /// and detach).
+    private var ringsDealt = 0
+    private var placedRings: [(client: UInt64, handle: UInt32, worker: BlockRingWorker)] = []
     /// Message-path requests waiting for their command (see the type's comment).
     var deferred: DeferredBlockRequests?
     /// The IPC server that answers them; it owns this server through its handler, so it is
@@ -246,6 +253,9 @@ public final class BlockServer: @unchecked Sendable {
             return .error(.EACCES)
         }
         let rights = presented.add(token, client: client, table: tokens)
+        for placed in placedRings where placed.client == client {
+            placed.worker.updateRights(client: client, tokens: presented.tokens(client: client))
+        }
         info("connection \(client) (pid \(pid)) presented \(entry.holder)'s \(entry.rights) token; it now has \(rights)")
         return IPCReply(param1: rights.rawValue)
     }
@@ -256,6 +266,15 @@ public final class BlockServer: @unchecked Sendable {
         if let count = refusalsByConnection.removeValue(forKey: client), count > 1 {
             log("connection \(client) closed after \(count) refused requests")
         }
+        // The IPC server unmaps the client's regions right after this: its rings stop now, on
+        // whichever thread serves them (their commands finish first). The registrations stay
+        // until the sweep unmaps them from the device.
+        if rings.contains(where: { $0.client == client }) {
+            drainDevice()
+            rings.removeAll { $0.client == client }
+        }
+        for placed in placedRings where placed.client == client { placed.worker.detach(client: client, handle: placed.handle) }
+        placedRings.removeAll { $0.client == client }
     }
 
     /// Connections that presented tokens and are still open.
@@ -308,7 +327,17 @@ public final class BlockServer: @unchecked Sendable {
         }
         _ = registered.add(RegisteredBuffers.Entry(client: client, pid: pid, handle: handle, mapping: mapping))
         if asRing {
-            rings.append(BlockRingServerState(client: client, handle: handle, uid: uid, entries: ringEntries, mapping: mapping))
+            let ring = BlockRingServerState(client: client, handle: handle, uid: uid, entries: ringEntries, mapping: mapping)
+            let turn = ringsDealt % (ringWorkers.count + 1)
+            ringsDealt &+= 1
+            if turn == 0 {
+                rings.append(ring)
+            } else {
+                let worker = ringWorkers[turn - 1]
+                placedRings.append((client, handle, worker))
+                worker.attach(ring, tokens: presented.tokens(client: client))
+                info("ring of connection \(client) (pid \(pid)) served by \(worker.label)")
+            }
         }
         return IPCReply(param1: UInt64(handle), param2: UInt64(memory.count))
     }
@@ -349,6 +378,11 @@ public final class BlockServer: @unchecked Sendable {
     /// Stops serving `entry`'s ring if it is one: its commands in flight finish first (the
     /// device must not DMA into pages about to be unmapped).
     private func detachRing(_ entry: RegisteredBuffers.Entry) {
+        if let placed = placedRings.firstIndex(where: { $0.client == entry.client && $0.handle == entry.handle }) {
+            placedRings[placed].worker.detach(client: entry.client, handle: entry.handle)
+            placedRings.remove(at: placed)
+            return
+        }
         guard let index = rings.firstIndex(where: { $0.client == entry.client && $0.handle == entry.handle }) else { return }
         drainRings()
         rings.remove(at: index)
@@ -368,6 +402,28 @@ public final class BlockServer: @unchecked Sendable {
             }
         }
     }
+
+    /// A ring handed over by the message thread's server (`BlockRingWorker`), checked with the
+    /// tokens its client presented there.
+    func adoptRing(_ ring: BlockRingServerState, tokens: [BlockCapabilityTokens.Presented]?) {
+        presented.replace(client: ring.client, tokens: tokens, table: self.tokens)
+        rings.append(ring)
+    }
+
+    /// Stops serving a ring handed over (its commands finish first).
+    func dropRing(client: UInt64, handle: UInt32) {
+        guard let index = rings.firstIndex(where: { $0.client == client && $0.handle == handle }) else { return }
+        drainDevice()
+        rings.remove(at: index)
+        if !rings.contains(where: { $0.client == client }) { presented.forget(client: client) }
+    }
+
+    func replaceRights(client: UInt64, tokens: [BlockCapabilityTokens.Presented]?) {
+        presented.replace(client: client, tokens: tokens, table: self.tokens)
+    }
+
+    /// Clears the device's completion signal (a ring thread waiting on its queue's vector).
+    func consumeDeviceSignal() { queued?.consumeCompletionSignal() }
 
     /// Finishes ring commands in flight (`drainDevice`).
     public func drainRings() { drainDevice() }

@@ -25,6 +25,8 @@ public final class BlockServingLoop: @unchecked Sendable {
     public var spinWhileAwaitingDevice = false
     /// How long one wait for IPC activity lasts before the loop looks around.
     public var wakeInterval: Duration = .milliseconds(250)
+    /// Run on this thread about once a second (storage_server: the controller health check).
+    public var everySecond: (() -> Void)?
 
     public init(server: BlockServer, endpoint: IPCServer) {
         self.server = server
@@ -34,20 +36,13 @@ public final class BlockServingLoop: @unchecked Sendable {
     /// Starts the serving thread.
     public func start() {
         precondition(thread == nil, "BlockServingLoop.start called twice")
-        let context = Unmanaged.passRetained(self).toOpaque()
-        var handle = pthread_t()
-        let result = pthread_create(&handle, nil, { context in
-            let loop = Unmanaged<BlockServingLoop>.fromOpaque(context!).takeRetainedValue()
-            loop.run()
-            return nil
-        }, context)
-        precondition(result == 0, "pthread_create failed: \(result)")
-        thread = handle
+        thread = startServingThread { self.run() }
     }
 
     private func run() {
         let clock = MonotonicClock()
         var lastSweep = clock.now()
+        var lastCheck = lastSweep
         var lastConnections = endpoint.connectionCount
         var idleSince: UInt64 = 0
         var passes = 0
@@ -85,8 +80,12 @@ public final class BlockServingLoop: @unchecked Sendable {
             guard endpoint.serveOnce(timeout: timeout) else { break }
             let connections = endpoint.connectionCount
             defer { lastConnections = connections }
-            guard server.registered.count > 0 else { continue }
             let now = clock.now()
+            if let everySecond, now &- lastCheck >= 1_000_000_000 {
+                lastCheck = now
+                everySecond()
+            }
+            guard server.registered.count > 0 else { continue }
             if connections < lastConnections || now &- lastSweep >= 1_000_000_000 {
                 server.sweepVanishedClients(connectionCount: connections)
                 lastSweep = now

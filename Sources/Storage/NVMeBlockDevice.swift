@@ -181,6 +181,37 @@ public enum StorageBringUp {
         public var device: any PCIDeviceAccess
         public var blockDevice: NVMeBlockDevice<MMIORegion>
         public var summary: String
+        /// Block devices on I/O queues 2...N (`queues`), one per ring thread; empty with one queue.
+        public var ringDevices: [NVMeBlockDevice<MMIORegion>] = []
+        /// How many queue pairs were asked for and created, and what capped them.
+        public var grant: NVMeQueueGrant
+
+        /// Every I/O queue (1...N), for a controller reset.
+        public var ioQueues: [NVMeIOQueue<MMIORegion>] { [blockDevice.queue] + ringDevices.map(\.queue) }
+
+        /// After CSTS.CFS (or a controller that stopped answering): parks the ring threads,
+        /// resets the controller, re-creates every I/O queue and re-issues the commands in flight
+        /// on all of them (NVMe 2.0 section 3.7.2), and lets the threads go on. Call from the
+        /// message thread (queue 1's owner). Nil when the controller is fine; else what was done.
+        public func recoverIfFailed(pausing workers: [BlockRingWorker]) -> String? {
+            let controller = blockDevice.controller
+            guard controller.hasFatalStatus else { return nil }
+            for worker in workers { worker.pause() }
+            defer { for worker in workers { worker.resume() } }
+            let queues = ioQueues
+            do {
+                let reissued = try controller.reset(ioQueues: queues)
+                return "controller fatal status (CSTS.CFS): reset; \(queues.count) I/O queues re-created, \(reissued) commands re-issued"
+            } catch {
+                return "controller fatal status (CSTS.CFS): reset failed: \(error)"
+            }
+        }
+
+        /// Deletes queues N...2, then queue 1, then shuts the controller down (CC.SHN).
+        public func shutdown() throws(NVMeError) {
+            for device in ringDevices.reversed() { try blockDevice.controller.deleteIOQueue(device.queue) }
+            try blockDevice.shutdown()
+        }
     }
 
     public static func open(_ source: StorageDeviceSource) throws -> any PCIDeviceAccess {
@@ -198,13 +229,14 @@ public enum StorageBringUp {
         }
     }
 
-    public static func bringUp(_ device: any PCIDeviceAccess, queueDepth: Int = 64, bounceBytes: Int = 2 << 20,
+    public static func bringUp(_ device: any PCIDeviceAccess, queues requested: Int = 1, queueDepth: Int = 64, bounceBytes: Int = 2 << 20,
                                timeoutNanoseconds: UInt64 = 10_000_000_000, log: @escaping (String) -> Void) throws -> Result {
         if let node = device.numaNode { _ = NUMA.runCurrentThread(onNode: node) }
         try device.setBusMaster(true)
         let registers = try device.mapBAR(0)
         let available = (try? device.interruptVectors(.msix)) ?? 0
-        let lines = available >= 1 ? try device.enableInterrupts(.msix, count: min(2, available)) : []
+        // Vector 0 for the admin queue, one more per I/O queue (as many as there are).
+        let lines = available >= 1 ? try device.enableInterrupts(.msix, count: min(requested + 1, available)) : []
         let allocator = DMAAllocator(mapper: device.dmaMapper, numaNode: device.numaNode)
         let controller = NVMeController(registers: registers, allocator: allocator, adminInterrupt: lines.first,
                                         configuration: .init(completionMode: lines.isEmpty ? .polling : .interrupt,
@@ -216,19 +248,28 @@ public enum StorageBringUp {
                 return nil
             }
         }
-        _ = try controller.setNumberOfQueues(submission: 1, completion: 1)
-        let line = lines.count > 1 ? lines[1] : nil
         let depth = min(queueDepth, controller.capabilities!.maximumQueueEntries)
-        let queue = try controller.createIOQueue(id: 1, depth: depth, interrupt: line, vector: line.map { UInt16($0.vector) })
-        queue.timeoutNanoseconds = timeoutNanoseconds
+        // With MSI-X, queue k completes on vector k; a single vector (or none) means polling.
+        let ioLines = lines.count > 1 ? Array(lines.dropFirst()) : []
+        let (queues, grant) = try controller.createIOQueues(requested: requested, depth: depth, interrupts: ioLines,
+                                                            timeoutNanoseconds: timeoutNanoseconds)
         let bounce = try allocator.allocate(size: bounceBytes, alignment: 4096)
-        let block = NVMeBlockDevice(controller: controller, queue: queue, namespaces: namespaces, bounce: bounce, log: log)
+        let block = NVMeBlockDevice(controller: controller, queue: queues[0], namespaces: namespaces, bounce: bounce, log: log)
         // Zero copy maps client pages into the IOMMU: only a VFIO container can translate an
         // arbitrary (non-contiguous) range; UIO's physical addresses cannot.
-        if device.dmaMapper is VFIOContainer { block.clientMapper = device.dmaMapper }
+        let mapper: (any DMAMapper)? = device.dmaMapper is VFIOContainer ? device.dmaMapper : nil
+        block.clientMapper = mapper
+        // Ring threads use no bounce buffer (rings are zero copy); one page keeps the type whole.
+        let ringDevices = try queues.dropFirst().map { queue in
+            let ringDevice = NVMeBlockDevice(controller: controller, queue: queue, namespaces: namespaces,
+                                             bounce: try allocator.allocate(size: 4096, alignment: 4096), log: log)
+            ringDevice.clientMapper = mapper
+            return ringDevice
+        }
+        let queueText = queues.map { "\($0.id)" + ($0.interruptVector.map { " on MSI-X vector \($0)" } ?? " polling") }
         let summary = "\(device.address) through \(device.backendName): \(identity.modelNumber) (serial \(identity.serialNumber)), "
-            + "I/O queue 1 depth \(queue.depth) " + (line.map { "on MSI-X vector \($0.vector)" } ?? "polling") + "; "
+            + "\(grant), depth \(queues[0].depth): " + queueText.joined(separator: ", ") + "; "
             + namespaces.map(\.description).joined(separator: "; ")
-        return Result(device: device, blockDevice: block, summary: summary)
+        return Result(device: device, blockDevice: block, summary: summary, ringDevices: ringDevices, grant: grant)
     }
 }

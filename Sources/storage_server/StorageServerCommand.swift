@@ -19,7 +19,7 @@ struct StorageServerCommand: ParsableCommand {
         discussion: """
             Standalone (no LIMITLESS_SERVER_NAME): opens --device through VFIO (or UIO). Supervised: adopts \
             the VFIO device and container descriptors granted as CAP_MMIO_<LABEL> and CAP_DMA_ALLOC. Brings the \
-            controller up, creates one I/O queue pair, registers with the supervisor and serves \
+            controller up, creates --queues I/O queue pairs (one per serving thread), registers with the supervisor and serves \
             RUNTIME_DIR/NAME.sock until SIGTERM (exit 0). Protocol: Sources/Storage/BlockProtocol.swift.
 
             Access: a client that presents CAP_BLOCK_READ / CAP_BLOCK_WRITE tokens (descriptors the \
@@ -53,10 +53,17 @@ struct StorageServerCommand: ParsableCommand {
     @Flag(help: "Serve message-path reads and writes one at a time, each waited for before the next is read (no deferred answers; for comparison in benchmarks).")
     var oneAtATime = false
 
+    @Option(help: "I/O queue pairs, one per serving thread: the first thread serves messages and rings on queue 1, the others rings only (dealt round-robin). Capped by the controller's Number of Queues grant and the MSI-X vectors (logged).")
+    var queues: Int = 1
+
     enum RingWait: String, ExpressibleByArgument { case spin, yield }
 
     @Option(help: "With rings attached, while only the device can make progress: yield the CPU (default: a client polling on the same CPU runs at once) or spin on it.")
     var ringWait: RingWait = .yield
+
+    func validate() throws {
+        guard queues >= 1, queues <= 64 else { throw ValidationError("--queues: 1 to 64") }
+    }
 
     func run() throws {
         // Start-up phases on CLOCK_MONOTONIC, logged once registered (the HIL suite places them
@@ -106,15 +113,18 @@ struct StorageServerCommand: ParsableCommand {
         do {
             let pci = try StorageBringUp.open(source)
             phases.mark("adopted")
-            opened = try StorageBringUp.bringUp(pci) { runtime.log(.warning, $0) }
+            opened = try StorageBringUp.bringUp(pci, queues: queues) { runtime.log(.warning, $0) }
             phases.controllerSteps(opened.blockDevice.controller.transitions)
             phases.mark("io-ready")
         } catch {
             runtime.log(.critical, "bring-up failed: \(error)")
             throw ExitCode(1)
         }
-        if poll { opened.blockDevice.queue.polling = true }
+        if poll { for queue in opened.ioQueues { queue.polling = true } }
         runtime.log(.info, "serving \(opened.summary)" + (poll ? " (completions polled)" : ""))
+        if opened.grant.created < queues {
+            runtime.log(.warning, "--queues \(queues): serving with \(opened.grant)")
+        }
 
         let server = BlockServer(device: opened.blockDevice, policy: policy, tokens: tokens) { runtime.log(.error, $0) }
         server.info = { runtime.log(.info, $0) }
@@ -137,8 +147,23 @@ struct StorageServerCommand: ParsableCommand {
         }
         // Served on the loop's thread, which also unmaps the registered buffers of vanished
         // clients (zero copy).
+        // Threads 2...N: one ring server each on its own queue (started after the seccomp
+        // filter, which they inherit).
+        let workers = opened.ringDevices.enumerated().map { index, device in
+            let ringServer = BlockServer(device: device, policy: policy, tokens: tokens) { runtime.log(.error, $0) }
+            let worker = BlockRingWorker(server: ringServer, label: "thread \(index + 2) (I/O queue \(device.queue.id))")
+            worker.spinWhileAwaitingDevice = ringWait == .spin
+            return worker
+        }
+        server.ringWorkers = workers
         let loop = BlockServingLoop(server: server, endpoint: endpoint)
         loop.spinWhileAwaitingDevice = ringWait == .spin
+        // CSTS.CFS: every thread parks, the controller is reset, every queue re-created and
+        // its commands re-issued, then the threads go on (NVMe 2.0 section 3.7.2).
+        loop.everySecond = { [opened] in
+            if let news = opened.recoverIfFailed(pausing: workers) { runtime.log(.error, news) }
+        }
+        for worker in workers { worker.start() }
         loop.start()
         phases.mark("listening")
         runtime.log(.info, "listening on \(endpoint.endpoint.socketPath)"
@@ -155,8 +180,9 @@ struct StorageServerCommand: ParsableCommand {
         runtime.log(.info, phases.description)
         let reason = try runtime.runUntilStopped()
         loop.stop()
+        for worker in workers { worker.stop() }
         do {
-            try opened.blockDevice.shutdown()
+            try opened.shutdown()
             runtime.log(.info, "stopped (\(reason)): \(server.requests) requests (\(server.zeroCopyTransfers) zero copy), \(server.deviceErrors) device errors; controller shut down")
         } catch {
             runtime.log(.error, "stopped (\(reason)); shutdown failed: \(error)")

@@ -1,5 +1,6 @@
 import NVMe
 import Platform
+import Synchronization
 
 /// A fake NVMe controller modelling what QEMU's hw/nvme/ctrl.c does for the registers and
 /// admin commands the driver uses: CC.EN toggles CSTS.RDY, the admin SQ doorbell makes it fetch
@@ -125,7 +126,15 @@ final class FakeNVMeController: RegisterIO {
         write32(offset + 4, UInt32(truncatingIfNeeded: value >> 32))
     }
 
+    /// Register accesses are serialised, as the device's one register interface serialises
+    /// MMIO: queues owned by different threads ring their doorbells at the same time.
+    private let access = Mutex(())
+
     func read32(_ offset: Int) -> UInt32 {
+        access.withLock { _ in unlockedRead32(offset) }
+    }
+
+    private func unlockedRead32(_ offset: Int) -> UInt32 {
         switch offset {
         case NVMeRegister.cap: UInt32(truncatingIfNeeded: capability)
         case NVMeRegister.cap + 4: UInt32(truncatingIfNeeded: capability >> 32)
@@ -134,6 +143,10 @@ final class FakeNVMeController: RegisterIO {
     }
 
     func write32(_ offset: Int, _ value: UInt32) {
+        access.withLock { _ in unlockedWrite32(offset, value) }
+    }
+
+    private func unlockedWrite32(_ offset: Int, _ value: UInt32) {
         if offset >= NVMeRegister.doorbellBase {
             let index = (offset - NVMeRegister.doorbellBase) / stride
             precondition((offset - NVMeRegister.doorbellBase) % stride == 0, "doorbell write off the CAP.DSTRD grid")
