@@ -68,6 +68,10 @@ public final class IPCServer: @unchecked Sendable {
         /// Called on the serving thread when a client's connection ends (it went away, was
         /// disconnected, or the server stopped), so a handler can forget what it kept per connection.
         public var connectionEnded: (@Sendable (IPCConnection) -> Void)? = nil
+        /// Asked on the serving thread before a client's MSG_IPC_RELEASE forgets a handle: a
+        /// status refuses the release with it (the handler still uses the region beyond single
+        /// requests, e.g. registered with a device and polled as a ring), nil lets it go.
+        public var releaseCheck: (@Sendable (IPCConnection, UInt64) -> IPCStatus?)? = nil
         /// Serve on the listening socket the supervisor passed down for this endpoint
         /// (`InheritedListener`) instead of binding one; the server then neither writes nor
         /// removes the socket and pid files (the supervisor does). Without one it binds.
@@ -490,6 +494,9 @@ public final class IPCServer: @unchecked Sendable {
         case .ipcRelease:
             // param1 is the client's word: bound it before converting (a value >= 2^63 must not trap).
             // Unmapped now, or when a ring request using it ends; unknown from now on either way.
+            if let refusal = configuration.releaseCheck?(client.connection, message.param1) {
+                return sendReply(slot, type: message.type, sequence: message.sequence, reply: .error(refusal))
+            }
             guard client.regions.release(handle: message.param1) else {
                 return sendReply(slot, type: message.type, sequence: message.sequence, reply: .error(.EBADF))
             }

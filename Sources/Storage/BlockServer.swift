@@ -99,6 +99,11 @@ public final class BlockServer: @unchecked Sendable {
         var configuration = configuration
         configuration.descriptorMessages.append(.blockPresentCapability)
         configuration.connectionEnded = { [self] connection in connectionEnded(connection.id) }
+        // A registered region stays mapped until it is unregistered: the device has it in its
+        // IOMMU domain, and a ring in it is polled through this process's mapping.
+        configuration.releaseCheck = { [self] connection, handle in
+            handle <= UInt64(UInt32.max) && registered.entry(client: connection.id, handle: UInt32(handle)) != nil ? .EBUSY : nil
+        }
         let endpoint = try IPCServer(name: name, directory: directory, configuration: configuration) { [self] message, payload, connection in
             handle(message, payload, uid: connection.credentials.uid, client: connection.id, pid: connection.credentials.pid)
         }

@@ -63,6 +63,23 @@ final class BlockRingTests: ServingLoopTestCase {
         XCTAssertTrue(device.clientMappings.isEmpty)
     }
 
+    /// Releasing the shared handle of a registered ring (MSG_IPC_RELEASE) would unmap the
+    /// memory the serving loop polls: refused with EBUSY until the ring is unregistered, and the
+    /// ring keeps working meanwhile.
+    func testARegisteredRingsHandleIsNotReleasedUntilUnregistered() throws {
+        let (client, ring, handle) = try attach()
+        XCTAssertThrowsError(try client.connection.release(handle: handle)) { error in
+            XCTAssertEqual(error as? IPCError, .refused(.ipcRelease, .EBUSY))
+        }
+        XCTAssertTrue(ring.enqueue(write: false, nsid: 2, lba: 7, blocks: 1, dataOffset: 0, tag: 1))
+        ring.publish()
+        XCTAssertEqual(collect(ring, 1)[1]?.0, .ok, "the ring is still polled after the refused release")
+        XCTAssertEqual(try client.unregisterBuffer(sharedHandle: handle), .ok)
+        XCTAssertNoThrow(try client.connection.release(handle: handle))
+        XCTAssertEqual(block.ringCount, 0)
+        XCTAssertTrue(device.clientMappings.isEmpty)
+    }
+
     func testBadRingEntriesCompleteWithAnErrorAndTouchNothing() throws {
         let (_, ring, _) = try attach(entries: 8, dataBytes: 16 * 1024)
         let cases: [(write: Bool, nsid: UInt32, lba: UInt64, blocks: UInt32, offset: UInt32, expected: IPCStatus)] = [
