@@ -159,8 +159,7 @@ final class HotPathAllocationTests: XCTestCase {
         do { pid = try spawn(program, arguments, environment: environment, log: log, search: search) } catch {
             return ((error as? SpawnError)?.code ?? -1, -1, "")
         }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let status = ChildProcess.wait(pid)
         return (0, status, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
     }
 
@@ -170,27 +169,12 @@ final class HotPathAllocationTests: XCTestCase {
     /// posix_spawn(p) with stdout and stderr to `log` and `environment` added (LIMITLESS_* and
     /// LD_PRELOAD from this process left out).
     private func spawn(_ program: String, _ arguments: [String], environment: [String], log: String, search: Bool = false) throws -> pid_t {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        let argv = ([program] + arguments).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var env: [UnsafeMutablePointer<CChar>?] = []
-        var index = 0
-        while let entry = environ[index] {
-            let text = String(cString: entry)
-            if !text.hasPrefix("LIMITLESS_") && !text.hasPrefix("LD_PRELOAD=") { env.append(strdup(entry)) }
-            index += 1
+        var environment = environment
+        if let trace = getenv("LIMITLESS_ALLOC_TRACE") { environment.insert("LIMITLESS_ALLOC_TRACE=" + String(cString: trace), at: 0) }
+        switch ChildProcess.spawn(program, arguments, environment: environment, outputPath: log, search: search,
+                                  dropping: { $0.hasPrefix("LIMITLESS_") || $0.hasPrefix("LD_PRELOAD=") }) {
+        case .success(let pid): return pid
+        case .failure(let failure): throw SpawnError(code: failure.code)
         }
-        if let trace = getenv("LIMITLESS_ALLOC_TRACE") { env.append(strdup("LIMITLESS_ALLOC_TRACE=" + String(cString: trace))) }
-        env += environment.map { strdup($0) }
-        env.append(nil)
-        defer { env.forEach { free($0) } }
-        var pid = pid_t()
-        let result = search ? posix_spawnp(&pid, program, &actions, nil, argv, env) : posix_spawn(&pid, program, &actions, nil, argv, env)
-        guard result == 0 else { throw SpawnError(code: result) }
-        return pid
     }
 }

@@ -1,5 +1,6 @@
 import CLimitless
 import Foundation
+import PlatformTestSupport
 import XCTest
 @testable import IPC
 #if canImport(Glibc)
@@ -73,28 +74,13 @@ final class CAPITests: RuntimeDirectoryTestCase {
     func run(_ program: String, _ arguments: [String], environment: [String] = [], search: Bool = false)
         -> (pid: pid_t, spawned: Int32, status: Int32, output: String) {
         let outputPath = directory + "/out-\(UInt32.random(in: 0...UInt32.max)).txt"
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        let argv = ([program] + arguments).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var env: [UnsafeMutablePointer<CChar>?] = []
-        var index = 0
-        while let entry = environ[index] {
-            let text = String(cString: entry)
-            if !text.hasPrefix("LIMITLESS_RUNTIME_DIR=") { env.append(strdup(entry)) }
-            index += 1
+        let pid: pid_t
+        switch ChildProcess.spawn(program, arguments, environment: environment, outputPath: outputPath, search: search,
+                                  dropping: { $0.hasPrefix("LIMITLESS_RUNTIME_DIR=") }) {
+        case .success(let child): pid = child
+        case .failure(let failure): return (0, failure.code, -1, "")
         }
-        env += environment.map { strdup($0) }
-        env.append(nil)
-        defer { env.forEach { free($0) } }
-        var pid = pid_t()
-        let spawned = search ? posix_spawnp(&pid, program, &actions, nil, argv, env) : posix_spawn(&pid, program, &actions, nil, argv, env)
-        guard spawned == 0 else { return (0, spawned, -1, "") }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let status = ChildProcess.wait(pid)
         let output = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
         return (pid, 0, status, output)
     }

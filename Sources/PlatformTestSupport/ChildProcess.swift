@@ -1,0 +1,41 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Starting a test's child process: `program arguments` with stdout and stderr to `outputPath`
+/// (truncated), this process's environment minus the entries `dropping` says, plus `environment`.
+public enum ChildProcess {
+    /// posix_spawn (or posix_spawnp with `search`): the child's pid, or posix_spawn's error
+    /// number (ENOENT: no such program).
+    public static func spawn(_ program: String, _ arguments: [String], environment: [String] = [], outputPath: String,
+                             search: Bool = false, dropping: (String) -> Bool = { _ in false }) -> Result<pid_t, SpawnFailure> {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        let argv = ([program] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var env: [UnsafeMutablePointer<CChar>?] = []
+        var index = 0
+        while let entry = environ[index] {
+            if !dropping(String(cString: entry)) { env.append(strdup(entry)) }
+            index += 1
+        }
+        env += environment.map { strdup($0) }
+        env.append(nil)
+        defer { env.forEach { free($0) } }
+        var pid = pid_t()
+        let result = search ? posix_spawnp(&pid, program, &actions, nil, argv, env) : posix_spawn(&pid, program, &actions, nil, argv, env)
+        return result == 0 ? .success(pid) : .failure(SpawnFailure(code: result))
+    }
+
+    /// Waits for `pid` (EINTR retried) and returns its wait status.
+    public static func wait(_ pid: pid_t) -> Int32 {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return status
+    }
+
+    public struct SpawnFailure: Error, Equatable { public let code: Int32 }
+}
