@@ -505,10 +505,14 @@ public final class IPCServer: @unchecked Sendable {
         // A descriptor the handler is shown stays in the pool slot: `releaseBuffer` closes it.
         let token = IPCReplyToken(slot: Int32(slot), generation: generations[slot], connection: connection.id,
                                   type: message.type, sequence: message.sequence)
-        let reply = clients[slot]!.regions.serve(message, inline: inline, reply: replyPayload, replyToken: token) { payload in
-            var payload = payload
-            payload.descriptor = descriptor
-            return handler(message, payload, connection)
+        // The table outlives the call (only `disconnect` drops it, never during a handler), so it
+        // is borrowed unretained rather than retained per request.
+        let reply = Unmanaged.passUnretained(clients[slot]!.regions)._withUnsafeGuaranteedRef { regions in
+            regions.serve(message, inline: inline, reply: replyPayload, replyToken: token) { payload in
+                var payload = payload
+                payload.descriptor = descriptor
+                return handler(message, payload, connection)
+            }
         }
         if reply.isDeferred {
             guard clients[slot] != nil else { return }  // cannot happen: the handler does not disconnect
