@@ -88,7 +88,7 @@ public final class IPCServer: @unchecked Sendable {
     public let adoptedListener: Bool
     private let epollFD: Int32
     private let stopFD: Int32
-    private var clients: [ClientState?]
+    private let clients: SlotTable<ClientState>
     /// Every client's queue of pool buffers: slot `s` owns `queueDepth` entries from
     /// `s * queueDepth`. Kept outside `ClientState` so queueing writes through a plain pointer:
     /// a store into an array inside an optional element of `clients` runs Array's modify
@@ -185,7 +185,7 @@ public final class IPCServer: @unchecked Sendable {
         adoptedListener = inherited != nil
         self.epollFD = epollFD
         self.stopFD = stopFD
-        clients = Array(repeating: nil, count: configuration.maxClients)
+        clients = SlotTable(count: configuration.maxClients)
         queues = .allocate(capacity: configuration.maxClients * configuration.queueDepth)
         queues.initialize(repeating: -1, count: configuration.maxClients * configuration.queueDepth)
         generations = Array(repeating: 0, count: configuration.maxClients)
@@ -208,6 +208,7 @@ public final class IPCServer: @unchecked Sendable {
         replyBuffer.deallocate()
         events.deallocate()
         queues.deallocate()
+        clients.deallocate()
     }
 
     // MARK: Running
@@ -387,13 +388,15 @@ public final class IPCServer: @unchecked Sendable {
         let budget = configuration.queueDepth * 4
         var fds: (Int32, Int32) = (-1, -1)
         for _ in 0..<budget {
-            guard let client = clients[slot], client.pendingReplies.isEmpty else { return }
-            let queued = client.queueCount < configuration.queueDepth && !freeBuffers.isEmpty
+            // Fields read in place: copying the `ClientState` out retains its references per datagram.
+            guard clients[slot] != nil, clients[slot]!.pendingReplies.isEmpty else { return }
+            let clientFD = clients[slot]!.fd, queueHead = clients[slot]!.queueHead, queueCount = clients[slot]!.queueCount
+            let queued = queueCount < configuration.queueDepth && !freeBuffers.isEmpty
             let buffer: Int32 = queued ? freeBuffers.removeLast() : -1
             let target = queued ? pool + Int(buffer) * Message.maxDatagramSize : scratch.baseAddress!
             var fdCount: Int32 = 0, flags: Int32 = 0
             let count = withUnsafeMutableBytes(of: &fds) { raw in
-                CL_ipc_recv(client.fd, target, Message.maxDatagramSize, raw.baseAddress!.assumingMemoryBound(to: Int32.self),
+                CL_ipc_recv(clientFD, target, Message.maxDatagramSize, raw.baseAddress!.assumingMemoryBound(to: Int32.self),
                             2, &fdCount, &flags, CL_MSG_DONTWAIT)
             }
             if count < 0 {
@@ -426,7 +429,7 @@ public final class IPCServer: @unchecked Sendable {
             poolLengths[Int(buffer)] = count
             poolFDs[Int(buffer)] = fdCount == 1 ? fds.0 : (fdCount > 1 ? -2 : -1)
             fds = (-1, -1)
-            queues[slot * configuration.queueDepth + (client.queueHead + client.queueCount) % configuration.queueDepth] = buffer
+            queues[slot * configuration.queueDepth + (queueHead + queueCount) % configuration.queueDepth] = buffer
             clients[slot]!.queueCount += 1
         }
     }
@@ -438,12 +441,14 @@ public final class IPCServer: @unchecked Sendable {
         while progress {
             progress = false
             for slot in clients.indices {
-                guard let client = clients[slot], client.queueCount > 0, client.pendingReplies.isEmpty else { continue }
-                let buffer = queues[slot * configuration.queueDepth + client.queueHead]
-                if client.deferred > 0 && (client.deferred >= configuration.maxDeferredPerClient || releasesRegion(buffer)) {
+                // Fields read in place (no `ClientState` copy, so no retains per request).
+                guard clients[slot] != nil, clients[slot]!.queueCount > 0, clients[slot]!.pendingReplies.isEmpty else { continue }
+                let queueHead = clients[slot]!.queueHead, deferred = clients[slot]!.deferred
+                let buffer = queues[slot * configuration.queueDepth + queueHead]
+                if deferred > 0 && (deferred >= configuration.maxDeferredPerClient || releasesRegion(buffer)) {
                     continue  // paused until answers complete
                 }
-                clients[slot]!.queueHead = (client.queueHead + 1) % configuration.queueDepth
+                clients[slot]!.queueHead = (queueHead + 1) % configuration.queueDepth
                 clients[slot]!.queueCount -= 1
                 serve(slot, buffer: buffer)
                 if poolFDs[Int(buffer)] == -2 { poolFDs[Int(buffer)] = -1 }
@@ -473,11 +478,13 @@ public final class IPCServer: @unchecked Sendable {
         guard !message.flags.contains(.reply) else {
             return protocolError(slot, type: message.type, sequence: message.sequence, status: .EBADMSG, code: IPCRefusal.replySentToServer)
         }
-        let client = clients[slot]!
+        // A plain value read in place: copying the whole `ClientState` out would retain its
+        // references once per request.
+        let connection = clients[slot]!.connection
         // Whatever the client wrote in these fields, the kernel's word replaces it.
-        message.senderPID = client.connection.credentials.pid
-        message.senderUID = client.connection.credentials.uid
-        message.senderGID = client.connection.credentials.gid
+        message.senderPID = connection.credentials.pid
+        message.senderUID = connection.credentials.uid
+        message.senderGID = connection.credentials.gid
 
         let descriptor = poolFDs[Int(buffer)]
         if descriptor == -2 || (descriptor >= 0 && message.type != .ipcShare && !configuration.descriptorMessages.contains(message.type)) {
@@ -494,10 +501,10 @@ public final class IPCServer: @unchecked Sendable {
         case .ipcRelease:
             // param1 is the client's word: bound it before converting (a value >= 2^63 must not trap).
             // Unmapped now, or when a ring request using it ends; unknown from now on either way.
-            if let refusal = configuration.releaseCheck?(client.connection, message.param1) {
+            if let refusal = configuration.releaseCheck?(clients[slot]!.connection, message.param1) {
                 return sendReply(slot, type: message.type, sequence: message.sequence, reply: .error(refusal))
             }
-            guard client.regions.release(handle: message.param1) else {
+            guard clients[slot]!.regions.release(handle: message.param1) else {
                 return sendReply(slot, type: message.type, sequence: message.sequence, reply: .error(.EBADF))
             }
             regions.wrappingDecrement(ordering: .relaxed)
@@ -515,12 +522,16 @@ public final class IPCServer: @unchecked Sendable {
         let inline = UnsafeRawBufferPointer(rebasing: datagram[Message.headerSize...])
         let replyPayload = UnsafeMutableRawBufferPointer(rebasing: replyBuffer[Message.headerSize...])
         // A descriptor the handler is shown stays in the pool slot: `releaseBuffer` closes it.
-        let token = IPCReplyToken(slot: Int32(slot), generation: generations[slot], connection: client.connection.id,
+        let token = IPCReplyToken(slot: Int32(slot), generation: generations[slot], connection: connection.id,
                                   type: message.type, sequence: message.sequence)
-        let reply = client.regions.serve(message, inline: inline, reply: replyPayload, replyToken: token) { payload in
-            var payload = payload
-            payload.descriptor = descriptor
-            return handler(message, payload, client.connection)
+        // The table outlives the call (only `disconnect` drops it, never during a handler), so it
+        // is borrowed unretained rather than retained per request.
+        let reply = Unmanaged.passUnretained(clients[slot]!.regions)._withUnsafeGuaranteedRef { regions in
+            regions.serve(message, inline: inline, reply: replyPayload, replyToken: token) { payload in
+                var payload = payload
+                payload.descriptor = descriptor
+                return handler(message, payload, connection)
+            }
         }
         if reply.isDeferred {
             guard clients[slot] != nil else { return }  // cannot happen: the handler does not disconnect
@@ -545,8 +556,9 @@ public final class IPCServer: @unchecked Sendable {
         let slot = Int(token.slot)
         guard slot >= 0 else { return false }
         deferredCount -= 1
-        guard slot < clients.count, generations[slot] == token.generation, let client = clients[slot],
-              client.connection.id == token.connection, client.deferred > 0 else {
+        // Fields read in place (no `ClientState` copy, so no retains per completion).
+        guard slot < clients.count, generations[slot] == token.generation, clients[slot] != nil,
+              clients[slot]!.connection.id == token.connection, clients[slot]!.deferred > 0 else {
             discardedCompletions &+= 1
             releaseHeld(connection: token.connection)
             return false
@@ -642,24 +654,26 @@ public final class IPCServer: @unchecked Sendable {
     /// the client sees the reply without one and gives up on the attach.
     private func sendReply(_ slot: Int, type: MessageType, sequence: UInt32, reply: IPCReply, descriptor: Int32 = -1,
                            disconnectOnFailure: Bool = true) {
-        guard let client = clients[slot] else { return }
+        // Fields read in place (no `ClientState` copy, so no retains per reply).
+        guard clients[slot] != nil else { return }
+        let clientFD = clients[slot]!.fd
         let length = Message.headerSize + reply.payloadCount
         let header = Message(type: type, flags: .reply, param1: reply.param1, param2: reply.param2, param3: reply.param3,
                              dataPointer: 0, dataSize: UInt32(reply.payloadCount), sequence: sequence, status: reply.status)
         header.encode(into: replyBuffer)
-        if !client.pendingReplies.isEmpty {
+        if !clients[slot]!.pendingReplies.isEmpty {
             // Deferred answers completing while earlier replies wait: they queue behind them.
             clients[slot]!.pendingReplies.append(Array(UnsafeRawBufferPointer(rebasing: replyBuffer[..<length])))
             return
         }
         var fd = descriptor
-        let sent = CL_ipc_send(client.fd, replyBuffer.baseAddress, length, nil, 0, &fd, descriptor >= 0 ? 1 : 0,
+        let sent = CL_ipc_send(clientFD, replyBuffer.baseAddress, length, nil, 0, &fd, descriptor >= 0 ? 1 : 0,
                                CL_MSG_DONTWAIT | CL_MSG_NOSIGNAL)
         if sent >= 0 { return }
         let code = CL_errno()
         if code == EAGAIN {
             clients[slot]!.pendingReplies.append(Array(UnsafeRawBufferPointer(rebasing: replyBuffer[..<length])))
-            if (try? Self.watch(epollFD, client.fd, token: token(slot: slot), events: Self.writeEvents, modify: true)) == nil,
+            if (try? Self.watch(epollFD, clientFD, token: token(slot: slot), events: Self.writeEvents, modify: true)) == nil,
                disconnectOnFailure {
                 disconnect(slot)
             }
