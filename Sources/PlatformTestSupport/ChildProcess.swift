@@ -39,3 +39,29 @@ public enum ChildProcess {
 
     public struct SpawnFailure: Error, Equatable { public let code: Int32 }
 }
+
+#if canImport(Foundation)
+import Foundation
+
+extension ChildProcess {
+    /// Runs `path arguments` (environment inherited, plus `environment`) to the end and returns
+    /// its exit status with stdout and stderr together: for tools a test calls (e2fsprogs,
+    /// serverctl).
+    public static func output(_ path: String, _ arguments: [String], environment: [String: String] = [:]) throws
+        -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+}
+#endif

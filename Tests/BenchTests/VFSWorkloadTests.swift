@@ -112,16 +112,7 @@ final class VFSWorkloadTests: XCTestCase {
     }
 
     private func run(_ program: String, _ arguments: [String]) -> (Int32, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: program)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        do { try process.run() } catch { return (-1, "\(error)") }
-        let output = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: output, as: UTF8.self))
+        do { return try ChildProcess.output(program, arguments) } catch { return (-1, "\(error)") }
     }
 
     /// Spawns the server (stderr to `log`) and waits up to 20 s for its socket: the build machine

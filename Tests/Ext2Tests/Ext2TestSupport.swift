@@ -13,16 +13,8 @@ struct ToolResult {
 
 /// Runs a program (e2fsprogs here) and collects stdout and stderr together.
 func runTool(_ path: String, _ arguments: [String]) throws -> ToolResult {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: path)
-    process.arguments = arguments
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return ToolResult(status: process.terminationStatus, output: String(decoding: data, as: UTF8.self))
+    let (status, output) = try ChildProcess.output(path, arguments)
+    return ToolResult(status: status, output: output)
 }
 
 /// A test case with a temporary directory, images made by the real mke2fs, and checks by the

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import IPC
+import PlatformTestSupport
 import XCTest
 
 @testable import Supervision
@@ -112,16 +113,7 @@ extension SupervisorIntegrationTests {
         waitFor("svc running") { isRunning("svc") }
 
         func serverctl(_ arguments: [String]) throws -> (status: Int32, output: String) {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: program)
-            process.arguments = arguments + ["--runtime-dir", directory.path]
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            process.standardError = pipe
-            try process.run()
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+            try ChildProcess.output(program, arguments + ["--runtime-dir", directory.path])
         }
         let granted = try serverctl(["grant", "svc", "CAP_ACPI_READ"])
         XCTAssertEqual(granted.status, 0, granted.output)
