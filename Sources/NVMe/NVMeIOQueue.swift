@@ -291,6 +291,10 @@ public final class NVMeIOQueue<R: RegisterIO> {
         while outstanding > 0 { try waitForCompletions(body) }
     }
 
+    /// Completions the controller has posted that nobody has reaped yet (a peek: nothing is
+    /// consumed and no doorbell is written).
+    public var postedCompletionCount: Int { pair.postedCompletions() }
+
     /// Tags of the commands in flight, oldest first.
     public var outstandingTags: [UInt64] {
         (0..<slotCount).filter { slotBusy[$0] }.sorted { slotSequence[$0] < slotSequence[$1] }.map { slotTag[$0] }

@@ -122,6 +122,20 @@ public struct NVMeQueuePair<R: RegisterIO> {
         return completion
     }
 
+    /// How many completions the controller has posted past the head, without consuming them
+    /// (entries whose phase tag is new, following the wrap as `nextCompletion()` would).
+    public func postedCompletions() -> Int {
+        var index = completionHead, phase = expectedPhase, count = 0
+        while count < depth {
+            let dw3 = CL_dma_read32(completionQueue.address + index * NVMeCompletion.size + 12)
+            guard (dw3 & (1 << 16) != 0) == phase else { break }
+            count += 1
+            index += 1
+            if index == depth { index = 0; phase.toggle() }
+        }
+        return count
+    }
+
     /// Tells the controller the CQ entries up to the head may be reused.
     @inline(__always)
     public func acknowledgeCompletions() {

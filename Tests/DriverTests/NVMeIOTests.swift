@@ -332,6 +332,30 @@ struct NVMeIOTests {
         #expect(fixture.queue.outstanding == 1)
     }
 
+    @Test("posted completions are counted without being consumed, across the phase wrap")
+    func postedCompletionPeek() throws {
+        let fixture = try IOFixture(depth: 8)
+        let ns = fixture.ns4k
+        let buffer = try fixture.allocator.allocate(size: 4096, alignment: 4096)
+        var reaped = 0
+        // Three rounds of five commands on an 8-entry queue: the completion queue wraps.
+        for round in 0..<3 {
+            fixture.fake.holdIO = true
+            for index in 0..<5 {
+                try fixture.queue.submitTransfer(opcode: NVMeIOOpcode.read, namespace: ns, lba: UInt64(index), blocks: 1,
+                                                 data: buffer.deviceAddress, tag: UInt64(round * 5 + index))
+            }
+            #expect(fixture.queue.postedCompletionCount == 0)
+            fixture.fake.releaseHeldIO()
+            #expect(fixture.queue.postedCompletionCount == 5)
+            #expect(fixture.queue.postedCompletionCount == 5, "a peek must not consume")
+            #expect(fixture.queue.outstanding == 5)
+            reaped += fixture.queue.reap { _ in }
+            #expect(fixture.queue.postedCompletionCount == 0)
+        }
+        #expect(reaped == 15)
+    }
+
     @Test("CSTS.CFS: detected while waiting, reset re-creates the queue and re-issues what was in flight")
     func fatalResetReissue() throws {
         let fixture = try IOFixture()
