@@ -35,24 +35,24 @@
 # shellcheck disable=SC2001 # sed indents multi-line output
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
+# shellcheck source=Scripts/lib/bench.sh
+source Scripts/lib/bench.sh
+# shellcheck source=Tests/HIL/lib.sh
+source Tests/HIL/lib.sh
 
 if [[ ${1:-} != --in-guest ]]; then
 	seconds=4
 	while (($#)); do
 		case $1 in
 		--seconds) seconds=${2:?--seconds needs a value}; shift 2 ;;
-		-h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+		-h | --help) bench_help "$0"; exit 0 ;;
 		*) echo "storage-bench: unknown argument $1" >&2; exit 2 ;;
 		esac
 	done
 	[[ $seconds =~ ^[0-9]+$ ]] || { echo "storage-bench: --seconds takes whole seconds" >&2; exit 2; }
 	export RIG_BENCH_SECONDS=$seconds
-	state=${RIG_STATE_DIR:-.build-rig}
-	Scripts/rig.sh --profile bench --timeout $((900 + 32 * seconds)) test storagebench
-	rc=$?
-	echo
-	sed -n '/^==== storage-bench table/,/^==== end/p' "$state/suite-storagebench.out" 2>/dev/null | tr -d '\r'
-	exit $rc
+	bench_on_host bench $((900 + 32 * seconds)) storagebench storage-bench
+	exit
 fi
 
 # ---- in the guest ------------------------------------------------------------------------------
@@ -65,33 +65,14 @@ bin=.build/release
 work=$(mktemp -d /tmp/limitless-storagebench-XXXXXX)
 results=$work/results
 : >"$results"
-passed=0
-failed=0
 server=0
-result() { if (($1 == 0)); then passed=$((passed + 1)); echo "PASS $2"; else failed=$((failed + 1)); echo "FAIL $2"; fi; }
-finish() {
-	((server > 0)) && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null
-	rm -rf "$work"
-	echo "$passed passed, $failed failed"
-	((failed == 0))
-	exit
-}
-for program in limitless-hil storage_server limitless-storage; do
-	[[ -x $bin/$program ]] || { result 1 "$bin/$program not found: run swift build -c release first"; finish; }
-done
+HIL_PIDS=(server)
+require_built "$bin" limitless-hil storage_server limitless-storage
 command -v fio >/dev/null
 result $? "fio is installed ($(fio --version 2>/dev/null))" || finish
 
 # The kernel's block device for the second controller (the nvme probe finishes asynchronously).
-dev=""
-for _ in $(seq 1 300); do
-	for n in "/sys/bus/pci/devices/$kernel_bdf"/nvme/nvme*/nvme*n1; do
-		[[ -e $n ]] && dev=/dev/${n##*/}
-	done
-	[[ -n $dev && -b $dev ]] && break
-	sleep 0.1
-done
-[[ -n $dev && -b $dev ]]
+dev=$(kernel_nvme_block_device "$kernel_bdf")
 result $? "kernel nvme driver on $kernel_bdf: block device ${dev:-none}" || finish
 bdev=${dev#/dev/}
 echo "     poll_queues=$(cat /sys/module/nvme/parameters/poll_queues 2>/dev/null)" \
@@ -125,7 +106,7 @@ EOF
 		fi
 	fi
 	result 1 "$label $rw QD$qd: fio failed; it printed:"
-	sed 's/^/     /' "$work/fio.err" "$out" | head -20
+	cat "$work/fio.err" "$out" | indent | head -20
 	record "$label" "$rw" "$qd" failed - -
 }
 
@@ -142,7 +123,7 @@ run_driver() { # RW QD: ours in-process (no IPC)
 	else
 		record ours-driver "$rw" "$qd" failed - -
 		result 1 "ours-driver $rw QD$qd: limitless-hil nvme-bench printed:"
-		sed 's/^/     /' <<<"$out" | tail -20
+		indent <<<"$out" | tail -20
 	fi
 }
 
@@ -154,8 +135,7 @@ run_server() { # RW QD [--one-at-a-time]: ours behind storage_server over IPC (w
 	# shellcheck disable=SC2086 # $serial is empty or one flag
 	taskset -c "$cpu" "$bin/storage_server" --device "$ours" --runtime-dir "$work" --poll $serial >"$work/server.log" 2>&1 &
 	server=$!
-	for _ in $(seq 1 600); do [[ -S $work/storage.sock ]] && break; sleep 0.1; done
-	if [[ ! -S $work/storage.sock ]]; then
+	if ! wait_socket "$work/storage.sock" 60; then
 		result 1 "storage_server --poll on $ours did not answer"
 		tail -20 "$work/server.log"
 		finish
@@ -177,7 +157,7 @@ run_server() { # RW QD [--one-at-a-time]: ours behind storage_server over IPC (w
 		else
 			record "$label" "$rw" "$qd" failed - -
 			result 1 "$label $rw QD$qd: limitless-storage bench printed:"
-			sed 's/^/     /' <<<"$out" | tail -20
+			indent <<<"$out" | tail -20
 		fi
 	done
 	kill -TERM "$server"

@@ -12,6 +12,10 @@
 # cores with the emulated device: more threads need not mean more IOPS.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
+# shellcheck source=Scripts/lib/bench.sh
+source Scripts/lib/bench.sh
+# shellcheck source=Tests/HIL/lib.sh
+source Tests/HIL/lib.sh
 
 if [[ ${1:-} != --in-guest ]]; then
 	seconds=4 poll=
@@ -19,7 +23,7 @@ if [[ ${1:-} != --in-guest ]]; then
 		case $1 in
 		--seconds) seconds=${2:?--seconds needs a value}; shift 2 ;;
 		--poll) poll=--poll; shift ;;
-		-h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+		-h | --help) bench_help "$0"; exit 0 ;;
 		*) echo "storage-queues-bench: unknown argument $1" >&2; exit 2 ;;
 		esac
 	done
@@ -41,8 +45,7 @@ for queues in 1 2; do
 	# shellcheck disable=SC2086 # $poll is empty or one flag
 	"$bin/storage_server" --device "$device" --runtime-dir "$work" --queues "$queues" $poll >"$work/server-$queues.log" 2>&1 &
 	server=$!
-	for _ in $(seq 1 600); do [[ -S $work/storage.sock ]] && break; sleep 0.1; done
-	[[ -S $work/storage.sock ]] || { echo "storage_server --queues $queues did not answer"; tail -20 "$work/server-$queues.log"; exit 1; }
+	wait_socket "$work/storage.sock" 60 || { echo "storage_server --queues $queues did not answer"; tail -20 "$work/server-$queues.log"; exit 1; }
 	for client in 1 2; do
 		"$bin/limitless-storage" bench --runtime-dir "$work" --nsid 1 --seconds "$seconds" --queue-depth 32 --read --ring --json \
 			>"$work/client-$queues-$client.json" 2>&1 &

@@ -27,6 +27,10 @@
 # column means anything. Figures only: the suite passes when everything ran and both disks are clean.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
+# shellcheck source=Scripts/lib/bench.sh
+source Scripts/lib/bench.sh
+# shellcheck source=Tests/HIL/lib.sh
+source Tests/HIL/lib.sh
 
 if [[ ${1:-} != --in-guest ]]; then
 	files=1000
@@ -37,19 +41,15 @@ if [[ ${1:-} != --in-guest ]]; then
 		--files) files=${2:?--files needs a value}; shift 2 ;;
 		--mib) mib=${2:?--mib needs a value}; shift 2 ;;
 		--rounds) rounds=${2:?--rounds needs a value}; shift 2 ;;
-		-h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+		-h | --help) bench_help "$0"; exit 0 ;;
 		*) echo "vfs-bench: unknown argument $1" >&2; exit 2 ;;
 		esac
 	done
 	[[ $files =~ ^[0-9]+$ && $mib =~ ^[0-9]+$ && $rounds =~ ^[1-9][0-9]*$ ]] ||
 		{ echo "vfs-bench: --files, --mib and --rounds take whole numbers" >&2; exit 2; }
 	export RIG_VFSBENCH_FILES=$files RIG_VFSBENCH_MIB=$mib RIG_VFSBENCH_ROUNDS=$rounds
-	state=${RIG_STATE_DIR:-.build-rig}
-	Scripts/rig.sh --profile vfsbench --timeout 1200 test vfsbench
-	rc=$?
-	echo
-	sed -n '/^==== vfs-bench table/,/^==== end/p' "$state/suite-vfsbench.out" 2>/dev/null | tr -d '\r'
-	exit $rc
+	bench_on_host vfsbench 1200 vfsbench vfs-bench
+	exit
 fi
 
 # ---- in the guest ------------------------------------------------------------------------------
@@ -64,27 +64,15 @@ work=$(mktemp -d /tmp/limitless-vfsbench-XXXXXX)
 mnt=$work/kernel
 results=$work/results
 : >"$results"
-passed=0
-failed=0
 storage=0
 vfs=0
 mounted=0
-result() { if (($1 == 0)); then passed=$((passed + 1)); echo "PASS $2"; else failed=$((failed + 1)); echo "FAIL $2"; fi; }
+HIL_PIDS=(vfs storage)
+hil_on_finish() { if ((mounted)); then umount "$mnt"; fi; }
 stop() { # PID: SIGTERM and wait; the exit status
 	kill -TERM "$1" 2>/dev/null
 	wait "$1"
 }
-finish() {
-	((mounted)) && umount "$mnt"
-	((vfs > 0)) && stop "$vfs"
-	((storage > 0)) && stop "$storage"
-	rm -rf "$work"
-	echo "$passed passed, $failed failed"
-	((failed == 0))
-	exit
-}
-sbin() { for dir in /usr/sbin /sbin /usr/bin /bin; do [[ -x $dir/$1 ]] && { echo "$dir/$1"; return 0; }; done; return 1; }
-wait_socket() { for _ in $(seq 1 600); do [[ -S $1 ]] && return 0; sleep 0.1; done; return 1; }
 pinned() { taskset -c "$cpu" "$@"; }
 bench() { pinned "$bin/limitless-bench" vfs --files "$files" --mebibytes "$mib" "$@"; }
 # run_bench LOG ARGS...: the workload's lines into the results, its output shown.
@@ -93,7 +81,7 @@ run_bench() {
 	shift
 	bench "$@" >"$log" 2>&1
 	local status=$?
-	sed 's/^/     /' "$log"
+	indent <"$log"
 	grep '^vfsbench ' "$log" >>"$results"
 	return $status
 }
@@ -103,25 +91,15 @@ start_vfs() {
 	# it), or SIGTERM would stop a wrapper subshell and leave the server running.
 	taskset -c "$cpu" "$bin/vfs_server" --storage storage --nsid 1 --runtime-dir "$work" >>"$work/vfs.log" 2>&1 &
 	vfs=$!
-	wait_socket "$work/vfs.sock"
+	wait_socket "$work/vfs.sock" 60
 }
 
-for program in storage_server vfs_server limitless-storage limitless-bench; do
-	[[ -x $bin/$program ]] || { result 1 "$bin/$program not found: run swift build -c release first"; finish; }
-done
+require_built "$bin" storage_server vfs_server limitless-storage limitless-bench
 mke2fs=$(sbin mke2fs) && e2fsck=$(sbin e2fsck)
 result $? "e2fsprogs found ($("$mke2fs" -V 2>&1 | head -1))" || finish
 
 # The kernel's block device for the second controller (the nvme probe finishes asynchronously).
-dev=""
-for _ in $(seq 1 300); do
-	for n in "/sys/bus/pci/devices/$kernel_bdf"/nvme/nvme*/nvme*n1; do
-		[[ -e $n ]] && dev=/dev/${n##*/}
-	done
-	[[ -n $dev && -b $dev ]] && break
-	sleep 0.1
-done
-[[ -n $dev && -b $dev ]]
+dev=$(kernel_nvme_block_device "$kernel_bdf")
 result $? "kernel nvme driver on $kernel_bdf: block device ${dev:-none}" || finish
 bdev=${dev#/dev/}
 bytes=$(($(cat "/sys/block/$bdev/size") * 512))
@@ -136,7 +114,7 @@ result $? "the image is on $dev (dd)" || finish
 
 taskset -c "$cpu" "$bin/storage_server" --device "$ours" --runtime-dir "$work" --poll >"$work/storage.log" 2>&1 &
 storage=$!
-wait_socket "$work/storage.sock"
+wait_socket "$work/storage.sock" 60
 result $? "storage_server --poll on $ours answers" || { tail -20 "$work/storage.log"; finish; }
 "$bin/limitless-storage" write --nsid 1 --lba 0 --input "$work/fs.img" --runtime-dir "$work" >"$work/write.out" 2>&1
 result $? "the image is on namespace 1 ($(head -1 "$work/write.out"))" || { cat "$work/write.out"; finish; }

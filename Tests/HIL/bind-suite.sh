@@ -13,10 +13,12 @@ HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd -- "$HERE/../.." && pwd)
 # shellcheck source=Tests/Scripts/lib/assert.sh
 source "$REPO/Tests/Scripts/lib/assert.sh"
+# shellcheck source=Tests/HIL/lib.sh
+source "$HERE/lib.sh"
 
 EMULATED_IDS="1b36:0010 1b36:000d 8086:10d3"
 GROUP_NAME=limitless
-WAIT_TRIES=100 # 0.1 s each
+WAIT_SECONDS=10
 TRANSCRIPT=${RIG_RUN_DIR:-${TMPDIR:-/tmp}}/bind-suite.transcript
 DEVICES=()
 
@@ -31,15 +33,6 @@ uio_node() {
     [[ -e $entry ]] && printf '%s\n' "${entry##*/}"
   done
   return 0
-}
-
-# eventually TEST...: polls TEST for up to 10 s.
-eventually() {
-  local tries=$WAIT_TRIES
-  until "$@"; do
-    ((tries-- > 0)) || return 1
-    sleep 0.1
-  done
 }
 
 is_char() { [[ -c $1 ]]; }
@@ -101,7 +94,7 @@ case_in_use_refused() {
   holder=$!
   # shellcheck disable=SC2064 # expand now: holder is local and gone when the trap runs
   trap "kill $holder 2>/dev/null || true" EXIT
-  eventually test -e "/proc/$holder/fd/9" || fail "could not hold $node open for the test"
+  wait_until "$WAIT_SECONDS" test -e "/proc/$holder/fd/9" || fail "could not hold $node open for the test"
   run unbind.sh "$bdf"
   kill "$holder" 2>/dev/null || true
   wait "$holder" 2>/dev/null || true
@@ -117,7 +110,7 @@ case_unbind() {
   run unbind.sh "$bdf"
   expect_rc 0
   [[ $(sysfs_driver "$bdf") != vfio-pci ]] || fail "$bdf is still on vfio-pci"
-  eventually is_gone "$node" || fail "$node is still there 10 s after unbind"
+  wait_until "$WAIT_SECONDS" is_gone "$node" || fail "$node is still there 10 s after unbind"
   [[ $(<"/sys/bus/pci/devices/$bdf/driver_override") == "(null)" ]] ||
     fail "driver_override still holds '$(<"/sys/bus/pci/devices/$bdf/driver_override")'"
   run unbind.sh "$bdf"
@@ -130,7 +123,7 @@ case_bind() {
   run bind.sh "$bdf"
   expect_rc 0
   expect_driver "$bdf" vfio-pci
-  eventually is_char "$node" || fail "$node did not appear"
+  wait_until "$WAIT_SECONDS" is_char "$node" || fail "$node did not appear"
   expect_out "bound to vfio-pci, IOMMU group $(iommu_group "$bdf"): $node"
   expect_out "limitless-hil smoke --device $bdf"
   if group_exists; then
@@ -150,15 +143,15 @@ case_uio_and_back() {
   expect_driver "$bdf" uio_pci_generic
   uio=$(uio_node "$bdf")
   [[ -n $uio ]] || fail "no uio device under /sys/bus/pci/devices/$bdf/uio"
-  eventually is_char "/dev/$uio" || fail "/dev/$uio did not appear"
+  wait_until "$WAIT_SECONDS" is_char "/dev/$uio" || fail "/dev/$uio did not appear"
   expect_out "bound to uio_pci_generic: /dev/$uio"
   expect_out "no IOMMU protection"
-  eventually is_gone "$node" || fail "$node is still there on uio_pci_generic"
+  wait_until "$WAIT_SECONDS" is_gone "$node" || fail "$node is still there on uio_pci_generic"
   run bind.sh "$bdf"
   expect_rc 0
   expect_driver "$bdf" vfio-pci
-  eventually is_char "$node" || fail "$node did not come back"
-  eventually is_gone "/dev/$uio" || fail "/dev/$uio is still there on vfio-pci"
+  wait_until "$WAIT_SECONDS" is_char "$node" || fail "$node did not come back"
+  wait_until "$WAIT_SECONDS" is_gone "/dev/$uio" || fail "/dev/$uio is still there on vfio-pci"
 }
 
 case_all_on_vfio() {

@@ -12,36 +12,21 @@
 # Ends with one "N passed, N failed" line; exit 1 on failure.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 2
+# shellcheck source=Tests/HIL/lib.sh
+source Tests/HIL/lib.sh
 
 device=${1:-0000:00:03.0}
 files=${LIMITLESS_KILL_FILES:-60}  # files in the stream
 kill_at=${LIMITLESS_KILL_AT:-15}   # SIGKILL storage_server once this many are acknowledged
 bin=$PWD/.build/release
 work=$(mktemp -d /tmp/limitless-storagekill-XXXXXX)
-passed=0
-failed=0
 supervisor=0
 storage=0
+HIL_PIDS=(supervisor storage)
 image_blocks=16384 # 1 KiB blocks: a 16 MiB file system on the 512-byte-sector namespace 1
-result() { if (($1 == 0)); then passed=$((passed + 1)); echo "PASS $2"; else failed=$((failed + 1)); echo "FAIL $2"; fi; }
-finish() {
-	((supervisor > 0)) && kill -TERM "$supervisor" 2>/dev/null && wait "$supervisor" 2>/dev/null
-	((storage > 0)) && kill -TERM "$storage" 2>/dev/null && wait "$storage" 2>/dev/null
-	rm -rf "$work"
-	echo "$passed passed, $failed failed"
-	((failed == 0))
-	exit
-}
-sbin() { for dir in /usr/sbin /sbin /usr/bin /bin; do [[ -x $dir/$1 ]] && { echo "$dir/$1"; return 0; }; done; return 1; }
-fs() { "$bin/limitless-fs" "$@" --runtime-dir "$work"; }
-storage_tool() { "$bin/limitless-storage" "$@" --runtime-dir "$work"; }
-wait_socket() { for _ in $(seq 1 600); do [[ -S $1 ]] && return 0; sleep 0.1; done; return 1; }
-storage_pid() { "$bin/serverctl" status storage --json --runtime-dir "$work" 2>/dev/null | sed -nE 's/.*"pid":([0-9]+).*/\1/p'; }
-restarts() { "$bin/serverctl" status storage --json --runtime-dir "$work" 2>/dev/null | sed -nE 's/.*"restarts":([0-9]+).*/\1/p'; }
+restarts() { ctl status storage --json 2>/dev/null | sed -nE 's/.*"restarts":([0-9]+).*/\1/p'; }
 
-for program in limitless-supervisor serverctl storage_server vfs_server limitless-fs limitless-storage; do
-	[[ -x $bin/$program ]] || { result 1 "$bin/$program not found: run swift build -c release first"; finish; }
-done
+require_built "$bin" limitless-supervisor serverctl storage_server vfs_server limitless-fs limitless-storage
 mke2fs=$(sbin mke2fs) && e2fsck=$(sbin e2fsck) && debugfs=$(sbin debugfs)
 result $? "e2fsprogs found (mke2fs, e2fsck, debugfs)" || finish
 
@@ -50,7 +35,7 @@ result $? "e2fsprogs found (mke2fs, e2fsck, debugfs)" || finish
 result $? "mke2fs made a $((image_blocks / 1024)) MiB ext2 image" || { cat "$work/mke2fs.out"; finish; }
 "$bin/storage_server" --device "$device" --runtime-dir "$work" >"$work/standalone.log" 2>&1 &
 storage=$!
-wait_socket "$work/storage.sock" && storage_tool write --nsid 1 --lba 0 --input "$work/fs.img" >"$work/write.out" 2>&1 &&
+wait_socket "$work/storage.sock" 60 && storage_tool write --nsid 1 --lba 0 --input "$work/fs.img" >"$work/write.out" 2>&1 &&
 	kill -TERM "$storage" && wait "$storage"
 result $? "the image is on namespace 1 ($(head -1 "$work/write.out")); the standalone storage_server stopped" ||
 	{ cat "$work/write.out"; tail "$work/standalone.log"; finish; }
@@ -72,9 +57,9 @@ result $? "servers.conf (storage_server + vfs_server --storage) checks" || { cat
 
 "$bin/limitless-supervisor" --config "$work/servers.conf" --runtime-dir "$work" --log-dir "$work/logs" >"$work/supervisor.log" 2>&1 &
 supervisor=$!
-wait_socket "$work/vfs.sock" && fs mkdir /stream >"$work/out" 2>&1
-result $? "the supervisor runs storage_server (pid $(storage_pid)) and vfs_server mounted on it" || { cat "$work/out"; tail -20 "$work/supervisor.log"; finish; }
-first_pid=$(storage_pid)
+wait_socket "$work/vfs.sock" 60 && fs mkdir /stream >"$work/out" 2>&1
+result $? "the supervisor runs storage_server (pid $(server_pid storage)) and vfs_server mounted on it" || { cat "$work/out"; tail -20 "$work/supervisor.log"; finish; }
+first_pid=$(server_pid storage)
 
 # The stream: file i is 1 KiB to 192 KiB of random bytes, put (written and fsync'd) through the
 # VFS. A put that fails (the outage outlasting vfs_server's reconnect deadline) is not
@@ -98,12 +83,12 @@ for i in $(seq 1 "$files"); do
 	else
 		refused=$((refused + 1))
 		echo "     put f$i not acknowledged: $(head -1 "$work/put.out")"
-		tail -3 "$work"/logs/storage* "$work"/logs/vfs* 2>/dev/null | sed 's/^/     /'
+		tail -3 "$work"/logs/storage* "$work"/logs/vfs* 2>/dev/null | indent
 	fi
 	((i % 20 == 0)) && echo "     $i puts, ${#acknowledged[@]} acknowledged"
 done
 ((killed_after > 0)) && wait "$killer"
-new_pid=$(storage_pid)
+new_pid=$(server_pid storage)
 [[ $killed_after -gt 0 && -n $new_pid && $new_pid != "$first_pid" && $(restarts) == 1 ]] && ! kill -0 "$first_pid" 2>/dev/null
 result $? "storage_server pid $first_pid SIGKILLed during put $killed_after; the supervisor restarted it (pid ${new_pid:-none}, restarts $(restarts))" ||
 	tail -20 "$work/supervisor.log"
@@ -128,7 +113,7 @@ supervisor=0
 
 "$bin/storage_server" --device "$device" --runtime-dir "$work" >"$work/standalone.log" 2>&1 &
 storage=$!
-wait_socket "$work/storage.sock" &&
+wait_socket "$work/storage.sock" 60 &&
 	storage_tool read --nsid 1 --lba 0 --blocks $((image_blocks * 2)) --output "$work/after.img" >"$work/read.out" 2>&1
 result $? "namespace 1 read back" || cat "$work/read.out"
 "$e2fsck" -fn "$work/after.img" >"$work/fsck.out" 2>&1

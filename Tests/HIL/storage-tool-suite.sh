@@ -7,37 +7,27 @@
 # refused, and bench prints figures (data inline, and zero copy through a registered buffer). Ends with one "N passed, N failed" line; exit 1 on failure.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 2
+# shellcheck source=Tests/HIL/lib.sh
+source Tests/HIL/lib.sh
 
 device=${1:-0000:00:03.0}
 bin=.build/release
 work=$(mktemp -d /tmp/limitless-storagetool-XXXXXX)
-passed=0
-failed=0
 server=0
-result() { if (($1 == 0)); then passed=$((passed + 1)); echo "PASS $2"; else failed=$((failed + 1)); echo "FAIL $2"; fi; }
-finish() {
-	((server > 0)) && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null
-	rm -rf "$work"
-	echo "$passed passed, $failed failed"
-	((failed == 0))
-	exit
-}
+HIL_PIDS=(server)
 tool() { "$bin/limitless-storage" "$@" --runtime-dir "$work"; }
 
-for program in storage_server limitless-storage; do
-	[[ -x $bin/$program ]] || { result 1 "$bin/$program not found: run swift build -c release first"; finish; }
-done
+require_built "$bin" storage_server limitless-storage
 
 "$bin/storage_server" --device "$device" --runtime-dir "$work" >"$work/server.log" 2>&1 &
 server=$!
-for _ in $(seq 1 300); do [[ -S $work/storage.sock ]] && break; sleep 0.1; done
-[[ -S $work/storage.sock ]]
+wait_socket "$work/storage.sock"
 result $? "storage_server on $device answers at $work/storage.sock" || { tail -20 "$work/server.log"; finish; }
 
 info=$(tool info 2>&1)
 grep -qE "^1 +512 " <<<"$info" && grep -qE "^2 +4096 " <<<"$info"
 result $? "info lists nsid 1 (512 B) and nsid 2 (4096 B)"
-while IFS= read -r line; do echo "     $line"; done <<<"$info"
+indent <<<"$info"
 
 head -c $((3 * 1024 * 1024 + 4096 * 3)) /dev/urandom >"$work/random.bin"
 tool write --nsid 2 --lba 100 --input "$work/random.bin" >"$work/write.out" 2>&1 &&
@@ -59,7 +49,7 @@ for run in "1 inline" "8 inline" "8 zero-copy"; do
 	status=$?
 	grep -q "IOPS" "$work/bench.out"
 	result $((status || $?)) "bench, 4 KiB random reads at queue depth $depth, data $path (emulated device under TCG: figures only)"
-	grep -E "IOPS|latency p50|latency p99" "$work/bench.out" | sed 's/^/     /'
+	grep -E "IOPS|latency p50|latency p99" "$work/bench.out" | indent
 done
 
 kill -TERM "$server"

@@ -9,14 +9,14 @@
 # vfio-pci. Ends with one "N passed, N failed" line; exit 1 on any failure.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 2
+# shellcheck source=Tests/HIL/lib.sh
+source Tests/HIL/lib.sh
 
 device=${1:-0000:00:03.0}
-hil=.build/release/limitless-hil
-passed=0
-failed=0
-result() { if (($1 == 0)); then passed=$((passed + 1)); echo "PASS $2"; else failed=$((failed + 1)); echo "FAIL $2"; fi; }
+bin=.build/release
+hil=$bin/limitless-hil
 
-[[ -x $hil ]] || { echo "FAIL $hil not found: run swift build -c release first"; echo "0 passed, 1 failed"; exit 1; }
+require_built "$bin" limitless-hil
 
 Scripts/bind.sh --uio "$device" >/tmp/uio-bind.log 2>&1
 status=$?
@@ -41,6 +41,4 @@ Scripts/bind.sh "$device" >/tmp/uio-rebind.log 2>&1
 status=$?
 result $status "$device: bound back to vfio-pci"
 ((status == 0)) || cat /tmp/uio-rebind.log
-
-echo "$passed passed, $failed failed"
-((failed == 0))
+finish

@@ -12,34 +12,19 @@
 # Ends with one "N passed, N failed" line; exit 1 on failure.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 2
+# shellcheck source=Tests/HIL/lib.sh
+source Tests/HIL/lib.sh
 
 device=${1:-0000:00:03.0}
 bin=.build/release
 work=$(mktemp -d /tmp/limitless-vfs-XXXXXX)
-passed=0
-failed=0
 storage=0
 vfs=0
 supervisor=0
+HIL_PIDS=(vfs storage supervisor)
 image_blocks=16384 # 1 KiB blocks: a 16 MiB file system on the 512-byte-sector namespace 1
-result() { if (($1 == 0)); then passed=$((passed + 1)); echo "PASS $2"; else failed=$((failed + 1)); echo "FAIL $2"; fi; }
-finish() {
-	((vfs > 0)) && kill -TERM "$vfs" 2>/dev/null && wait "$vfs" 2>/dev/null
-	((storage > 0)) && kill -TERM "$storage" 2>/dev/null && wait "$storage" 2>/dev/null
-	((supervisor > 0)) && kill -TERM "$supervisor" 2>/dev/null && wait "$supervisor" 2>/dev/null
-	rm -rf "$work"
-	echo "$passed passed, $failed failed"
-	((failed == 0))
-	exit
-}
-sbin() { for dir in /usr/sbin /sbin /usr/bin /bin; do [[ -x $dir/$1 ]] && { echo "$dir/$1"; return 0; }; done; return 1; }
-fs() { "$bin/limitless-fs" "$@" --runtime-dir "$work"; }
-storage_tool() { "$bin/limitless-storage" "$@" --runtime-dir "$work"; }
-wait_socket() { for _ in $(seq 1 300); do [[ -S $1 ]] && return 0; sleep 0.1; done; return 1; }
 
-for program in storage_server vfs_server limitless-fs limitless-storage limitless-supervisor serverctl; do
-	[[ -x $bin/$program ]] || { result 1 "$bin/$program not found: run swift build -c release first"; finish; }
-done
+require_built "$bin" storage_server vfs_server limitless-fs limitless-storage limitless-supervisor serverctl
 mke2fs=$(sbin mke2fs) && e2fsck=$(sbin e2fsck) && debugfs=$(sbin debugfs)
 result $? "e2fsprogs found (mke2fs, e2fsck, debugfs)" || finish
 
@@ -75,7 +60,7 @@ result $? "put /data/note.txt" || cat "$work/out"
 listing=$(fs ls -l /data/deep 2>&1)
 grep -q "3146505 .* random.bin" <<<"$listing" && grep -q "^d.* er$" <<<"$listing"
 result $? "ls -l shows the file's size and the directory"
-while IFS= read -r line; do echo "     $line"; done <<<"$listing"
+indent <<<"$listing"
 
 fs mv /data/deep/random.bin /data/moved.bin >"$work/out" 2>&1 &&
 	[[ $(fs ls /data 2>&1) == $'deep\nmoved.bin\nnote.txt' ]]
@@ -91,14 +76,16 @@ result $? "rm and rmdir" || cat "$work/out"
 df=$(fs df / 2>&1)
 grep -qE "^ext3 +16[0-9]{3} " <<<"$df"
 result $? "df reports the 16 MiB file system as ext3 (it has a journal)"
-while IFS= read -r line; do echo "     $line"; done <<<"$df"
+indent <<<"$df"
 
 # A crash under load: files put (each fsync'd) in a loop, vfs_server killed in the middle, then
 # started again; it replays what its journal committed, and every put that returned reads back.
 : >"$work/acked"
 (for i in $(seq 1 400); do fs put "$work/note.txt" "/data/crash$i" >/dev/null 2>&1 && echo "$i" >>"$work/acked"; done) &
 writer=$!
-for _ in $(seq 1 600); do [[ $(wc -l <"$work/acked") -ge 5 ]] && break; sleep 0.1; done
+# shellcheck disable=SC2317 # called through wait_until
+acknowledged_at_least() { (($(wc -l <"$work/acked") >= $1)); }
+wait_until 60 acknowledged_at_least 5
 kill -KILL "$vfs"
 wait "$vfs" 2>/dev/null
 kill -TERM "$writer" 2>/dev/null
@@ -108,7 +95,9 @@ acked=$(wc -l <"$work/acked")
 result $? "vfs_server killed (SIGKILL) after $acked acknowledged puts"
 "$bin/vfs_server" --storage storage --nsid 1 --runtime-dir "$work" --writeback-interval 1s >>"$work/vfs.log" 2>&1 &
 vfs=$!
-for _ in $(seq 1 300); do [[ $(grep -c "mounted ext3 at /" "$work/vfs.log") -ge 2 ]] && break; sleep 0.1; done
+# shellcheck disable=SC2317 # called through wait_until
+mounts_logged() { (($(grep -c "mounted ext3 at /" "$work/vfs.log") >= $1)); }
+wait_until 30 mounts_logged 2
 wait_socket "$work/vfs.sock" && fs ls /data >/dev/null 2>&1
 result $? "vfs_server started again ($(grep -m1 -o "journal: replayed.*" "$work/vfs.log" || echo "nothing committed was left to replay"))" ||
 	{ tail -20 "$work/vfs.log"; finish; }
@@ -147,8 +136,6 @@ storage=0
 # CAP_BLOCK_READ / CAP_BLOCK_WRITE tokens the supervisor gave it (and told storage_server about).
 # Then storage_server is killed: its next instance gets the tokens again from the supervisor
 # and vfs_server, reconnecting, presents them again.
-ctl() { "$bin/serverctl" "$@" --runtime-dir "$work"; }
-server_pid() { ctl status "$1" --json 2>/dev/null | grep -o '"pid":[0-9]*' | grep -o '[0-9]*$'; }
 chmod 0777 "$work"
 cat >"$work/servers.conf" <<CONF
 start_server storage $PWD/$bin/storage_server --runtime-dir $work
@@ -193,11 +180,12 @@ result $? "supervised: a file put through vfs_server reads back" || cat "$work/o
 
 old_pid=$(server_pid storage)
 [[ -n $old_pid ]] && kill -KILL "$old_pid"
-for _ in $(seq 1 300); do
+# shellcheck disable=SC2317 # called through wait_until
+storage_restarted() {
 	new_pid=$(server_pid storage)
-	[[ -n $new_pid && $new_pid != "$old_pid" ]] && grep -q '"registered":true' <<<"$(ctl status storage --json 2>/dev/null)" && break
-	sleep 0.1
-done
+	[[ -n $new_pid && $new_pid != "$old_pid" ]] && grep -q '"registered":true' <<<"$(ctl status storage --json 2>/dev/null)"
+}
+wait_until 30 storage_restarted
 [[ -n $old_pid && -n ${new_pid:-} && $new_pid != "$old_pid" ]]
 result $? "supervised: storage_server SIGKILLed (pid $old_pid) and restarted (pid ${new_pid:-none})"
 echo "after the restart" >"$work/cap2.txt"

@@ -517,7 +517,8 @@ case_shellcheck() {
   OUT=$(cd "$REPO" && shellcheck -x Scripts/bind.sh Scripts/unbind.sh Scripts/install.sh Scripts/lib/pci.sh \
     udev/limitless-bind-at-boot Tests/Scripts/run.sh Tests/Scripts/fake-kernel.sh \
     Tests/Scripts/lib/fake-tree.sh Tests/Scripts/lib/assert.sh Tests/HIL/bind-suite.sh Tests/HIL/uio-suite.sh Tests/HIL/storage-tool-suite.sh \
-    Tests/HIL/vfs-suite.sh Tests/HIL/storage-kill-suite.sh Scripts/storage-bench.sh Scripts/vfs-bench.sh 2>&1) || RC=$?
+    Tests/HIL/vfs-suite.sh Tests/HIL/storage-kill-suite.sh Tests/HIL/lib.sh Scripts/storage-bench.sh Scripts/vfs-bench.sh \
+    Scripts/storage-queues-bench.sh Scripts/lib/bench.sh 2>&1) || RC=$?
   expect_rc 0
 }
 
