@@ -12,7 +12,9 @@ passed=0
 failed=0
 HIL_PIDS=()
 
-# result STATUS LABEL: "PASS LABEL" when STATUS is 0, else "FAIL LABEL"; counts it.
+# result STATUS LABEL: "PASS LABEL" when STATUS is 0, else "FAIL LABEL"; counts it and returns
+# STATUS, so that `result $? "..." || { evidence; finish; }` shows what failed (and stops where
+# going on makes no sense).
 result() {
 	if (($1 == 0)); then
 		passed=$((passed + 1))
@@ -21,6 +23,7 @@ result() {
 		failed=$((failed + 1))
 		echo "FAIL $2"
 	fi
+	return "$1"
 }
 
 # finish: stops what the suite left running, removes $work, prints the "N passed, N failed"
