@@ -136,7 +136,7 @@ let package = Package(
             dependencies: ["FUSEBridge", "VFS", "IPC", "CFUSE", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "limitless-fuzz",
-            dependencies: ["IPC", "Ext2", "VFSCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["IPC", "Ext2", "VFSCore", "PlatformTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "limitless-supervisor",
             dependencies: ["Supervision", .product(name: "ArgumentParser", package: "swift-argument-parser")]),

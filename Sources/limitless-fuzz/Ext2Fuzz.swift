@@ -1,6 +1,7 @@
 import ArgumentParser
 import Ext2
 import Foundation
+import PlatformTestSupport
 import VFSCore
 
 /// The ext2 fuzz: an image made by the real mke2fs from a generated tree, then per iteration a
@@ -65,8 +66,7 @@ struct Ext2Template {
     let metadataBlocks: [Int]
 
     init(blockSize: Int, kib: Int) throws {
-        let mke2fs = ["/usr/sbin/mke2fs", "/sbin/mke2fs", "/usr/bin/mke2fs"].first { FileManager.default.isExecutableFile(atPath: $0) }
-        guard let mke2fs else { throw FuzzSetupError("mke2fs not found (install e2fsprogs)") }
+        guard let mke2fs = ChildProcess.systemTool("mke2fs") else { throw FuzzSetupError("mke2fs not found (install e2fsprogs)") }
         let directory = NSTemporaryDirectory() + "limitless-fuzz-ext2-\(getpid())"
         let fm = FileManager.default
         defer { try? fm.removeItem(atPath: directory) }
@@ -90,23 +90,14 @@ struct Ext2Template {
         try fm.createSymbolicLink(atPath: tree + "/fast", withDestinationPath: "a/big")
         try fm.createSymbolicLink(atPath: tree + "/d/slow", withDestinationPath: String(repeating: "long/", count: 30))
         let path = directory + "/image"
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: mke2fs)
         // A fixed UUID, hash seed and creation time, so the image (and an iteration's damage)
         // is the same on every run: --seed and --first-iteration reproduce a failure.
         let uuid = "6e1f9c3a-1d2b-4c5d-8e9f-0a1b2c3d4e5f"
-        process.arguments = ["-q", "-t", "ext2", "-b", "\(blockSize)", "-I", "128", "-N", "256", "-U", uuid, "-E", "hash_seed=\(uuid)",
-                             "-d", tree, "-F", path, "\(kib)k"]
-        process.environment = ProcessInfo.processInfo.environment.merging(["E2FSPROGS_FAKE_TIME": "1700000000"]) { $1 }
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw FuzzSetupError("mke2fs failed: \(String(decoding: output, as: UTF8.self))")
-        }
+        let made = try ChildProcess.output(
+            mke2fs, ["-q", "-t", "ext2", "-b", "\(blockSize)", "-I", "128", "-N", "256", "-U", uuid, "-E", "hash_seed=\(uuid)",
+                     "-d", tree, "-F", path, "\(kib)k"],
+            environment: ["E2FSPROGS_FAKE_TIME": "1700000000"])
+        guard made.status == 0 else { throw FuzzSetupError("mke2fs failed: \(made.output)") }
         image = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
         self.blockSize = blockSize
         metadataBlocks = Ext2Template.metadata(image, blockSize)

@@ -66,12 +66,12 @@ final class VFSWorkloadTests: XCTestCase {
     /// the workload through VFSClient; then a clean stop and e2fsck -fn on the image.
     func testVFSServerOnAnExt2Image() throws {
         let server = try executable("vfs_server")
-        guard let mke2fs = tool("mke2fs"), let e2fsck = tool("e2fsck"), let debugfs = tool("debugfs") else {
+        guard let mke2fs = ChildProcess.systemTool("mke2fs"), let e2fsck = ChildProcess.systemTool("e2fsck"), let debugfs = ChildProcess.systemTool("debugfs") else {
             throw XCTSkip("e2fsprogs not installed")
         }
         let directory = temporaryDirectory()
         let image = directory + "/fs.img"
-        let made = run(mke2fs, ["-q", "-F", "-t", "ext2", "-b", "4096", image, "4096"])
+        let made = ChildProcess.run(mke2fs, ["-q", "-F", "-t", "ext2", "-b", "4096", image, "4096"])
         XCTAssertEqual(made.0, 0, made.1)
 
         let pid = try startServer(server, ["--image", image, "--runtime-dir", directory, "--writeback-interval", "200ms"],
@@ -85,10 +85,10 @@ final class VFSWorkloadTests: XCTestCase {
         waitpid(pid, &status, 0)
         stopped = true
         XCTAssertEqual(status, 0, "vfs_server exits 0 on SIGTERM")
-        let fsck = run(e2fsck, ["-fn", image])
+        let fsck = ChildProcess.run(e2fsck, ["-fn", image])
         XCTAssertEqual(fsck.0, 0, fsck.1)
         // The directory the workload used is on the image and empty ("." and ".." only).
-        let listing = run(debugfs, ["-R", "ls -p /bench", image])
+        let listing = ChildProcess.run(debugfs, ["-R", "ls -p /bench", image])
         XCTAssertEqual(listing.1.split(separator: "\n").filter { $0.hasPrefix("/") }.count, 2, listing.1)
     }
 
@@ -105,14 +105,6 @@ final class VFSWorkloadTests: XCTestCase {
     private func executable(_ name: String) throws -> String {
         guard let path = BuiltExecutables.path(name) else { throw XCTSkip("\(BuiltExecutables.directory)/\(name) not built") }
         return path
-    }
-
-    private func tool(_ name: String) -> String? {
-        ["/usr/sbin/", "/sbin/", "/usr/bin/", "/bin/"].map { $0 + name }.first { access($0, X_OK) == 0 }
-    }
-
-    private func run(_ program: String, _ arguments: [String]) -> (Int32, String) {
-        do { return try ChildProcess.output(program, arguments) } catch { return (-1, "\(error)") }
     }
 
     /// Spawns the server (stderr to `log`) and waits up to 20 s for its socket: the build machine

@@ -25,7 +25,7 @@ final class FUSEMountTests: XCTestCase {
     /// vfs_server --tmpfs / in `directory`, once its socket exists.
     private func startServer(_ directory: String) throws -> pid_t {
         let log = directory + "/server.log"
-        guard let pid = spawn(try executable("vfs_server"), ["--tmpfs", "/", "--runtime-dir", directory], log: log) else {
+        guard case .success(let pid) = ChildProcess.spawn(try executable("vfs_server"), ["--tmpfs", "/", "--runtime-dir", directory], outputPath: log, appending: true) else {
             throw XCTSkip("cannot start vfs_server")
         }
         for _ in 0..<400 {
@@ -35,7 +35,7 @@ final class FUSEMountTests: XCTestCase {
             usleep(25_000)
         }
         kill(pid, SIGKILL)
-        _ = waitForExit(pid)
+        _ = ChildProcess.wait(pid)
         XCTFail("vfs_server did not listen: \(readText(log))")
         throw XCTSkip("no server")
     }
@@ -70,7 +70,7 @@ final class FUSEMountTests: XCTestCase {
     }
 
     private func tool(_ name: String, _ arguments: String...) -> (status: Int32, output: String) {
-        runProgram("/usr/bin/" + name, arguments)
+        ChildProcess.run("/usr/bin/" + name, arguments)
     }
 
     func testOrdinaryProgramsOnTheMount() throws {
@@ -80,25 +80,25 @@ final class FUSEMountTests: XCTestCase {
         let server = try startServer(directory)
         defer {
             kill(server, SIGTERM)
-            _ = waitForExit(server)
+            _ = ChildProcess.wait(server)
         }
         let mnt = directory + "/mnt"
         XCTAssertEqual(mkdir(mnt, 0o755), 0)
         let log = directory + "/fuse.log"
-        guard let bridge = spawn(bridgeProgram, [mnt, "--runtime-dir", directory, "--foreground"], log: log) else {
+        guard case .success(let bridge) = ChildProcess.spawn(bridgeProgram, [mnt, "--runtime-dir", directory, "--foreground"], outputPath: log, appending: true) else {
             return XCTFail("cannot start limitless-fuse")
         }
         let watchdog = Watchdog(seconds: 25) {
             kill(bridge, SIGKILL)
-            _ = runProgram("/usr/bin/fusermount3", ["-u", "-z", mnt])
+            _ = ChildProcess.run("/usr/bin/fusermount3", ["-u", "-z", mnt])
         }
         var bridgeReaped = false
         defer {
             if watchdog.cancel() == false { XCTFail("the watchdog fired: something hung on the mount; log: \(readText(log))") }
             if !bridgeReaped {
                 kill(bridge, SIGKILL)
-                _ = waitForExit(bridge)
-                _ = runProgram("/usr/bin/fusermount3", ["-u", "-z", mnt])
+                _ = ChildProcess.wait(bridge)
+                _ = ChildProcess.run("/usr/bin/fusermount3", ["-u", "-z", mnt])
             }
         }
         try waitForMount(mnt, bridge: bridge, log: log)
@@ -196,7 +196,7 @@ final class FUSEMountTests: XCTestCase {
 
         // Another user may not enter (one bridge serves one user: no allow_other).
         if access("/usr/bin/setpriv", X_OK) == 0 {
-            let other = runProgram("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/ls", mnt])
+            let other = ChildProcess.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/ls", mnt])
             XCTAssertNotEqual(other.status, 0)
             XCTAssertTrue(other.output.contains("Permission denied"), other.output)
         }
@@ -220,7 +220,7 @@ final class FUSEMountTests: XCTestCase {
 
         // fusermount3 -u: the bridge ends its loop and exits 0.
         XCTAssertEqual(tool("fusermount3", "-u", mnt).status, 0)
-        XCTAssertEqual(waitForExit(bridge), 0)
+        XCTAssertEqual(ChildProcess.wait(bridge), 0)
         bridgeReaped = true
         XCTAssertFalse(isLimitlessMount(mnt))
         let output = readText(log)
@@ -236,22 +236,22 @@ final class FUSEMountTests: XCTestCase {
         XCTAssertEqual(mkdir(mnt, 0o755), 0)
 
         // Before any server: the socket path is named, nothing is mounted.
-        let noServer = runProgram(bridgeProgram, [mnt, "--runtime-dir", directory])
+        let noServer = ChildProcess.run(bridgeProgram, [mnt, "--runtime-dir", directory])
         XCTAssertEqual(noServer.status, 1)
         XCTAssertTrue(noServer.output.hasPrefix("limitless-fuse: no VFS server at \(directory)/vfs.sock"), noServer.output)
-        let missing = runProgram(bridgeProgram, [directory + "/absent", "--runtime-dir", directory])
+        let missing = ChildProcess.run(bridgeProgram, [directory + "/absent", "--runtime-dir", directory])
         XCTAssertEqual(missing.status, 64)
         XCTAssertEqual(missing.output, "limitless-fuse: mount point '\(directory)/absent': No such file or directory\n")
         XCTAssertTrue(FileManager.default.createFile(atPath: directory + "/file", contents: nil))
-        let notDirectory = runProgram(bridgeProgram, [directory + "/file", "--runtime-dir", directory])
+        let notDirectory = ChildProcess.run(bridgeProgram, [directory + "/file", "--runtime-dir", directory])
         XCTAssertEqual(notDirectory.output, "limitless-fuse: mount point '\(directory)/file': Not a directory\n")
-        let help = runProgram(bridgeProgram, ["--help"])
+        let help = ChildProcess.run(bridgeProgram, ["--help"])
         XCTAssertEqual(help.status, 0)
         XCTAssertTrue(help.output.contains("USAGE: limitless-fuse <mount-point>") && help.output.contains("--runtime-dir"), help.output)
 
         // allow_other is refused for anyone but root (checked before anything else).
         if access("/usr/bin/setpriv", X_OK) == 0 {
-            let shared = runProgram("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", bridgeProgram, "/tmp", "-o", "ro,allow_other"])
+            let shared = ChildProcess.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", bridgeProgram, "/tmp", "-o", "ro,allow_other"])
             XCTAssertEqual(shared.status, 64, shared.output)
             XCTAssertTrue(shared.output.hasPrefix("limitless-fuse: -o allow_other refused: one bridge serves one user"), shared.output)
         }
@@ -259,18 +259,18 @@ final class FUSEMountTests: XCTestCase {
         let server = try startServer(directory)
         defer {
             kill(server, SIGTERM)
-            _ = waitForExit(server)
+            _ = ChildProcess.wait(server)
         }
         let log = directory + "/fuse.log"
-        let badOption = runProgram(bridgeProgram, [mnt, "--runtime-dir", directory, "-o", "no_such_option"])
+        let badOption = ChildProcess.run(bridgeProgram, [mnt, "--runtime-dir", directory, "-o", "no_such_option"])
         XCTAssertEqual(badOption.status, 1)
         XCTAssertTrue(badOption.output.contains("unknown option(s): `-o no_such_option'"), badOption.output)
         XCTAssertFalse(isLimitlessMount(mnt))
-        let watchdog = Watchdog(seconds: 20) { _ = runProgram("/usr/bin/fusermount3", ["-u", "-z", mnt]) }
+        let watchdog = Watchdog(seconds: 20) { _ = ChildProcess.run("/usr/bin/fusermount3", ["-u", "-z", mnt]) }
         defer { if !watchdog.cancel() { XCTFail("the watchdog fired: \(readText(log))") } }
 
         // Background: the command returns once mounted; the daemon serves.
-        let started = runProgram(bridgeProgram, [mnt, "--runtime-dir", directory])
+        let started = ChildProcess.run(bridgeProgram, [mnt, "--runtime-dir", directory])
         XCTAssertEqual(started.status, 0, started.output)
         try waitForMount(mnt, bridge: nil, log: log)
         XCTAssertTrue(FileManager.default.createFile(atPath: "\(mnt)/x", contents: Data("x".utf8)))
@@ -279,24 +279,24 @@ final class FUSEMountTests: XCTestCase {
         XCTAssertTrue(waitForUnmount(mnt), "fusermount3 -u unmounts the daemon's mount")
 
         // Foreground, SIGTERM: unmounted, exit 0.
-        guard let bridge = spawn(bridgeProgram, [mnt, "--runtime-dir", directory, "--foreground"], log: log) else {
+        guard case .success(let bridge) = ChildProcess.spawn(bridgeProgram, [mnt, "--runtime-dir", directory, "--foreground"], outputPath: log, appending: true) else {
             return XCTFail("cannot start limitless-fuse")
         }
         try waitForMount(mnt, bridge: bridge, log: log)
         XCTAssertEqual(tool("cat", "\(mnt)/x").output, "x", "the server kept the file across the two mounts")
         kill(bridge, SIGTERM)
-        XCTAssertEqual(waitForExit(bridge), 0, readText(log))
+        XCTAssertEqual(ChildProcess.wait(bridge), 0, readText(log))
         XCTAssertFalse(isLimitlessMount(mnt), "SIGTERM unmounts")
         XCTAssertTrue(readText(log).contains("limitless-fuse: unmounted \(mnt)"), readText(log))
 
         // Foreground, SIGINT (Ctrl-C): the same.
-        guard let interrupted = spawn(bridgeProgram, [mnt, "--runtime-dir", directory, "--foreground"], log: log) else {
+        guard case .success(let interrupted) = ChildProcess.spawn(bridgeProgram, [mnt, "--runtime-dir", directory, "--foreground"], outputPath: log, appending: true) else {
             return XCTFail("cannot start limitless-fuse")
         }
         try waitForMount(mnt, bridge: interrupted, log: log)
         XCTAssertEqual(tool("ls", mnt).output, "x\n")
         kill(interrupted, SIGINT)
-        XCTAssertEqual(waitForExit(interrupted), 0, readText(log))
+        XCTAssertEqual(ChildProcess.wait(interrupted), 0, readText(log))
         XCTAssertFalse(isLimitlessMount(mnt), "SIGINT unmounts")
     }
 }

@@ -1,3 +1,4 @@
+import PlatformTestSupport
 import IPC
 import Storage
 import SystemPackage
@@ -78,8 +79,8 @@ final class BackendTests: XCTestCase {
         var after = [UInt8](repeating: 0, count: bytes.count)
         try after.withUnsafeMutableBytes { try device.read(nsid: 1, lba: 0, blocks: blocks, into: $0) }
         let checked = try ImageFileStore.create(makeTemporaryDirectory(self) + "/device.img", after)
-        guard let e2fsck = tool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
-        let (status, output) = runProgram(e2fsck, ["-fn", checked])
+        guard let e2fsck = ChildProcess.systemTool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
+        let (status, output) = ChildProcess.run(e2fsck, ["-fn", checked])
         XCTAssertEqual(status, 0, output)
     }
 
@@ -96,9 +97,9 @@ final class BackendTests: XCTestCase {
         let marker = "WRITE-BACK-MARKER-" + String(repeating: "z", count: 3000)
         let fd = try service.open("/d/f".bytes, flags: OpenFlags([.create, .writeOnly]).rawValue, mode: 0o644, root)
         _ = try marker.bytes.withUnsafeBytes { try service.write(fd, from: $0, root) }
-        XCTAssertFalse(runProgram("/bin/grep", ["-c", "WRITE-BACK-MARKER", imagePath]).1.hasPrefix("1"), "not on disk before fsync")
+        XCTAssertFalse(ChildProcess.run("/bin/grep", ["-c", "WRITE-BACK-MARKER", imagePath]).1.hasPrefix("1"), "not on disk before fsync")
         try service.fsync(fd, root)
-        XCTAssertTrue(runProgram("/bin/grep", ["-c", "WRITE-BACK-MARKER", imagePath]).1.hasPrefix("1"), "on disk after fsync")
+        XCTAssertTrue(ChildProcess.run("/bin/grep", ["-c", "WRITE-BACK-MARKER", imagePath]).1.hasPrefix("1"), "on disk after fsync")
         try service.close(fd, root)
         // Permission and lifetime rules on the real format too.
         try service.writeFile("/d/private", "p", alice, mode: 0o600)
@@ -108,8 +109,8 @@ final class BackendTests: XCTestCase {
         XCTAssertEqual(try service.readAll(open).count, marker.count)
         try service.close(open, root)
         XCTAssertEqual(service.unmountAll(), [])
-        guard let e2fsck = tool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
-        let (status, output) = runProgram(e2fsck, ["-fn", imagePath])
+        guard let e2fsck = ChildProcess.systemTool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
+        let (status, output) = ChildProcess.run(e2fsck, ["-fn", imagePath])
         XCTAssertEqual(status, 0, output)
     }
 }
@@ -148,9 +149,9 @@ extension BackendTests {
         XCTAssertFalse(onStore("UNMOUNT-MARKER-"))
         XCTAssertEqual(service.unmountAll(), [])
         XCTAssertTrue(onStore("UNMOUNT-MARKER-"), "unmount writes everything back")
-        guard let e2fsck = tool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
+        guard let e2fsck = ChildProcess.systemTool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
         let checked = try ImageFileStore.create(makeTemporaryDirectory(self) + "/after.img", backing.bytes)
-        let (status, output) = runProgram(e2fsck, ["-fn", checked])
+        let (status, output) = ChildProcess.run(e2fsck, ["-fn", checked])
         XCTAssertEqual(status, 0, output)
     }
 }

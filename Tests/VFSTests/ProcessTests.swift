@@ -70,7 +70,7 @@ final class ProcessTests: XCTestCase {
     }
 
     private func fsTool(_ directory: String, _ arguments: String...) throws -> (Int32, String) {
-        runProgram(try executable("limitless-fs"), arguments + ["--runtime-dir", directory])
+        ChildProcess.run(try executable("limitless-fs"), arguments + ["--runtime-dir", directory])
     }
 
     /// limitless-fs commands against a running server; `root` is where to work.
@@ -83,7 +83,7 @@ final class ProcessTests: XCTestCase {
         XCTAssertEqual(try fsTool(directory, "mkdir", "-p", "\(base)/x/y").0, 0, "mkdir -p of an existing directory")
         XCTAssertEqual(try fsTool(directory, "put", local, "\(base)/x/y/").0, 0)
         XCTAssertEqual(try fsTool(directory, "get", "\(base)/x/y/local.bin", directory + "/back.bin").0, 0)
-        XCTAssertEqual(runProgram("/usr/bin/cmp", [local, directory + "/back.bin"]).0, 0, "put then get is byte-identical")
+        XCTAssertEqual(ChildProcess.run("/usr/bin/cmp", [local, directory + "/back.bin"]).0, 0, "put then get is byte-identical")
         let listing = try fsTool(directory, "ls", "-l", "\(base)/x/y")
         XCTAssertEqual(listing.0, 0)
         XCTAssertTrue(listing.1.contains("300000 ") && listing.1.contains("local.bin") && listing.1.contains("drwxr-xr-x"), listing.1)
@@ -123,14 +123,14 @@ final class ProcessTests: XCTestCase {
     func testBadImageIsRefusedWithAMessage() throws {
         let directory = makeTemporaryDirectory(self)
         let server = try executable("vfs_server")
-        let (status, output) = runProgram(server, ["--image", directory + "/missing.img", "--runtime-dir", directory])
+        let (status, output) = ChildProcess.run(server, ["--image", directory + "/missing.img", "--runtime-dir", directory])
         XCTAssertNotEqual(status, 0)
         XCTAssertTrue(output.contains("missing.img"), output)
         writeText(directory + "/garbage.img", [UInt8](repeating: 0xA5, count: 1 << 20))
-        let (garbageStatus, garbageOutput) = runProgram(server, ["--image", directory + "/garbage.img", "--runtime-dir", directory])
+        let (garbageStatus, garbageOutput) = ChildProcess.run(server, ["--image", directory + "/garbage.img", "--runtime-dir", directory])
         XCTAssertNotEqual(garbageStatus, 0)
         XCTAssertTrue(garbageOutput.contains("garbage.img") && garbageOutput.contains("ext2"), garbageOutput)
-        let (usageStatus, usage) = runProgram(server, ["--runtime-dir", directory])
+        let (usageStatus, usage) = ChildProcess.run(server, ["--runtime-dir", directory])
         XCTAssertEqual(usageStatus, 64)
         XCTAssertTrue(usage.contains("give one root file system"), usage)
     }
@@ -211,10 +211,10 @@ final class ProcessTests: XCTestCase {
         XCTAssertEqual(try again.readFile("/kept"), Array("0123456789".utf8), "fsync'd data survived SIGKILL")
         XCTAssertEqual(stop(supervised.supervisorPID), 0)
         supervised.supervisorPID = 0
-        let restoredLine = runProgram("/bin/grep", ["-rh", "restored 1 descriptors", directory + "/logs", directory + "/supervisor.log"])
+        let restoredLine = ChildProcess.run("/bin/grep", ["-rh", "restored 1 descriptors", directory + "/logs", directory + "/supervisor.log"])
         XCTAssertEqual(restoredLine.0, 0, "the restarted server logs the restore")
-        guard let e2fsck = tool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
-        let (status, output) = runProgram(e2fsck, ["-fn", image])
+        guard let e2fsck = ChildProcess.systemTool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
+        let (status, output) = ChildProcess.run(e2fsck, ["-fn", image])
         XCTAssertEqual(status, 0, output)
     }
 
@@ -268,12 +268,12 @@ final class ProcessTests: XCTestCase {
         XCTAssertEqual(try again.readFile("/after"), Array("still serving".utf8))
         XCTAssertEqual(stop(supervised.supervisorPID), 0)
         supervised.supervisorPID = 0
-        let replayed = runProgram("/bin/grep", ["-rh", "journal: replayed", directory + "/logs", directory + "/supervisor.log"])
+        let replayed = ChildProcess.run("/bin/grep", ["-rh", "journal: replayed", directory + "/logs", directory + "/supervisor.log"])
         print("after the restart: \(replayed.0 == 0 ? replayed.1 : "no committed transaction was left to replay")")
-        let figures = runProgram("/bin/grep", ["-rhoE", "journal: [0-9]+ commits, [0-9]+ blocks journalled", directory + "/logs", directory + "/supervisor.log"])
+        let figures = ChildProcess.run("/bin/grep", ["-rhoE", "journal: [0-9]+ commits, [0-9]+ blocks journalled", directory + "/logs", directory + "/supervisor.log"])
         print("the restarted server's journal until its clean stop: \(figures.1)")
-        guard let e2fsck = tool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
-        let (status, output) = runProgram(e2fsck, ["-fn", image])
+        guard let e2fsck = ChildProcess.systemTool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
+        let (status, output) = ChildProcess.run(e2fsck, ["-fn", image])
         XCTAssertEqual(status, 0, "e2fsck -fn after a SIGKILL under load and a clean stop:\n\(output)")
     }
 
@@ -282,9 +282,9 @@ final class ProcessTests: XCTestCase {
         let image = try makeExt2Image(self, blocks: 16384)
         try mountExt2OrSkip(try ImageFileStore(path: FilePath(image), readOnly: true), readOnly: true).unmount()
         // A directory for the tmpfs to cover, made by debugfs (the image is fresh from mke2fs).
-        guard let debugfs = tool("debugfs") else { throw XCTSkip("debugfs not installed") }
-        XCTAssertEqual(runProgram(debugfs, ["-w", "-R", "mkdir tmp", image]).0, 0)
-        XCTAssertEqual(runProgram(debugfs, ["-w", "-R", "mkdir mnt", image]).0, 0)
+        guard let debugfs = ChildProcess.systemTool("debugfs") else { throw XCTSkip("debugfs not installed") }
+        XCTAssertEqual(ChildProcess.run(debugfs, ["-w", "-R", "mkdir tmp", image]).0, 0)
+        XCTAssertEqual(ChildProcess.run(debugfs, ["-w", "-R", "mkdir mnt", image]).0, 0)
         let second = try makeExt2Image(self, blocks: 4096)
         let directory = makeTemporaryDirectory(self)
         let pid = try startServer(["--image", image, "--tmpfs", "/tmp", "--mount", "/mnt=\(second)", "--writeback-interval", "200ms"],
@@ -302,12 +302,12 @@ final class ProcessTests: XCTestCase {
         writeText(directory + "/k", Array("kept".utf8))
         XCTAssertEqual(try fsTool(directory, "put", directory + "/k", "/keep/k").0, 0)
         XCTAssertEqual(stop(pid), 0)
-        guard let e2fsck = tool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
-        let (status, output) = runProgram(e2fsck, ["-fn", image])
+        guard let e2fsck = ChildProcess.systemTool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
+        let (status, output) = ChildProcess.run(e2fsck, ["-fn", image])
         XCTAssertEqual(status, 0, output)
-        XCTAssertTrue(runProgram(debugfs, ["-R", "cat /keep/k", image]).1.contains("kept"))
-        XCTAssertTrue(runProgram(debugfs, ["-R", "cat /m", second]).1.contains("on the second image"))
-        let (secondStatus, secondOutput) = runProgram(e2fsck, ["-fn", second])
+        XCTAssertTrue(ChildProcess.run(debugfs, ["-R", "cat /keep/k", image]).1.contains("kept"))
+        XCTAssertTrue(ChildProcess.run(debugfs, ["-R", "cat /m", second]).1.contains("on the second image"))
+        let (secondStatus, secondOutput) = ChildProcess.run(e2fsck, ["-fn", second])
         XCTAssertEqual(secondStatus, 0, secondOutput)
     }
 }

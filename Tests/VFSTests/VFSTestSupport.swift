@@ -1,3 +1,4 @@
+import PlatformTestSupport
 import SystemPackage
 import VFS
 import VFSCore
@@ -71,50 +72,15 @@ extension VFSService {
 func makeTemporaryDirectory(_ test: XCTestCase) -> String {
     var template = Array("/tmp/vfs-test-XXXXXX".utf8CString)
     let path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-    test.addTeardownBlock { _ = runProgram("/bin/rm", ["-rf", path]) }
+    test.addTeardownBlock { _ = ChildProcess.run("/bin/rm", ["-rf", path]) }
     return path
-}
-
-/// Runs a program, returning its exit status and combined output.
-@discardableResult
-func runProgram(_ program: String, _ arguments: [String]) -> (Int32, String) {
-    var pipeFDs: [Int32] = [0, 0]
-    pipe(&pipeFDs)
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
-    posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 2)
-    posix_spawn_file_actions_addclose(&actions, pipeFDs[0])
-    let argv = ([program] + arguments).map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    var pid: pid_t = 0
-    let spawned = posix_spawn(&pid, program, &actions, nil, argv, environ)
-    posix_spawn_file_actions_destroy(&actions)
-    close(pipeFDs[1])
-    var output: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = buffer.withUnsafeMutableBytes { read(pipeFDs[0], $0.baseAddress, $0.count) }
-        if n <= 0 { break }
-        output += buffer[..<n]
-    }
-    close(pipeFDs[0])
-    guard spawned == 0 else { return (-1, "spawn failed: \(spawned)") }
-    var status: Int32 = 0
-    waitpid(pid, &status, 0)
-    return ((status >> 8) & 0xFF, String(decoding: output, as: UTF8.self))
-}
-
-/// Finds mke2fs and friends (in /sbin or /usr/sbin).
-func tool(_ name: String) -> String? {
-    ["/usr/sbin/", "/sbin/", "/usr/bin/", "/bin/"].map { $0 + name }.first { access($0, X_OK) == 0 }
 }
 
 /// An ext2 image made by the real mke2fs: `blocks` 1 KiB blocks; `type` "ext3" adds a journal.
 func makeExt2Image(_ test: XCTestCase, blocks: Int = 8192, blockSize: Int = 1024, type: String = "ext2") throws -> String {
-    guard let mke2fs = tool("mke2fs") else { throw XCTSkip("mke2fs not installed") }
+    guard let mke2fs = ChildProcess.systemTool("mke2fs") else { throw XCTSkip("mke2fs not installed") }
     let path = makeTemporaryDirectory(test) + "/fs.img"
-    let (status, output) = runProgram(mke2fs, ["-q", "-F", "-t", type, "-b", String(blockSize), path, String(blocks)])
+    let (status, output) = ChildProcess.run(mke2fs, ["-q", "-F", "-t", type, "-b", String(blockSize), path, String(blocks)])
     guard status == 0 else { throw XCTSkip("mke2fs failed: \(output)") }
     return path
 }

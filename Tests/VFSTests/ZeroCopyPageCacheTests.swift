@@ -66,8 +66,8 @@ final class ZeroCopyPageCacheTests: XCTestCase {
         var after = [UInt8](repeating: 0, count: sectors * 512)
         try after.withUnsafeMutableBytes { try device.read(nsid: 1, lba: 0, blocks: sectors, into: $0) }
         let checked = try ImageFileStore.create(makeTemporaryDirectory(self) + "/device.img", after)
-        guard let e2fsck = tool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
-        let (status, output) = runProgram(e2fsck, ["-fn", checked])
+        guard let e2fsck = ChildProcess.systemTool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
+        let (status, output) = ChildProcess.run(e2fsck, ["-fn", checked])
         XCTAssertEqual(status, 0, output)
     }
 
