@@ -190,14 +190,8 @@ ensure_driver_loaded() {
 }
 
 # wait_until SECONDS COMMAND...: polls COMMAND every 0.1 s; fails once SECONDS have passed.
-wait_until() {
-  local tries=$(($1 * 10))
-  shift
-  until "$@"; do
-    ((tries-- > 0)) || return 1
-    sleep 0.1
-  done
-}
+# shellcheck source=Scripts/lib/wait.sh
+source "${BASH_SOURCE[0]%/*}/wait.sh"
 
 driver_is() { [[ $(pci_current_driver "$1") == "$2" ]]; }
 

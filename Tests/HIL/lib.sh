@@ -51,14 +51,8 @@ require_built() {
 }
 
 # wait_until SECONDS COMMAND...: polls COMMAND every 0.1 s; fails once SECONDS have passed.
-wait_until() {
-	local tries=$(($1 * 10))
-	shift
-	until "$@"; do
-		((tries-- > 0)) || return 1
-		sleep 0.1
-	done
-}
+# shellcheck source=Scripts/lib/wait.sh
+source "${BASH_SOURCE[0]%/*}/../../Scripts/lib/wait.sh"
 
 is_socket() { [[ -S $1 ]]; }
 

@@ -518,7 +518,7 @@ case_shellcheck() {
     udev/limitless-bind-at-boot Tests/Scripts/run.sh Tests/Scripts/fake-kernel.sh \
     Tests/Scripts/lib/fake-tree.sh Tests/Scripts/lib/assert.sh Tests/HIL/bind-suite.sh Tests/HIL/uio-suite.sh Tests/HIL/storage-tool-suite.sh \
     Tests/HIL/vfs-suite.sh Tests/HIL/storage-kill-suite.sh Tests/HIL/lib.sh Scripts/storage-bench.sh Scripts/vfs-bench.sh \
-    Scripts/storage-queues-bench.sh Scripts/lib/bench.sh 2>&1) || RC=$?
+    Scripts/storage-queues-bench.sh Scripts/lib/bench.sh Scripts/lib/wait.sh 2>&1) || RC=$?
   expect_rc 0
 }
 
