@@ -39,9 +39,7 @@ extension SeccompPolicy {
         }
 
     /// The request's name (`VFIO_DEVICE_SET_IRQS`), or its number in hex.
-    public static func ioctlName(_ request: UInt) -> String {
-        knownRules.first { $0.rule.request == request }?.rule.name ?? "ioctl 0x" + String(request, radix: 16)
-    }
+    public static func ioctlName(_ request: UInt) -> String { CapabilityIoctls.name(of: request) }
 
     /// The capabilities (device ones as `CAP_IRQ_<DEV>`) whose grant would allow `request`.
     public static func capabilities(allowing request: UInt) -> [String] {
