@@ -13,7 +13,7 @@ import Platform
 /// read of what it wrote) waits for the first answer. A flush waits for every command in flight
 /// before it is submitted (a Flush covers only the writes completed before it, NVM command set
 /// 3.2.2), so it covers every write sent before it.
-public final class BlockServer: @unchecked Sendable {
+public final class BlockServer: IPCRequestHandler, @unchecked Sendable {
     public let device: any BlockDevice
     /// Who may use the server without presenting a capability token (by uid).
     public let policy: BlockAccessPolicy
@@ -104,9 +104,7 @@ public final class BlockServer: @unchecked Sendable {
         configuration.releaseCheck = { [self] connection, handle in
             handle <= UInt64(UInt32.max) && registered.entry(client: connection.id, handle: UInt32(handle)) != nil ? .EBUSY : nil
         }
-        let endpoint = try IPCServer(name: name, directory: directory, configuration: configuration) { [self] message, payload, connection in
-            handle(message, payload, uid: connection.credentials.uid, client: connection.id, pid: connection.credentials.pid)
-        }
+        let endpoint = try IPCServer(name: name, directory: directory, configuration: configuration, requestHandler: self)
         if let queued {
             replies = endpoint
             endpoint.completionPoller = { [self] in pollCompletions() }
@@ -139,6 +137,11 @@ public final class BlockServer: @unchecked Sendable {
     /// `handle` for a caller without connection identities: every request counts as client 0.
     public func handle(_ message: Message, _ payload: IPCPayload, _ uid: UInt32) -> IPCReply {
         handle(message, payload, uid: uid, client: 0, pid: 0)
+    }
+
+    /// `IPCRequestHandler`: the IPC server calls this per request, with no reference counting.
+    public func handle(_ message: Message, _ payload: IPCPayload, _ connection: IPCConnection) -> IPCReply {
+        handle(message, payload, uid: connection.credentials.uid, client: connection.id, pid: connection.credentials.pid)
     }
 
     /// Serves one request from connection `client` (its IPC connection id; process `pid`).
