@@ -8,6 +8,16 @@ public protocol IPCRequestHandler: AnyObject, Sendable {
     /// Answers one request (see `IPCServer.Handler` for the arguments and `IPCReply` for the
     /// answer, `.deferred` included).
     func handle(_ request: Message, _ payload: IPCPayload, _ connection: IPCConnection) -> IPCReply
+
+    /// Called on the serving thread on every wakeup, after reading and before serving queued
+    /// messages (as `IPCServer.completionPoller`, without the closure's reference counting):
+    /// where a handler that defers answers collects its completions and calls
+    /// `IPCServer.complete`. Does nothing unless the handler implements it.
+    func pollCompletions()
+}
+
+extension IPCRequestHandler {
+    public func pollCompletions() {}
 }
 
 /// The closure form of a handler (`IPCServer.Handler`) as an `IPCRequestHandler`, for servers
@@ -50,6 +60,11 @@ struct BorrowedRequestHandler: @unchecked Sendable {
     func handle(_ request: Message, _ payload: IPCPayload, _ connection: IPCConnection) -> IPCReply {
         object._withUnsafeGuaranteedRef { $0.handle(request, payload, connection) }
     }
+
+    @inline(__always)
+    func pollCompletions() {
+        object._withUnsafeGuaranteedRef { $0.pollCompletions() }
+    }
 }
 
 /// The non-generic face of `TypedRequestDispatch` (what `Unmanaged` holds).
@@ -57,6 +72,8 @@ class RequestDispatch: @unchecked Sendable {
     func handle(_ request: Message, _ payload: IPCPayload, _ connection: IPCConnection) -> IPCReply {
         preconditionFailure("RequestDispatch.handle is overridden")
     }
+
+    func pollCompletions() {}
 }
 
 /// Calls a handler of a known type: a direct call (specialized per handler type), its object
@@ -72,5 +89,9 @@ private final class TypedRequestDispatch<Handler: IPCRequestHandler>: RequestDis
 
     override func handle(_ request: Message, _ payload: IPCPayload, _ connection: IPCConnection) -> IPCReply {
         borrowed._withUnsafeGuaranteedRef { $0.handle(request, payload, connection) }
+    }
+
+    override func pollCompletions() {
+        borrowed._withUnsafeGuaranteedRef { $0.pollCompletions() }
     }
 }

@@ -115,7 +115,8 @@ public final class IPCServer: @unchecked Sendable {
     public private(set) var discardedCompletions: UInt64 = 0
     /// Called on the serving thread on every wakeup, after reading and before serving queued
     /// messages: where a handler that defers answers collects its completions and calls
-    /// `complete`. Set before serving starts.
+    /// `complete`. Set before serving starts. A handler object implements
+    /// `IPCRequestHandler.pollCompletions` instead (called right after, with no reference counting).
     public var completionPoller: (() -> Void)?
     /// Nothing wakes the server when deferred answers become ready (no wake descriptor): while
     /// any are outstanding `serveOnce` does not wait, so `run` polls. Set before serving starts.
@@ -264,6 +265,7 @@ public final class IPCServer: @unchecked Sendable {
             }
         }
         completionPoller?()
+        handler.call.pollCompletions()
         serveQueues()
         return !stopping
     }
