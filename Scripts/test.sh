@@ -3,6 +3,7 @@
 #   1. unit tests (swift test: platform layer against fake sysfs, a scripted kernel and fake
 #      devices; drivers against fake BARs),
 #   2. the shell scripts' tests (bind/unbind/install against a fake sysfs),
+#   then a bounded fuzz run and HotPathAllocationTests in the optimized build (no retains),
 #   3. the hardware-in-the-loop suites in the rig (Scripts/rig.sh test): our release binaries
 #      drive emulated NVMe, xHCI and e1000e devices through real VFIO behind an emulated IOMMU.
 # Exits non-zero if any test failed or any stage could not run.
@@ -10,25 +11,26 @@ set -uo pipefail
 
 usage() {
 	cat <<'USAGE'
-Usage: Scripts/test.sh [--no-rig] [--only unit|scripts|fuzz|rig] [-h|--help]
+Usage: Scripts/test.sh [--no-rig] [--only unit|scripts|fuzz|hotpath|rig] [-h|--help]
 
 Runs the unit tests, the script tests, a bounded fuzz run of the IPC decoder and server and of ext2 images (a
-million generated inputs; Scripts/fuzz.sh is the long run) and the rig's hardware-in-the-loop
+million generated inputs; Scripts/fuzz.sh is the long run), HotPathAllocationTests again in the
+optimized build (where it also holds the hot paths to no retains) and the rig's hardware-in-the-loop
 suites, then prints
 "N passed, N failed". Installs the Debian packages the build needs when they are missing
 (as root; otherwise it says which to install).
 
   --no-rig        skip the emulated machine (unit and script tests only)
-  --only STAGE    run one stage: unit, scripts, fuzz or rig
+  --only STAGE    run one stage: unit, scripts, fuzz, hotpath or rig
 USAGE
 }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P) || exit 2
 cd "$repo" || exit 2
-stages="unit scripts fuzz rig"
+stages="unit scripts fuzz hotpath rig"
 while (($#)); do
 	case $1 in
-	--no-rig) stages="unit scripts fuzz"; shift ;;
+	--no-rig) stages="unit scripts fuzz hotpath"; shift ;;
 	--only) stages=${2:?--only needs a stage}; shift 2 ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage >&2; echo "test.sh: unknown argument $1" >&2; exit 2 ;;
@@ -72,19 +74,25 @@ ensure_packages() {
 	fi
 }
 
+# XCTest's totals in LOG as "run failed skipped": its last "Executed N tests, with [K tests
+# skipped and] M failures" line is the total over all suites.
+xctest_totals() {
+	local total run failed skipped
+	total=$(grep -E "Executed [0-9]+ tests?, with " "$1" | tail -1)
+	run=$(sed -E 's/.*Executed ([0-9]+) tests?,.*/\1/' <<<"$total")
+	failed=$(sed -nE 's/.* ([0-9]+) failures? .*/\1/p' <<<"$total")
+	skipped=$(sed -nE 's/.*with ([0-9]+) tests? skipped.*/\1/p' <<<"$total")
+	echo "${run:-0} ${failed:-0} ${skipped:-0}"
+}
+
 run_unit() {
 	say "unit tests (swift test: XCTest and Swift Testing)"
 	local log="$logs/unit.log" status xc_run xc_failed xc_skipped st_run st_failed
 	swift build --build-tests >"$log" 2>&1 || { tail -40 "$log" >&2; tally unit 0 0 1; return; }
 	swift test --skip-build 2>&1 | tee -a "$log" | grep -E "^(Test Case .*failed|.*error:|✘ Test .*failed|	 Executed .* tests|✔ Test run|✘ Test run)" >&2
 	status=${PIPESTATUS[0]}
-	# XCTest: the last "Executed N tests, with [K tests skipped and] M failures" line is the total
-	# over all suites. A skipped test (a missing tool, a demo helper) did not pass.
-	local total
-	total=$(grep -E "Executed [0-9]+ tests?, with " "$log" | tail -1)
-	xc_run=$(sed -E 's/.*Executed ([0-9]+) tests?,.*/\1/' <<<"$total")
-	xc_failed=$(sed -nE 's/.* ([0-9]+) failures? .*/\1/p' <<<"$total")
-	xc_skipped=$(sed -nE 's/.*with ([0-9]+) tests? skipped.*/\1/p' <<<"$total")
+	# XCTest's totals. A skipped test (a missing tool, a demo helper) did not pass.
+	read -r xc_run xc_failed xc_skipped < <(xctest_totals "$log")
 	# Swift Testing: "Test run with N tests ... passed/failed"; each failed test has a "✘ Test ... failed" line.
 	st_run=$(grep -E "Test run with [0-9]+ tests?" "$log" | tail -1 | sed -E 's/.*Test run with ([0-9]+) tests?.*/\1/')
 	st_failed=$(grep -E "^✘ Test .* failed after" "$log" | grep -vc "^✘ Test run")
@@ -110,10 +118,13 @@ run_scripts() {
 	[[ -n ${passed:-} ]] || broken+=("scripts (no summary line)")
 }
 
-# The release build the fuzzer and the rig run (incremental).
+# The release build the fuzzer, the hot-path test and the rig run (incremental). Built with
+# -enable-testing, which the release test build needs (the test targets use @testable imports):
+# with the same flags for all three the modules are compiled once, not twice.
+release_flags=(-c release -Xswiftc -enable-testing)
 build_release() {
 	say "release build"
-	swift build -c release >"$logs/release-build.log" 2>&1 && return 0
+	swift build "${release_flags[@]}" "$@" >"$logs/release-build.log" 2>&1 && return 0
 	tail -40 "$logs/release-build.log" >&2
 	return 1
 }
@@ -135,6 +146,22 @@ run_fuzz() {
 	tally fuzz "$passed" "$failed" 0
 }
 
+# HotPathAllocationTests in the optimized build: there it also asserts that the IPC socket and
+# ring paths and the storage message path retain nothing per operation (the debug build retains in
+# code the optimizer removes). Counted like the unit stage's XCTest totals.
+run_hotpath() {
+	build_release --build-tests || { tally hotpath 0 0 1; return; }
+	say "hot paths in the optimized build (swift test ${release_flags[*]} --filter HotPathAllocationTests)"
+	local log="$logs/hotpath.log" status run failed skipped
+	swift test "${release_flags[@]}" --skip-build --filter HotPathAllocationTests >"$log" 2>&1
+	status=$?
+	grep -E "^(alloc |Test Case .*failed|.*error:)" "$log" >&2
+	read -r run failed skipped < <(xctest_totals "$log")
+	((run > 0)) || status=1
+	((skipped == 0)) || say "hotpath: $skipped test(s) skipped (not counted as passed)"
+	tally hotpath $((run - skipped - failed)) "$failed" "$status"
+}
+
 run_rig() {
 	build_release || { tally rig 0 0 1; return; }
 	local log="$logs/rig.log" status passed failed
@@ -153,6 +180,7 @@ for stage in $stages; do
 	unit) run_unit ;;
 	scripts) run_scripts ;;
 	fuzz) run_fuzz ;;
+	hotpath) run_hotpath ;;
 	rig) run_rig ;;
 	*) say "unknown stage $stage"; exit 2 ;;
 	esac

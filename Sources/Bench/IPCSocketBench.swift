@@ -152,9 +152,7 @@ enum IPCSocketBench {
         var configuration = IPCServer.Configuration()
         configuration.maxRings = 1
         configuration.ringWaitPolicy = RingWaitPolicy(spinNanoseconds: options.spinNanoseconds)
-        let server = try IPCServer(name: serverName, directory: directory, configuration: configuration) { request, _, _ in
-            IPCReply(param1: request.param1, param2: request.param2, param3: request.param3)
-        }
+        let server = try IPCServer(name: serverName, directory: directory, configuration: configuration, requestHandler: EchoHandler())
         server.start()  // its thread inherits this thread's CPU pinning
         defer { server.stop() }
         var depth = UInt64(server.configuration.queueDepth)
@@ -163,6 +161,13 @@ enum IPCSocketBench {
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if n < 0, errno == EINTR { continue }
             return  // stop, or the parent is gone
+        }
+    }
+
+    /// The peer's handler: echoes the request's params (an object: called with no reference counting).
+    private final class EchoHandler: IPCRequestHandler {
+        func handle(_ request: Message, _ payload: IPCPayload, _ connection: IPCConnection) -> IPCReply {
+            IPCReply(param1: request.param1, param2: request.param2, param3: request.param3)
         }
     }
 

@@ -23,7 +23,7 @@ import Glibc
 final class RingService: @unchecked Sendable {
     /// Unchecked: only the ring's own thread touches it (no dynamic exclusivity check per message).
     @exclusivity(unchecked) private var end: RingServerEnd
-    private let handler: IPCServer.Handler
+    private let handler: UnretainedRequestHandler
     private let connection: IPCConnection
     private let regions: SharedRegionTable
     /// A duplicate of the client's socket: replies too large for a slot go there. Owned here, so
@@ -40,7 +40,7 @@ final class RingService: @unchecked Sendable {
     /// How long the thread sleeps on the ring before looking at the stop flag again.
     private static let sliceNanoseconds: UInt64 = 50_000_000
 
-    init(memory: SharedRingMemory, handler: @escaping IPCServer.Handler, connection: IPCConnection, regions: SharedRegionTable,
+    init(memory: SharedRingMemory, handler: UnretainedRequestHandler, connection: IPCConnection, regions: SharedRegionTable,
          socket: Int32, policy: RingWaitPolicy) throws(RingError) {
         end = try memory.serverEnd()
         self.handler = handler
@@ -118,8 +118,10 @@ final class RingService: @unchecked Sendable {
             break
         }
         let inline = UnsafeRawBufferPointer(rebasing: slot[Message.headerSize...])
+        // Plain values into the closure (capturing `self` retained it around every call).
+        let handler = handler.call, connection = connection
         let answer = regions.serve(message, inline: inline, reply: UnsafeMutableRawBufferPointer(rebasing: reply[Message.headerSize...])) {
-            handler(message, $0, connection)
+            handler.handle(message, $0, connection)
         }
         respond(type: message.type, sequence: message.sequence, reply: answer)
     }

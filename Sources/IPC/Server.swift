@@ -81,7 +81,7 @@ public final class IPCServer: @unchecked Sendable {
 
     public let endpoint: IPCEndpoint
     public let configuration: Configuration
-    private let handler: Handler
+    private let handler: UnretainedRequestHandler
 
     private let listenFD: Int32
     /// The listening socket came from the supervisor, which owns its path and the pid file.
@@ -115,7 +115,8 @@ public final class IPCServer: @unchecked Sendable {
     public private(set) var discardedCompletions: UInt64 = 0
     /// Called on the serving thread on every wakeup, after reading and before serving queued
     /// messages: where a handler that defers answers collects its completions and calls
-    /// `complete`. Set before serving starts.
+    /// `complete`. Set before serving starts. A handler object implements
+    /// `IPCRequestHandler.pollCompletions` instead (called right after, with no reference counting).
     public var completionPoller: (() -> Void)?
     /// Nothing wakes the server when deferred answers become ready (no wake descriptor): while
     /// any are outstanding `serveOnce` does not wait, so `run` polls. Set before serving starts.
@@ -158,13 +159,21 @@ public final class IPCServer: @unchecked Sendable {
     /// Listens at `DIR/NAME.sock` (creating DIR, replacing a stale socket) and writes
     /// `DIR/NAME.pid`, or adopts the supervisor's listening socket for that path (see
     /// `Configuration.adoptsInheritedListener`). Serve with `start()` (own thread) or `run()` / `serveOnce` (caller's thread).
-    public init(name: String, directory: String = IPCRuntime.defaultDirectory,
-                configuration: Configuration = Configuration(), handler: @escaping Handler) throws(IPCError) {
+    public convenience init(name: String, directory: String = IPCRuntime.defaultDirectory,
+                            configuration: Configuration = Configuration(), handler: @escaping Handler) throws(IPCError) {
+        try self.init(name: name, directory: directory, configuration: configuration, requestHandler: ClosureRequestHandler(handler))
+    }
+
+    /// The same with the handler as an object (`IPCRequestHandler`), which the server keeps alive
+    /// and calls per request without touching a reference count: the form for hot paths.
+    public init<RequestHandler: IPCRequestHandler>(name: String, directory: String = IPCRuntime.defaultDirectory,
+                                                   configuration: Configuration = Configuration(),
+                                                   requestHandler: RequestHandler) throws(IPCError) {
         precondition(configuration.maxClients > 0 && configuration.queueDepth > 0 && configuration.bufferPoolSize > 0)
         let endpoint = try IPCEndpoint(name: name, directory: directory)
         self.endpoint = endpoint
         self.configuration = configuration
-        self.handler = handler
+        handler = UnretainedRequestHandler(requestHandler)
         let inherited = configuration.adoptsInheritedListener ? InheritedListener.take(for: endpoint) : nil
         let listenFD: Int32
         if let inherited { listenFD = inherited } else { listenFD = try endpoint.listen() }
@@ -256,6 +265,7 @@ public final class IPCServer: @unchecked Sendable {
             }
         }
         completionPoller?()
+        handler.call.pollCompletions()
         serveQueues()
         return !stopping
     }
@@ -525,12 +535,14 @@ public final class IPCServer: @unchecked Sendable {
         let token = IPCReplyToken(slot: Int32(slot), generation: generations[slot], connection: connection.id,
                                   type: message.type, sequence: message.sequence)
         // The table outlives the call (only `disconnect` drops it, never during a handler), so it
-        // is borrowed unretained rather than retained per request.
+        // is borrowed unretained rather than retained per request. The closure below captures
+        // only plain values: capturing `self` (to reach the handler) retained it around the call.
+        let handler = handler.call
         let reply = Unmanaged.passUnretained(clients[slot]!.regions)._withUnsafeGuaranteedRef { regions in
             regions.serve(message, inline: inline, reply: replyPayload, replyToken: token) { payload in
                 var payload = payload
                 payload.descriptor = descriptor
-                return handler(message, payload, connection)
+                return handler.handle(message, payload, connection)
             }
         }
         if reply.isDeferred {

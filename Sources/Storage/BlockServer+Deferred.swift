@@ -8,7 +8,7 @@ extension BlockServer {
     /// `finishDeferred`), or an error; nil when it cannot go as one command through a bounce
     /// slot or a registered buffer (the blocking path serves it).
     func submitDeferred(_ request: BlockRequest, _ message: Message, _ payload: IPCPayload, client: UInt64,
-                                blockSize: Int, device: any QueuedBlockDevice) -> IPCReply? {
+                                blockSize: Int, device: some QueuedBlockDevice) -> IPCReply? {
         var entry = DeferredBlockRequests.Entry(token: payload.replyToken, reply: .ok, slot: -1, copyOut: nil,
                                                 replyBytes: 0, inlineReply: false)
         // The command; `dma` nil: through a bounce slot of `bytes`.
@@ -95,7 +95,7 @@ extension BlockServer {
     /// Whether a command slot, a table entry and (if `bounce`) a bounce slot are free, waiting
     /// for completions (as a disk queue's submitter waits for a free tag) up to
     /// `roomWaitNanoseconds`.
-    private func waitForRoom(bounce: Bool, device: any QueuedBlockDevice) -> Bool {
+    private func waitForRoom(bounce: Bool, device: some QueuedBlockDevice) -> Bool {
         func roomy() -> Bool { device.freeCommandSlots > 0 && deferred!.hasRoom && (!bounce || deferred!.freeBounceSlots > 0) }
         if roomy() { return true }
         let clock = MonotonicClock()
@@ -126,7 +126,7 @@ extension BlockServer {
             log("\(entry.token.type) failed on the device -> \(status)")
             reply = .error(status)
         }
-        replies?.complete(entry.token, reply, payload: data)
+        _ = replies?._withUnsafeGuaranteedRef { $0.complete(entry.token, reply, payload: data) }
         deferred!.release(tag: tag)
         deferredRequests &+= 1
     }

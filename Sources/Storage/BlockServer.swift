@@ -13,7 +13,7 @@ import Platform
 /// read of what it wrote) waits for the first answer. A flush waits for every command in flight
 /// before it is submitted (a Flush covers only the writes completed before it, NVM command set
 /// 3.2.2), so it covers every write sent before it.
-public final class BlockServer: @unchecked Sendable {
+public final class BlockServer: IPCRequestHandler, @unchecked Sendable {
     public let device: any BlockDevice
     /// Who may use the server without presenting a capability token (by uid).
     public let policy: BlockAccessPolicy
@@ -43,6 +43,9 @@ public final class BlockServer: @unchecked Sendable {
     private let direct: (any DirectBlockDevice)?
     /// The same as a `QueuedBlockDevice` (rings need it).
     private let queued: (any QueuedBlockDevice)?
+    /// The same for the per-request paths (see the type), and what keeps it alive.
+    private let queuedOwner: BorrowedQueuedDevice?
+    private let borrowedQueued: Unmanaged<BorrowedQueuedDevice>?
     /// Attached rings (`BlockRing`), served by `pollRings`. A device tag is ring index << 32 |
     /// the ring's slot; the array changes only when no ring command is in flight.
     private var rings: [BlockRingServerState] = []
@@ -59,8 +62,9 @@ public final class BlockServer: @unchecked Sendable {
     /// Message-path requests waiting for their command (see the type's comment).
     var deferred: DeferredBlockRequests?
     /// The IPC server that answers them; it owns this server through its handler, so it is
-    /// held without a reference count.
-    unowned(unsafe) var replies: IPCServer?
+    /// held without a reference count: `Unmanaged`, because even a nil check of an
+    /// `unowned(unsafe)` reference retained it, once per request.
+    var replies: Unmanaged<IPCServer>?
     /// Message-path requests answered at their command's completion, for statistics.
     public internal(set) var deferredRequests: UInt64 = 0
     /// Message-path requests on the device now.
@@ -82,6 +86,8 @@ public final class BlockServer: @unchecked Sendable {
         self.log = log
         direct = device as? any DirectBlockDevice
         queued = device as? any QueuedBlockDevice
+        queuedOwner = queued.map { BorrowedQueuedDevice.opening($0) }
+        borrowedQueued = queuedOwner.map { Unmanaged.passUnretained($0) }
         if let queued {
             deferred = DeferredBlockRequests(bounce: queued.bounceBuffer, capacity: queued.freeCommandSlots)
         }
@@ -104,12 +110,9 @@ public final class BlockServer: @unchecked Sendable {
         configuration.releaseCheck = { [self] connection, handle in
             handle <= UInt64(UInt32.max) && registered.entry(client: connection.id, handle: UInt32(handle)) != nil ? .EBUSY : nil
         }
-        let endpoint = try IPCServer(name: name, directory: directory, configuration: configuration) { [self] message, payload, connection in
-            handle(message, payload, uid: connection.credentials.uid, client: connection.id, pid: connection.credentials.pid)
-        }
+        let endpoint = try IPCServer(name: name, directory: directory, configuration: configuration, requestHandler: self)
         if let queued {
-            replies = endpoint
-            endpoint.completionPoller = { [self] in pollCompletions() }
+            replies = Unmanaged.passUnretained(endpoint)
             endpoint.pollsCompletions = true
             if let descriptor = queued.completionDescriptor {
                 do {
@@ -141,6 +144,11 @@ public final class BlockServer: @unchecked Sendable {
         handle(message, payload, uid: uid, client: 0, pid: 0)
     }
 
+    /// `IPCRequestHandler`: the IPC server calls this per request, with no reference counting.
+    public func handle(_ message: Message, _ payload: IPCPayload, _ connection: IPCConnection) -> IPCReply {
+        handle(message, payload, uid: connection.credentials.uid, client: connection.id, pid: connection.credentials.pid)
+    }
+
     /// Serves one request from connection `client` (its IPC connection id; process `pid`).
     public func handle(_ message: Message, _ payload: IPCPayload, uid: UInt32, client: UInt64, pid: Int32) -> IPCReply {
         requests &+= 1
@@ -156,8 +164,11 @@ public final class BlockServer: @unchecked Sendable {
         if case .shared = message.data { sharedWritable = payload.writableData != nil } else { sharedWritable = true }
         let request: BlockRequest
         // A closure literal, not `device.geometry`: the partially applied method of an
-        // existential allocated a context per request (HotPathAllocationTests).
-        switch BlockRequestDecoder.decode(message, sharedWritable: sharedWritable, geometry: { device.geometry($0) }) {
+        // existential allocated a context per request (HotPathAllocationTests). It borrows
+        // `self` unretained: capturing it retained it per request.
+        let server = Unmanaged.passUnretained(self)
+        switch BlockRequestDecoder.decode(message, sharedWritable: sharedWritable,
+                                          geometry: { nsid in server._withUnsafeGuaranteedRef { $0.device.geometry(nsid) } }) {
         case .failure(let status): return .error(status)
         case .success(let decoded): request = decoded
         }
@@ -168,8 +179,10 @@ public final class BlockServer: @unchecked Sendable {
         let geometry = device.geometry(request.nsid)!
         switch request {
         case .read, .write, .flush, .trim:
-            if defersAnswers, payload.replyToken.canDefer, replies != nil, let queued,
-               let reply = submitDeferred(request, message, payload, client: client, blockSize: geometry.blockSize, device: queued) {
+            if defersAnswers, payload.replyToken.canDefer, replies != nil, let borrowedQueued,
+               let reply = borrowedQueued._withUnsafeGuaranteedRef({
+                   $0.submitDeferred(self, request, message, payload, client: client, blockSize: geometry.blockSize)
+               }) {
                 return reply
             }
             // The blocking paths below want the device idle (and the whole bounce buffer).
@@ -433,20 +446,30 @@ public final class BlockServer: @unchecked Sendable {
     /// Finishes ring commands in flight (`drainDevice`).
     public func drainRings() { drainDevice() }
 
-    /// The IPC server's completion poller: answers the deferred requests whose commands have
-    /// completed (and posts ring completions that came with them).
+    /// `IPCRequestHandler.pollCompletions`, called by the IPC server on every wakeup: answers the
+    /// deferred requests whose commands have completed (and posts ring completions that came
+    /// with them).
     public func pollCompletions() {
-        guard let queued, queued.commandsInFlight > 0 else { return }
+        borrowedQueued?._withUnsafeGuaranteedRef { $0.pollCompletions(self) }
+    }
+
+    /// The same with the device opened to its type (`BorrowedQueuedDevice`): calls on the
+    /// existential retained it around each one.
+    func pollCompletions(_ queued: some QueuedBlockDevice) {
+        guard queued.commandsInFlight > 0 else { return }
         queued.consumeCompletionSignal()
-        reapDevice()
+        reapDevice(queued)
     }
 
     /// Every completion so far: ring commands' posted to their rings, deferred requests
     /// answered. Returns how many.
-    @inline(__always)
     @discardableResult
     func reapDevice() -> Int {
         guard let queued else { return 0 }
+        return reapDevice(queued)
+    }
+
+    private func reapDevice(_ queued: some QueuedBlockDevice) -> Int {
         var ringCompletions = 0
         let count = queued.reapCompleted { tag, status in
             if tag & DeferredBlockRequests.tagBit != 0 { return finishDeferred(tag: tag, status: status) }

@@ -10,7 +10,7 @@ import Glibc
 ///
 /// One lock serialises the IPC thread and the server's main thread (periodic write-back,
 /// checkpoints, shutdown): `withService`.
-public final class VFSServer: @unchecked Sendable {
+public final class VFSServer: IPCRequestHandler, @unchecked Sendable {
     public let service: VFSService
     private let lock: UnsafeMutablePointer<pthread_mutex_t>
     private let log: (String) -> Void
@@ -38,7 +38,12 @@ public final class VFSServer: @unchecked Sendable {
 
     /// An IPC server at `directory/name.sock` answering with `handle`. Call `start()` on it.
     public func makeIPCServer(name: String, directory: String) throws(IPCError) -> IPCServer {
-        try IPCServer(name: name, directory: directory) { [self] message, payload, _ in handle(message, payload) }
+        try IPCServer(name: name, directory: directory, requestHandler: self)
+    }
+
+    /// `IPCRequestHandler`: the IPC server calls this per request, with no reference counting.
+    public func handle(_ message: Message, _ payload: IPCPayload, _ connection: IPCConnection) -> IPCReply {
+        handle(message, payload)
     }
 
     public func handle(_ message: Message, _ payload: IPCPayload) -> IPCReply {
