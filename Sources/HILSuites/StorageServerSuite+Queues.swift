@@ -46,11 +46,16 @@ extension StorageServerSuite {
                 }
                 let base = ring.data.baseAddress!
                 var expected = [UInt8](repeating: 0, count: 4096)
+                // Completions come back in any order (two queues, the emulated device's worker
+                // threads): a data slot is reused only once the request that had it completed,
+                // never by position (block N and N + depth may both be in flight).
+                var freeSlots = Array((0..<depth).reversed())
+                var slotOfBlock = [Int](repeating: -1, count: count)
                 for write in [true, false] {
                     var next = 0, done = 0
                     while done < count {
-                        while next < count, ring.hasSpace {
-                            let slot = next % depth
+                        while next < count, ring.hasSpace, let slot = freeSlots.popLast() {
+                            slotOfBlock[next] = slot
                             if write { fill(base + slot * 4096, block: next) }
                             // Reads land in the second half of the data area.
                             let offset = (write ? 0 : depth * 4096) + slot * 4096
@@ -60,11 +65,15 @@ extension StorageServerSuite {
                         ring.publish()
                         var bad: String?
                         let reaped = ring.reap { tag, status, _ in
+                            let index = Int(tag)
+                            guard index < count, slotOfBlock[index] >= 0 else { bad = "completion for unknown tag \(tag)"; return }
+                            let slot = slotOfBlock[index]
+                            slotOfBlock[index] = -1
+                            freeSlots.append(slot)
                             if status != .ok { bad = "block \(tag): \(status)"; return }
                             guard !write else { return }
-                            let index = Int(tag)
                             expected.withUnsafeMutableBytes { fill($0.baseAddress!, block: index) }
-                            if memcmp(base + depth * 4096 + (index % depth) * 4096, expected, 4096) != 0 {
+                            if memcmp(base + depth * 4096 + slot * 4096, expected, 4096) != 0 {
                                 bad = "block \(index) (LBA \(first + UInt64(index))) read back different data"
                             }
                         }
