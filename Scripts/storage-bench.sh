@@ -10,7 +10,10 @@
 #   kernel io_uring        fio --ioengine=io_uring --direct=1 (interrupt completions)
 #   kernel io_uring hipri  the same with --hipri (polled completions; nvme.poll_queues=1)
 #   kernel libaio          fio --ioengine=libaio --direct=1
-#   ours driver            limitless-hil nvme-bench: the driver in-process, no IPC, polled
+#   ours driver            limitless-hil nvme-bench: the driver in-process, no IPC, polled (the
+#                          queue created with interrupts off, as the kernel's poll queues)
+#   ours driver-msix-on    the same polled queue created with its MSI-X vector enabled (each
+#                          completion also raises an interrupt nobody waits for; how ours ran before)
 #   ours storage_server    limitless-storage bench against storage_server --poll, over IPC, data
 #                          inline in the messages (copied through the server's bounce buffers);
 #                          requests go to the NVMe queue as they come, answered at completion
@@ -129,19 +132,20 @@ EOF
 	record "$label" "$rw" "$qd" failed - -
 }
 
-run_driver() { # RW QD: ours in-process (no IPC)
-	local rw=$1 qd=$2 out line iops p50 p99
-	out=$("$bin/limitless-hil" nvme-bench --device "$ours" --nsid 1 --seconds "$seconds" --queue-depth "$qd" --rw "$rw" 2>&1)
+run_driver() { # RW QD [LABEL FLAG...]: ours in-process (no IPC)
+	local rw=$1 qd=$2 label=${3:-ours-driver} out line iops p50 p99
+	shift $(($# < 3 ? $# : 3))
+	out=$("$bin/limitless-hil" nvme-bench --device "$ours" --nsid 1 --seconds "$seconds" --queue-depth "$qd" --rw "$rw" "$@" 2>&1)
 	line=$(grep '^bench engine=driver' <<<"$out" | tail -1)
 	if [[ -n $line ]]; then
 		iops=$(sed -E 's/.* iops=([0-9]+).*/\1/' <<<"$line")
 		p50=$(sed -E 's/.* p50_us=([0-9.]+).*/\1/' <<<"$line")
 		p99=$(sed -E 's/.* p99_us=([0-9.]+).*/\1/' <<<"$line")
-		record ours-driver "$rw" "$qd" "$iops" "$p50" "$p99"
-		result 0 "ours-driver $rw QD$qd: $iops $p50 $p99 (IOPS p50_us p99_us)"
+		record "$label" "$rw" "$qd" "$iops" "$p50" "$p99"
+		result 0 "$label $rw QD$qd: $iops $p50 $p99 (IOPS p50_us p99_us)"
 	else
-		record ours-driver "$rw" "$qd" failed - -
-		result 1 "ours-driver $rw QD$qd: limitless-hil nvme-bench printed:"
+		record "$label" "$rw" "$qd" failed - -
+		result 1 "$label $rw QD$qd: limitless-hil nvme-bench printed:"
 		sed 's/^/     /' <<<"$out" | tail -20
 	fi
 }
@@ -194,6 +198,7 @@ for rw in randread randwrite; do
 		run_fio "kernel-io_uring-hipri" io_uring "$rw" "$qd" --hipri=1
 		run_fio "kernel-libaio" libaio "$rw" "$qd"
 		run_driver "$rw" "$qd"
+		run_driver "$rw" "$qd" ours-driver-msix-on --interrupts-while-polling
 		run_server "$rw" "$qd"
 		run_server "$rw" "$qd" --one-at-a-time
 	done
