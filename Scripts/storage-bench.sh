@@ -28,7 +28,6 @@
 #   ours ring-spin         the ring path with storage_server --ring-wait spin: while only the
 #                          device can make progress (every completion read by the client) the
 #                          server spins on the NVMe queue instead of yielding to the client
-#   ours ring-spin-2cpu    the same with the client on the other vCPU (nobody yields the CPU)
 # Placement: fio and the in-process driver run where the guest scheduler puts them (the kernel
 # engines get their own best case). The message paths pin the server and its client to guest
 # CPU 1 together: under TCG a wakeup across vCPUs costs milliseconds, which would measure the
@@ -66,7 +65,6 @@ fi
 seconds=${RIG_BENCH_SECONDS:-4}
 cpu=${RIG_BENCH_CPU:-1}             # the server's CPU (and the message clients')
 ring_cpu=${RIG_BENCH_RING_CPU:-$cpu} # the ring client's CPU
-other_cpu=$((cpu == 0 ? 1 : 0))      # the ring-spin-2cpu client's CPU
 ours=${RIG_BENCH_OURS:-0000:00:03.0}
 kernel_bdf=${RIG_BENCH_KERNEL:-0000:00:06.0}
 bin=.build/release
@@ -160,7 +158,7 @@ run_server() { # RW QD [--one-at-a-time | --ring-wait-spin]: ours behind storage
 	[[ $rw == randwrite ]] && mode=--write
 	case $variant in
 	--one-at-a-time) paths=inline flags=(--one-at-a-time) ;;
-	--ring-wait-spin | --ring-wait-spin-2cpu) paths=ring flags=(--ring-wait spin) ;;
+	--ring-wait-spin) paths=ring flags=(--ring-wait spin) ;;
 	esac
 	rm -f "$work/storage.sock"
 	taskset -c "$cpu" "$bin/storage_server" --device "$ours" --runtime-dir "$work" --poll "${flags[@]}" >"$work/server.log" 2>&1 &
@@ -178,7 +176,6 @@ run_server() { # RW QD [--one-at-a-time | --ring-wait-spin]: ours behind storage
 		[[ $path == zero-copy ]] && label='ours-zero-copy'
 		[[ $path == ring ]] && label='ours-ring' && client_cpu=$ring_cpu
 		[[ $variant == --ring-wait-spin ]] && label='ours-ring-spin'
-		[[ $variant == --ring-wait-spin-2cpu ]] && label='ours-ring-spin-2cpu' && client_cpu=$other_cpu
 		out=$(taskset -c "$client_cpu" "$bin/limitless-storage" bench --runtime-dir "$work" --nsid 1 --seconds "$seconds" \
 			--queue-depth "$qd" $mode --"$path" --json 2>&1)
 		iops=$(sed -nE 's/.*"iops":([0-9]+).*/\1/p' <<<"$out")
@@ -211,7 +208,6 @@ for rw in randread randwrite; do
 		run_server "$rw" "$qd"
 		run_server "$rw" "$qd" --one-at-a-time
 		run_server "$rw" "$qd" --ring-wait-spin
-		run_server "$rw" "$qd" --ring-wait-spin-2cpu
 	done
 done
 
