@@ -10,7 +10,10 @@
 #   kernel io_uring        fio --ioengine=io_uring --direct=1 (interrupt completions)
 #   kernel io_uring hipri  the same with --hipri (polled completions; nvme.poll_queues=1)
 #   kernel libaio          fio --ioengine=libaio --direct=1
-#   ours driver            limitless-hil nvme-bench: the driver in-process, no IPC, polled
+#   ours driver            limitless-hil nvme-bench: the driver in-process, no IPC, polled (the
+#                          queue created with interrupts off, as the kernel's poll queues)
+#   ours driver-msix-on    the same polled queue created with its MSI-X vector enabled (each
+#                          completion also raises an interrupt nobody waits for; how ours ran before)
 #   ours storage_server    limitless-storage bench against storage_server --poll, over IPC, data
 #                          inline in the messages (copied through the server's bounce buffers);
 #                          requests go to the NVMe queue as they come, answered at completion
@@ -22,6 +25,9 @@
 #   ours ring              the storage server's ring path (--ring): requests and completions in
 #                          shared memory, polled on both sides, data zero copy; one message to
 #                          attach, none per I/O
+#   ours ring-spin         the ring path with storage_server --ring-wait spin: while only the
+#                          device can make progress (every completion read by the client) the
+#                          server spins on the NVMe queue instead of yielding to the client
 # Placement: fio and the in-process driver run where the guest scheduler puts them (the kernel
 # engines get their own best case). The message paths pin the server and its client to guest
 # CPU 1 together: under TCG a wakeup across vCPUs costs milliseconds, which would measure the
@@ -110,30 +116,33 @@ EOF
 	record "$label" "$rw" "$qd" failed - -
 }
 
-run_driver() { # RW QD: ours in-process (no IPC)
-	local rw=$1 qd=$2 out line iops p50 p99
-	out=$("$bin/limitless-hil" nvme-bench --device "$ours" --nsid 1 --seconds "$seconds" --queue-depth "$qd" --rw "$rw" 2>&1)
+run_driver() { # RW QD [LABEL FLAG...]: ours in-process (no IPC)
+	local rw=$1 qd=$2 label=${3:-ours-driver} out line iops p50 p99
+	shift $(($# < 3 ? $# : 3))
+	out=$("$bin/limitless-hil" nvme-bench --device "$ours" --nsid 1 --seconds "$seconds" --queue-depth "$qd" --rw "$rw" "$@" 2>&1)
 	line=$(grep '^bench engine=driver' <<<"$out" | tail -1)
 	if [[ -n $line ]]; then
 		iops=$(sed -E 's/.* iops=([0-9]+).*/\1/' <<<"$line")
 		p50=$(sed -E 's/.* p50_us=([0-9.]+).*/\1/' <<<"$line")
 		p99=$(sed -E 's/.* p99_us=([0-9.]+).*/\1/' <<<"$line")
-		record ours-driver "$rw" "$qd" "$iops" "$p50" "$p99"
-		result 0 "ours-driver $rw QD$qd: $iops $p50 $p99 (IOPS p50_us p99_us)"
+		record "$label" "$rw" "$qd" "$iops" "$p50" "$p99"
+		result 0 "$label $rw QD$qd: $iops $p50 $p99 (IOPS p50_us p99_us)"
 	else
-		record ours-driver "$rw" "$qd" failed - -
-		result 1 "ours-driver $rw QD$qd: limitless-hil nvme-bench printed:"
+		record "$label" "$rw" "$qd" failed - -
+		result 1 "$label $rw QD$qd: limitless-hil nvme-bench printed:"
 		indent <<<"$out" | tail -20
 	fi
 }
 
-run_server() { # RW QD [--one-at-a-time]: ours behind storage_server over IPC (what clients really use), three data paths
-	local rw=$1 qd=$2 serial=${3:-} mode=--read path paths="inline zero-copy ring" label client_cpu out iops p50 p99
+run_server() { # RW QD [--one-at-a-time | --ring-wait-spin]: ours behind storage_server over IPC (what clients really use), three data paths
+	local rw=$1 qd=$2 variant=${3:-} mode=--read path paths="inline zero-copy ring" label client_cpu out iops p50 p99 flags=()
 	[[ $rw == randwrite ]] && mode=--write
-	[[ -n $serial ]] && paths=inline
+	case $variant in
+	--one-at-a-time) paths=inline flags=(--one-at-a-time) ;;
+	--ring-wait-spin) paths=ring flags=(--ring-wait spin) ;;
+	esac
 	rm -f "$work/storage.sock"
-	# shellcheck disable=SC2086 # $serial is empty or one flag
-	taskset -c "$cpu" "$bin/storage_server" --device "$ours" --runtime-dir "$work" --poll $serial >"$work/server.log" 2>&1 &
+	taskset -c "$cpu" "$bin/storage_server" --device "$ours" --runtime-dir "$work" --poll "${flags[@]}" >"$work/server.log" 2>&1 &
 	server=$!
 	if ! wait_socket "$work/storage.sock" 60; then
 		result 1 "storage_server --poll on $ours did not answer"
@@ -142,10 +151,11 @@ run_server() { # RW QD [--one-at-a-time]: ours behind storage_server over IPC (w
 	fi
 	for path in $paths; do
 		label='ours-storage_server'
-		[[ -n $serial ]] && label='ours-one-at-a-time'
+		[[ $variant == --one-at-a-time ]] && label='ours-one-at-a-time'
 		client_cpu=$cpu
 		[[ $path == zero-copy ]] && label='ours-zero-copy'
 		[[ $path == ring ]] && label='ours-ring' && client_cpu=$ring_cpu
+		[[ $variant == --ring-wait-spin ]] && label='ours-ring-spin'
 		out=$(taskset -c "$client_cpu" "$bin/limitless-storage" bench --runtime-dir "$work" --nsid 1 --seconds "$seconds" \
 			--queue-depth "$qd" $mode --"$path" --json 2>&1)
 		iops=$(sed -nE 's/.*"iops":([0-9]+).*/\1/p' <<<"$out")
@@ -174,8 +184,10 @@ for rw in randread randwrite; do
 		run_fio "kernel-io_uring-hipri" io_uring "$rw" "$qd" --hipri=1
 		run_fio "kernel-libaio" libaio "$rw" "$qd"
 		run_driver "$rw" "$qd"
+		run_driver "$rw" "$qd" ours-driver-msix-on --interrupts-while-polling
 		run_server "$rw" "$qd"
 		run_server "$rw" "$qd" --one-at-a-time
+		run_server "$rw" "$qd" --ring-wait-spin
 	done
 done
 

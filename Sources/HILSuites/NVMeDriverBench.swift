@@ -23,6 +23,10 @@ public struct NVMeDriverBench {
         public var write = false
         /// Poll the completion queue (true) or sleep on the queue's MSI-X vector (false).
         public var polling = true
+        /// With `polling`: create the queue with its MSI-X vector enabled all the same (every
+        /// completion still raises an interrupt nobody waits for), for comparison with a polled
+        /// queue created with interrupts off (the default, as Linux's poll queues).
+        public var interruptsWhilePolling = false
         /// Bytes at the start of the namespace the random offsets fall in (0: all of it).
         public var regionBytes: UInt64 = 0
         public init() {}
@@ -47,7 +51,8 @@ public struct NVMeDriverBench {
             try? device.disableInterrupts()
             try? device.setBusMaster(false)
         }
-        let opened = try StorageBringUp.bringUp(device, queueDepth: max(64, options.queueDepth + 1), log: log)
+        let opened = try StorageBringUp.bringUp(device, queueDepth: max(64, options.queueDepth + 1),
+                                                pollIOQueues: options.polling && !options.interruptsWhilePolling, log: log)
         let block = opened.blockDevice
         defer { try? block.shutdown() }
         log(opened.summary)

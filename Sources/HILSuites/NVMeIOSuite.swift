@@ -420,16 +420,32 @@ final class NVMeIOContext {
         }
     }
 
-    /// 4 KiB random reads at QD1 and QD32: printed, not asserted.
+    /// 4 KiB random reads at QD1 and QD32: printed, not asserted. The polled figures come from
+    /// queue 2, created with interrupts off as a polled queue is (`StorageBringUp.bringUp`'s
+    /// `pollIOQueues`); one polled QD1 run on queue 1, whose MSI-X vector stays enabled, shows
+    /// what an interrupt per completion that nobody waits for costs.
     func latency(_ ns: NVMeNamespace) {
         let blocksPer = max(1, 4096 / ns.blockSize)
         let positions = ns.blockCount / UInt64(blocksPer)
         let wasPolling = queue.polling
         defer { queue.polling = wasPolling }
-        for (polling, qd) in [(false, 1), (false, min(32, queue.slotCount)), (true, 1), (true, min(32, queue.slotCount))] {
-            if !polling && queue.interrupt == nil { continue }  // no vector: polling only
+        var polledQueue: NVMeIOQueue<MMIORegion>?
+        report.check("create I/O queue pair 2 with interrupts off (CDW11.IEN = 0) for the polled figures") {
+            let created = try nvme.createIOQueue(id: 2, depth: queue.depth)
+            polledQueue = created
+            created.timeoutNanoseconds = options.timeoutNanoseconds
+            try expect(created.interruptVector == nil && created.polling, "queue 2 was given MSI-X vector \(created.interruptVector ?? 0)")
+            return "depth \(created.depth), polling, no vector"
+        }
+        let deep = min(32, queue.slotCount)
+        var cells: [(queue: NVMeIOQueue<MMIORegion>, polling: Bool, qd: Int, how: String)] = []
+        if queue.interrupt != nil {
+            cells += [(queue, false, 1, "MSI-X"), (queue, false, deep, "MSI-X"), (queue, true, 1, "polling queue 1, its MSI-X vector on")]
+        }
+        if let polledQueue { cells += [(polledQueue, true, 1, "polling queue 2, interrupts off"), (polledQueue, true, deep, "polling queue 2, interrupts off")] }
+        for (queue, polling, qd, how) in cells {
             queue.polling = polling
-            report.check("nsid \(ns.id): 4 KiB random reads at QD\(qd), \(queue.polling ? "polling" : "MSI-X") (emulated device under TCG: not comparable to real hardware)") {
+            report.check("nsid \(ns.id): 4 KiB random reads at QD\(qd), \(how) (emulated device under TCG: not comparable to real hardware)") {
                 var rng = options.seed | 1
                 var latencies: [UInt64] = []
                 latencies.reserveCapacity(200_000)
@@ -459,6 +475,12 @@ final class NVMeIOContext {
                 let p50 = latencies[latencies.count / 2], p99 = latencies[min(latencies.count - 1, latencies.count * 99 / 100)]
                 let iops = UInt64(latencies.count) * 1_000_000_000 / max(1, elapsed)
                 return "\(latencies.count) reads, \(iops) IOPS, p50 \(p50 / 1000) us, p99 \(p99 / 1000) us"
+            }
+        }
+        if let polledQueue {
+            report.check("delete I/O queue pair 2") {
+                try nvme.deleteIOQueue(polledQueue)
+                return "deleted (SQ then CQ)"
             }
         }
     }

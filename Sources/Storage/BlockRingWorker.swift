@@ -1,4 +1,3 @@
-import CLimitless
 import Platform
 import Synchronization
 #if canImport(Glibc)
@@ -139,11 +138,14 @@ public final class BlockRingWorker: @unchecked Sendable {
                 if let descriptor {
                     var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
                     _ = poll(&entry, 1, 1)
-                } else if spinWhileAwaitingDevice {
-                    CL_cpu_relax()
-                } else {
+                } else if !spinWhileAwaitingDevice {
                     sched_yield()
                 }
+                // Spinning is the next pass itself, as the in-process driver polls its CQ: no
+                // PAUSE (CL_cpu_relax). Under QEMU TCG, PAUSE ends the vCPU's translation-block
+                // run ("let another CPU run", target/i386/tcg/misc_helper.c helper_pause) and
+                // the vCPU thread takes the big QEMU lock again, which the emulated NVMe
+                // controller needs to fetch our command and post its completion.
                 continue
             }
             // Waiting for the clients: yield, and after 20 ms of nothing sleep 1 ms at a time.

@@ -1,4 +1,3 @@
-import CLimitless
 import IPC
 import Platform
 import Synchronization
@@ -59,10 +58,9 @@ public final class BlockServingLoop: @unchecked Sendable {
                     // Idle pass: spin while only the device can make progress; otherwise yield,
                     // so a client polling its completions on the same CPU runs at once (a
                     // wakeup across CPUs costs far more; measured under TCG, a server and a
-                    // client polling on two CPUs did worse than the two sharing one).
-                    if work == 0 {
-                        if spinWhileAwaitingDevice && server.ringsAwaitDevice { CL_cpu_relax() } else { sched_yield() }
-                    }
+                    // client polling on two CPUs did worse than the two sharing one). The spin
+                    // is the next pass itself, without PAUSE: see BlockRingWorker.run.
+                    if work == 0, !(spinWhileAwaitingDevice && server.ringsAwaitDevice) { sched_yield() }
                     continue
                 }
                 if work == 0 {

@@ -229,14 +229,21 @@ public enum StorageBringUp {
         }
     }
 
+    /// `pollIOQueues` creates the I/O completion queues with interrupts off (CDW11.IEN = 0, NVMe
+    /// 2.0 section 5.4 "Create I/O Completion Queue"), as Linux creates its poll queues: a queue
+    /// that is polled anyway then costs no MSI-X message per completion. Under emulation each one
+    /// is an interrupt taken by a vCPU (waking it from halt if idle), which the polling thread pays
+    /// for in latency. Only the admin queue keeps a vector.
     public static func bringUp(_ device: any PCIDeviceAccess, queues requested: Int = 1, queueDepth: Int = 64, bounceBytes: Int = 2 << 20,
+                               pollIOQueues: Bool = false,
                                timeoutNanoseconds: UInt64 = 10_000_000_000, log: @escaping (String) -> Void) throws -> Result {
         if let node = device.numaNode { _ = NUMA.runCurrentThread(onNode: node) }
         try device.setBusMaster(true)
         let registers = try device.mapBAR(0)
         let available = (try? device.interruptVectors(.msix)) ?? 0
         // Vector 0 for the admin queue, one more per I/O queue (as many as there are).
-        let lines = available >= 1 ? try device.enableInterrupts(.msix, count: min(requested + 1, available)) : []
+        let wanted = pollIOQueues ? 1 : requested + 1
+        let lines = available >= 1 ? try device.enableInterrupts(.msix, count: min(wanted, available)) : []
         let allocator = DMAAllocator(mapper: device.dmaMapper, numaNode: device.numaNode)
         let controller = NVMeController(registers: registers, allocator: allocator, adminInterrupt: lines.first,
                                         configuration: .init(completionMode: lines.isEmpty ? .polling : .interrupt,

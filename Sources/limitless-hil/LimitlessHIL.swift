@@ -202,7 +202,11 @@ struct NVMeBench: ParsableCommand {
     @Flag(help: "Sleep on the queue's MSI-X vector instead of polling the completion queue.")
     var interrupts = false
 
+    @Flag(help: "Poll, but create the queue with its MSI-X vector enabled (each completion also raises an unused interrupt; for comparison with the default polled queue, created with interrupts off).")
+    var interruptsWhilePolling = false
+
     func validate() throws {
+        guard !(interrupts && interruptsWhilePolling) else { throw ValidationError("--interrupts and --interrupts-while-polling exclude each other") }
         guard rw == "randread" || rw == "randwrite" else { throw ValidationError("--rw takes randread or randwrite") }
         guard (1...1023).contains(queueDepth) else { throw ValidationError("--queue-depth takes 1 to 1023") }
         guard seconds > 0 && seconds <= 600 else { throw ValidationError("--seconds takes 0 to 600") }
@@ -217,10 +221,11 @@ struct NVMeBench: ParsableCommand {
         options.ioSize = ioSize
         options.write = rw == "randwrite"
         options.polling = !interrupts
+        options.interruptsWhilePolling = interruptsWhilePolling
         options.regionBytes = regionMiB << 20
         let result = try NVMeDriverBench(options: options).run { print("     \($0)") }
         func micro(_ ns: UInt64) -> String { String(Double(ns / 100) / 10) }
-        print("driver in-process, \(rw) \(ioSize) B, queue depth \(queueDepth), \(interrupts ? "interrupts" : "polled"): "
+        print("driver in-process, \(rw) \(ioSize) B, queue depth \(queueDepth), \(interrupts ? "interrupts" : interruptsWhilePolling ? "polled, MSI-X on" : "polled, interrupts off"): "
             + "\(result.operations) I/Os in \(Double(result.elapsedNanoseconds / 1_000_000) / 1000) s, "
             + "\(Int(result.iops.rounded())) IOPS, p50 \(micro(result.p50Nanoseconds)) us, p99 \(micro(result.p99Nanoseconds)) us")
         print("bench engine=driver rw=\(rw) qd=\(queueDepth) ops=\(result.operations) "

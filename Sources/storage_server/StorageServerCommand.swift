@@ -47,7 +47,7 @@ struct StorageServerCommand: ParsableCommand {
     @Flag(help: "Do not install the seccomp filter (debugging).")
     var noSeccomp = false
 
-    @Flag(help: "Poll the I/O completion queue instead of sleeping on its MSI-X vector (lower latency, one core busy while requests are in flight).")
+    @Flag(help: "Poll the I/O completion queues instead of sleeping on MSI-X vectors; they are created with interrupts off (lower latency, one core busy while requests are in flight).")
     var poll = false
 
     @Flag(help: "Serve message-path reads and writes one at a time, each waited for before the next is read (no deferred answers; for comparison in benchmarks).")
@@ -113,7 +113,7 @@ struct StorageServerCommand: ParsableCommand {
         do {
             let pci = try StorageBringUp.open(source)
             phases.mark("adopted")
-            opened = try StorageBringUp.bringUp(pci, queues: queues) { runtime.log(.warning, $0) }
+            opened = try StorageBringUp.bringUp(pci, queues: queues, pollIOQueues: poll) { runtime.log(.warning, $0) }
             phases.controllerSteps(opened.blockDevice.controller.transitions)
             phases.mark("io-ready")
         } catch {
