@@ -88,17 +88,26 @@ enum StandbyWarmUp {
         _ = try? SeccompPolicy(capabilities: ["CAP_DMA_ALLOC", "CAP_MMIO_WARM", "CAP_IRQ_WARM", "CAP_PCI_CONFIG"]).program()
     }
 
-    /// Sets up an IPC server (never started) on a socket in a directory of its own under /tmp,
-    /// then takes it down again: the server's endpoint after activation runs the same set-up
-    /// (tables, buffer pool, epoll), and the allocator has grown to those sizes.
+    /// Sets up an IPC server on a socket in a directory of its own under /tmp, has it answer
+    /// one request from a client of its own, then takes both down again: after activation the
+    /// server's endpoint runs the same set-up (tables, buffer pool, epoll, its thread) and its
+    /// first answer the same accept and request path (the clients that waited through the
+    /// restart are answered first), and the allocator has grown to those sizes.
     static func exerciseIPCServer() {
         var template = Array("/tmp/limitless-standby-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else { return }
         let directory = String(cString: made)
         defer { _ = rmdir(directory) }
-        let server = try? IPCServer(name: "warm-up", directory: directory) { _, _, _ in .error(.ENOSYS) }
-        server?.stop()
+        guard let server = try? IPCServer(name: "warm-up", directory: directory, handler: { _, _, _ in .error(.ENOSYS) }) else { return }
+        server.start()
+        if let client = try? IPCClient.connect(name: "warm-up", directory: directory) {
+            _ = try? client.sendReceive(Message(type: warmUpRequest), timeout: .seconds(2))
+        }
+        server.stop()
     }
+
+    /// A request type no server serves (answered ENOSYS by the warm-up's own server).
+    static let warmUpRequest = MessageType(rawValue: 0x7F7F)
 
     /// Starts a thread and joins it: its stack stays in the C library's cache for the server's
     /// first thread after activation (a serving loop), and the thread start-up code has run.
