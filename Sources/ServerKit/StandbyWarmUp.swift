@@ -7,59 +7,20 @@ import Glibc
 
 /// What a standby instance does before it reports ready, so that the work after its activation
 /// (the restart's clock) runs on warm code. Under an emulated CPU (the HIL rig) a process's
-/// first pass over code costs far more than the code itself: a page fault per code page the
-/// process has not touched yet, a dynamic-linker lookup per library function called for the
-/// first time (the supervisor starts standbys with LD_BIND_NOW=1 for that), Swift's one-time
-/// type metadata and global initialisers. None of that depends on the activation's
-/// descriptors, so a standby pays it while it waits.
+/// first pass over code costs far more than the code itself: page faults on the code and data
+/// it touches, a dynamic-linker lookup per library function called for the first time (the
+/// supervisor starts standbys with LD_BIND_NOW=1 for that), Swift's one-time type metadata and
+/// global initialisers, a thread's first start. None of that depends on the activation's
+/// descriptors, so a standby pays it while it waits. (Mapping every page of the binary and its
+/// libraries ahead, MADV_POPULATE_READ, showed no gain over this in the rig: 10 kills each way,
+/// one boot.)
 ///
 /// Nothing here keeps a descriptor open: a standby holds only its channel until activated.
 enum StandbyWarmUp {
-    /// Linux 5.14 `MADV_POPULATE_READ` (include/uapi/asm-generic/mman-common.h): fault a range in
-    /// readable, as reading every page would, without reading it. Older kernels answer EINVAL.
-    static let populateRead: Int32 = 22
-
     static func run() {
-        prefaultMappedFiles()
         exerciseStartPath()
         exerciseIPCServer()
         exerciseThreadStart()
-    }
-
-    /// Maps every page of every file this process has mapped readable (the binary's and the
-    /// libraries' code and constants) into its page tables. The pages are the page cache's,
-    /// shared with every other process running them: this costs page-table entries, not memory.
-    static func prefaultMappedFiles() {
-        for range in fileMappings() {
-            _ = madvise(UnsafeMutableRawPointer(bitPattern: range.lowerBound), range.count, populateRead)
-        }
-    }
-
-    /// The readable file-backed mappings of /proc/self/maps (`start-end perms offset dev inode
-    /// path`), as address ranges.
-    static func fileMappings() -> [Range<Int>] {
-        let fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return [] }
-        defer { _ = close(fd) }
-        var text: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 16384)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count < 0 && CL_errno() == EINTR { continue }
-            guard count > 0 else { break }
-            text += chunk[..<count]
-        }
-        var ranges: [Range<Int>] = []
-        for line in text.split(separator: UInt8(ascii: "\n")) {
-            let fields = line.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: true)
-            guard fields.count >= 6, fields[1].first == UInt8(ascii: "r"), fields[4] != [UInt8(ascii: "0")],
-                  fields[5].first == UInt8(ascii: "/") else { continue }
-            let bounds = fields[0].split(separator: UInt8(ascii: "-"))
-            guard bounds.count == 2, let start = Int(String(decoding: bounds[0], as: UTF8.self), radix: 16),
-                  let end = Int(String(decoding: bounds[1], as: UTF8.self), radix: 16), end > start else { continue }
-            ranges.append(start..<end)
-        }
-        return ranges
     }
 
     /// Runs, on made-up values, the steps every activation runs: reading the environment, a
