@@ -62,7 +62,8 @@ extension Supervisor {
     /// through the restart.
     static let standbyStartDelay: Duration = .milliseconds(250)
     /// The nice value a standby waits at until its activation (root supervisors only: only
-    /// they can give it back its priority at the activation).
+    /// they can give it back its priority at the activation). Set on its main thread, which is
+    /// the only one a server has before `ServerRuntime`.
     static let standbyNice: Int32 = 19
 
     /// Called when an instance registers: its next standby starts `standbyStartDelay` later
@@ -144,7 +145,6 @@ extension Supervisor {
         }
     }
 
-    /// Messages from a standby: only READY means something.
     /// What a standby is started with beyond the base environment: `LIMITLESS_STANDBY=1`; the
     /// capability names an activation would pass now (names only: it builds its seccomp filter
     /// from them while it waits); and LD_BIND_NOW=1, so the dynamic linker resolves every
@@ -156,6 +156,7 @@ extension Supervisor {
                 "\(SupervisorChannel.standbyCapabilitiesVariable)=\(names.joined(separator: ","))", "LD_BIND_NOW=1"]
     }
 
+    /// Messages from a standby: only READY means something.
     func readStandbyChannel(_ server: ServerProcess, _ standby: StandbyInstance) {
         while standby.channel >= 0 {
             guard let (count, _) = receiveDatagram(&standby.channel) else { return }
