@@ -92,7 +92,8 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// A standby instance to the supervisor: started, waiting for activation (`standby yes`).
     public static let supervisorStandbyReady = MessageType(rawValue: 0x050A)
     /// Supervisor to a standby instance: take over; the checkpoint memfd and capability
-    /// descriptors come with it (SCM_RIGHTS), the environment lines inline.
+    /// descriptors come with it (SCM_RIGHTS), the environment lines inline; param1 the number of
+    /// MSG_SUPERVISOR_BLOCK_TOKEN messages queued right behind it.
     public static let supervisorStandbyActivate = MessageType(rawValue: 0x050B)
     /// A server to the supervisor, once: the listener of its seccomp filter (SCM_RIGHTS), for the
     /// supervisor to decide VFIO ioctls of capabilities granted at run time.

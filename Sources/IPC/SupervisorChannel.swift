@@ -68,6 +68,9 @@ public enum SupervisorChannel {
     public static let instanceVariable = "LIMITLESS_INSTANCE"
     public static let watchdogVariable = "LIMITLESS_WATCHDOG_MS"
     public static let standbyVariable = "LIMITLESS_STANDBY"
+    /// A standby's expected capability names (comma-separated, no descriptors: names carry no
+    /// authority), for building its seccomp filter before its activation; removed at activation.
+    public static let standbyCapabilitiesVariable = "LIMITLESS_STANDBY_CAPABILITIES"
     public static let listenVariable = "LIMITLESS_LISTEN_FD"
 
     /// Parses `CAP_A=5,CAP_B=-1` into name and descriptor pairs; nil if malformed.

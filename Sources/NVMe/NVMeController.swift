@@ -20,6 +20,12 @@ public final class NVMeController<R: RegisterIO> {
         public var adminQueueDepth: Int = 32
         public var completionMode: CompletionMode = .interrupt
         public var adminCommandTimeoutNanoseconds: UInt64 = 5_000_000_000
+        /// In interrupt mode, how long an admin command's completion is first polled for before
+        /// sleeping on the interrupt. Bring-up is a chain of admin commands that each complete in
+        /// microseconds on a device; the wake-up after an interrupt (MSI-X, IOMMU interrupt
+        /// remapping, eventfd, the scheduler) costs about a millisecond each under an emulated
+        /// CPU, on a restart's critical path. 0 (the default): sleep at once.
+        public var adminSpinNanoseconds: UInt64 = 0
         public init(adminQueueDepth: Int = 32, completionMode: CompletionMode = .interrupt,
                     adminCommandTimeoutNanoseconds: UInt64 = 5_000_000_000) {
             self.adminQueueDepth = adminQueueDepth
@@ -200,7 +206,9 @@ public final class NVMeController<R: RegisterIO> {
                 }
                 throw .commandTimeout(opcode: command.opcode, commandID: commandID, waitedNanoseconds: waited)
             }
-            if usesInterrupts, let line = adminInterrupt {
+            if usesInterrupts, waited < configuration.adminSpinNanoseconds {
+                continue
+            } else if usesInterrupts, let line = adminInterrupt {
                 // Bounded, so a lost interrupt costs 100 ms rather than the whole timeout.
                 interruptsReceived &+= line.wait(timeoutNanoseconds: Int64(min(timeout - waited, 100_000_000)))
             } else {

@@ -49,6 +49,10 @@ public final class DMAAllocator {
         /// Free byte ranges (offset, length), sorted.
         var free: [(offset: Int, length: Int)]
         var live = 0
+        /// Bytes from here to the end have never been handed out, so they are still zero (fresh
+        /// mmap memory): a buffer carved there needs no zeroing (2 MiB of it is milliseconds
+        /// under an emulated CPU).
+        var neverUsedFrom = 0
     }
 
     /// `numaNode` places the memory on the device's node (libnuma); nil leaves placement to the kernel.
@@ -136,9 +140,11 @@ public final class DMAAllocator {
             if end < range.offset + range.length { replacement.append((end, range.offset + range.length - end)) }
             slab.free.replaceSubrange(position...position, with: replacement)
             slab.live += 1
+            let fresh = start >= slab.neverUsedFrom
+            slab.neverUsedFrom = max(slab.neverUsedFrom, end)
             slabs[slabIndex] = slab
             let buffer = DMABuffer(address: slab.base + start, deviceAddress: slab.deviceAddress + UInt64(start), size: size)
-            buffer.zero()
+            if !fresh { buffer.zero() }
             return buffer
         }
         return nil
@@ -148,7 +154,15 @@ public final class DMAAllocator {
         if mapper.pinsMemory { try checkMemlock(adding: size) }
         var base: UnsafeMutableRawPointer?
         var huge = false
-        if usesHugePages {
+        var backed = false
+        // Memory a standby backed before its activation (`DMAMemoryReserve`); its placement was
+        // not chosen, so not for an allocator bound to a NUMA node.
+        if numaNode == nil, let reserved = DMAMemoryReserve.take(size: size, allowHugePages: usesHugePages) {
+            base = reserved.base
+            huge = reserved.hugePages
+            backed = true
+        }
+        if base == nil && usesHugePages {
             let pointer = mmap(nil, size, PROT_READ | PROT_WRITE,
                                MAP_PRIVATE | MAP_ANONYMOUS | CL_MAP_HUGETLB | CL_MAP_HUGE_2MB, -1, 0)
             if let pointer, CL_is_map_failed(pointer) == 0 {
@@ -167,9 +181,11 @@ public final class DMAAllocator {
             base = pointer
         }
         let memory = base!
-        if let numaNode, numa_available() >= 0 { numa_tonode_memory(memory, size, Int32(numaNode)) }
-        // Touch every page now so it is backed (on the chosen node) before it is pinned.
-        memset(memory, 0, size)
+        if !backed {
+            if let numaNode, numa_available() >= 0 { numa_tonode_memory(memory, size, Int32(numaNode)) }
+            // Touch every page now so it is backed (on the chosen node) before it is pinned.
+            memset(memory, 0, size)
+        }
         let deviceAddress: UInt64
         do {
             deviceAddress = try mapper.mapForDevice(memory, size: size)

@@ -45,7 +45,31 @@ extension ServerRuntime {
         blockTokenHandler.set(handler)
     }
 
+    /// Handles every message already waiting on the supervisor channel (a fresh instance finds
+    /// its providers' block tokens queued there before it was spawned) and, for an activated
+    /// standby, waits up to `timeout` for the block tokens its activation announced: the
+    /// supervisor queues them right behind the activation, and a provider that listened before
+    /// they arrived would refuse a client's token until the next grant message. Call it after
+    /// `onBlockToken` and before serving. A token that does not come in time is logged; the
+    /// server goes on (the token then counts once it arrives).
+    public func receiveQueuedBlockTokens(timeout: Duration = .seconds(2)) throws(ServerKitError) {
+        guard let link = supervisorLink else { return }
+        try pollSupervisor()
+        let expected = StandbyActivation.announcedBlockTokens
+        let deadline = monotonicNanoseconds() + nanoseconds(timeout)
+        while blockTokensReceived.load(ordering: .relaxed) < expected {
+            let left = deadline - monotonicNanoseconds()
+            guard left > 0 else {
+                log(.warning, "the activation announced \(expected) block tokens; \(blockTokensReceived.load(ordering: .relaxed)) "
+                    + "came within \(timeout): serving without the rest until they arrive")
+                return
+            }
+            if let received = try link.receive(timeout: .nanoseconds(left)) { handle(received) }
+        }
+    }
+
     func applyBlockToken(_ message: Message, payload: [UInt8], descriptor: Int32) {
+        blockTokensReceived.add(1, ordering: .relaxed)
         var holder = ""
         if case .inline(let offset, let count) = message.data, offset + count <= payload.count {
             holder = String(decoding: payload[offset..<(offset + count)], as: UTF8.self)

@@ -24,12 +24,8 @@ extension ServerRuntime {
     /// installed. Falls back to refusing (the plain filter) where the kernel has no listener
     /// (before Linux 5.7) or standalone.
     func installSeccompFilter(_ base: SeccompPolicy) throws(ServerKitError) -> (SeccompPolicy, [sock_filter]) {
-        let ioctlAllowed = base.allowedSyscalls.contains("ioctl")
-        if let link = supervisorLink, !ioctlAllowed || base.allowedIoctls != nil {
-            var policy = base
-            let allowed = ioctlAllowed ? Set(base.allowedIoctls ?? []) : []
-            policy.notifiedIoctls = CapabilityIoctls.all.filter { !allowed.contains($0) }
-            let program = try policy.program()
+        if let link = supervisorLink, let policy = Self.notifyingPolicy(base) {
+            let program = try PreparedSeccompProgram.program(for: policy)
             let listener = program.withUnsafeBufferPointer { CL_sk_seccomp_install_listener($0.baseAddress, UInt16($0.count)) }
             if listener >= 0 {
                 defer { _ = Glibc.close(listener) }
@@ -42,9 +38,31 @@ extension ServerRuntime {
             log(.notice, "this kernel has no seccomp listener (\(Errno(rawValue: CL_errno()))): capabilities granted at "
                 + "run time get their ioctls at the next start")
         }
-        let program = try base.program()
+        let program = try PreparedSeccompProgram.program(for: base)
         if let errno = SeccompPolicy.install(program) { throw .privilegeDrop("seccomp(SECCOMP_SET_MODE_FILTER)", errno) }
         return (base, program)
+    }
+
+    /// `base` with the VFIO ioctls it does not allow put to the supervisor (user notification);
+    /// nil when it allows every ioctl (nothing to decide).
+    static func notifyingPolicy(_ base: SeccompPolicy) -> SeccompPolicy? {
+        let ioctlAllowed = base.allowedSyscalls.contains("ioctl")
+        guard !ioctlAllowed || base.allowedIoctls != nil else { return nil }
+        var policy = base
+        let allowed = ioctlAllowed ? Set(base.allowedIoctls ?? []) : []
+        policy.notifiedIoctls = CapabilityIoctls.all.filter { !allowed.contains($0) }
+        return policy
+    }
+
+    /// Builds, ahead of need, the seccomp program `dropPrivileges(capabilities:extraSyscalls:)`
+    /// will install in a supervised server granted `capabilities`, so that it is only installed
+    /// then (a standby instance calls this before its activation with
+    /// `StandbyActivation.expectedCapabilities`; the filter itself is installed after the
+    /// activation, before the server serves). A program prepared for other capabilities than
+    /// the ones granted in the end is not used: the right one is built then.
+    public static func prepareSeccompFilter(capabilities: [String], extraSyscalls: [String] = []) {
+        let base = SeccompPolicy(capabilities: capabilities, extra: extraSyscalls)
+        PreparedSeccompProgram.prepare(notifyingPolicy(base) ?? base)
     }
 
     private func sendListener(_ listener: Int32, on link: SupervisorLink) -> Bool {

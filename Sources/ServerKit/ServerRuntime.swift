@@ -74,13 +74,18 @@ public final class ServerRuntime: @unchecked Sendable {
     /// Handlers for run-time grants and revokes (`onCapabilityChange`).
     let capabilityHandlers = CapabilityHandlers()
     let blockTokenHandler = BlockTokenHandler()
+    /// MSG_SUPERVISOR_BLOCK_TOKEN messages handled so far (`receiveQueuedBlockTokens`).
+    let blockTokensReceived = Atomic<Int>(0)
     /// The channel, for the extensions in other files (nil when standalone).
     var supervisorLink: SupervisorLink? { link }
 
     /// Reads the environment and the inherited descriptors (`ServerEnvironment.current`), and
     /// sets up the runtime. `standaloneName` names the server when no supervisor started it.
     public convenience init(standaloneName: String, options: Options = Options()) throws(ServerKitError) {
-        try self.init(environment: ServerEnvironment.current(standaloneName: standaloneName), options: options)
+        let environment = try ServerEnvironment.current(standaloneName: standaloneName)
+        StartupSteps.mark("environment")
+        try self.init(environment: environment, options: options)
+        StartupSteps.mark("runtime-ready")
     }
 
     /// Sets up the runtime for an already validated environment. Supervised: adopts descriptors
@@ -118,10 +123,12 @@ public final class ServerRuntime: @unchecked Sendable {
             let capacity = Int(status.st_size) / 2 - CheckpointHeader.size
             guard capacity > 0 else { throw .checkpointDescriptorMissing("it holds \(status.st_size) bytes, too few for two checkpoint slots") }
             _ = CL_fcntl_int(checkpoint, F_SETFD, FD_CLOEXEC)
+            StartupSteps.mark("channel-checked")
             let link = SupervisorLink(fd: channel)
             self.link = link
             heartbeat = environment.watchdog.map { Heartbeat(link: link, interval: $0 / 2) }
             store = CheckpointStore(adopting: FileDescriptor(rawValue: checkpoint), capacity: capacity)
+            StartupSteps.mark("checkpoint-adopted")
         case .standalone:
             link = nil
             heartbeat = nil
@@ -224,7 +231,7 @@ public final class ServerRuntime: @unchecked Sendable {
         }
     }
 
-    private func handle(_ received: SupervisorLink.Received) {
+    func handle(_ received: SupervisorLink.Received) {
         switch received.message.type {
         case .supervisorCapabilityGrant where !received.message.flags.contains(.reply):
             applyGrant(received.message, payload: received.payload, descriptor: received.descriptor)

@@ -23,9 +23,22 @@ public enum StandbyActivation {
     /// Whether this process was started as a standby.
     public static var isStandby: Bool { getenv(SupervisorChannel.standbyVariable) != nil }
 
-    /// CLOCK_MONOTONIC nanoseconds when this process was activated; nil when it was not started
-    /// as a standby (or not activated yet).
+    /// CLOCK_MONOTONIC nanoseconds when this process received its activation; nil when it was
+    /// not started as a standby (or not activated yet).
     nonisolated(unsafe) public private(set) static var activatedAt: UInt64?
+
+    /// How many MSG_SUPERVISOR_BLOCK_TOKEN messages the activation announced (its param1): the
+    /// supervisor queues them right behind it, and `ServerRuntime.receiveQueuedBlockTokens`
+    /// waits for them, so a provider never listens before it knows its clients' tokens.
+    nonisolated(unsafe) public private(set) static var announcedBlockTokens = 0
+
+    /// The capability names the supervisor expects to pass at activation
+    /// (`LIMITLESS_STANDBY_CAPABILITIES`), for preparing ahead what depends only on the names
+    /// (`ServerRuntime.prepareSeccompFilter`); nil when not a standby or not told.
+    public static var expectedCapabilities: [String]? {
+        guard isStandby, let value = getenv(SupervisorChannel.standbyCapabilitiesVariable) else { return nil }
+        return String(cString: value).split(separator: ",").map(String.init)
+    }
 
     /// The variables an activation may set: the ones a standby is started without.
     static let activationVariables: Set<String> = [
@@ -40,6 +53,9 @@ public enum StandbyActivation {
     static func awaitActivation() throws(ServerKitError) {
         let channel = SupervisorChannel.supervisorFD
         guard ServerEnvironment.isDescriptorOpen(channel) else { throw .supervisorChannelMissing }
+        // Warm the code the activation runs before saying ready: the restart's clock starts
+        // at the activation, and the supervisor only activates a ready standby.
+        StandbyWarmUp.run()
         try send(Message(type: .supervisorStandbyReady), on: channel)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Message.maxDatagramSize, alignment: 16)
         defer { buffer.deallocate() }
@@ -57,6 +73,7 @@ public enum StandbyActivation {
                 throw .channel("recvmsg (waiting as a standby)", Errno(rawValue: CL_errno()))
             }
             if received == 0 { throw .supervisorGone }
+            let receivedAt = CL_monotonic_ns()
             let passed = Array(descriptors.prefix(count))
             guard let message = try? Message.decode(UnsafeRawBufferPointer(start: buffer.baseAddress, count: received)),
                   message.type == .supervisorStandbyActivate, flags & CL_MSG_TRUNC == 0 else {
@@ -71,12 +88,14 @@ public enum StandbyActivation {
             }
             do throws(ServerKitError) {
                 try place(passed)
+                StartupSteps.mark("placed")
                 try apply(variables: text)
             } catch {
                 for fd in passed { _ = close(fd) }
                 throw error
             }
-            activatedAt = CL_monotonic_ns()
+            activatedAt = receivedAt
+            announcedBlockTokens = Int(clamping: message.param1)
             return
         }
     }
@@ -116,6 +135,7 @@ public enum StandbyActivation {
             setenv(String(parts[0]), String(parts[1]), 1)
         }
         unsetenv(SupervisorChannel.standbyVariable)
+        unsetenv(SupervisorChannel.standbyCapabilitiesVariable)
     }
 
     static func send(_ message: Message, on channel: Int32) throws(ServerKitError) {

@@ -245,9 +245,13 @@ public enum StorageBringUp {
         let wanted = pollIOQueues ? 1 : requested + 1
         let lines = available >= 1 ? try device.enableInterrupts(.msix, count: min(wanted, available)) : []
         let allocator = DMAAllocator(mapper: device.dmaMapper, numaNode: device.numaNode)
+        var configuration = NVMeController<MMIORegion>.Configuration(completionMode: lines.isEmpty ? .polling : .interrupt,
+                                                                     adminCommandTimeoutNanoseconds: timeoutNanoseconds)
+        // Bring-up is a chain of admin commands on the restart's critical path: each is polled for
+        // up to a millisecond before sleeping on its interrupt.
+        configuration.adminSpinNanoseconds = 1_000_000
         let controller = NVMeController(registers: registers, allocator: allocator, adminInterrupt: lines.first,
-                                        configuration: .init(completionMode: lines.isEmpty ? .polling : .interrupt,
-                                                             adminCommandTimeoutNanoseconds: timeoutNanoseconds))
+                                        configuration: configuration)
         let identity = try controller.bringUp()
         let namespaces = try controller.activeNamespaceIDs().compactMap { id -> NVMeNamespace? in
             do { return try controller.namespace(id) } catch {

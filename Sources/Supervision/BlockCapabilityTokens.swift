@@ -68,19 +68,29 @@ extension Supervisor {
         holder.dependencies.compactMap { byName[$0] }.filter { $0.effectiveConfiguration.capabilities.contains(capability) }
     }
 
-    /// Queues on `channel` (a provider's supervisor channel, before it is spawned) the token of
-    /// every grant it serves. Under the lock.
-    func queueBlockTokens(for provider: ServerConfiguration, channel: Int32) {
+    /// The token of every grant `provider` serves: its dependents' CAP_BLOCK_* grants that it
+    /// is granted too. Under the lock.
+    func blockTokensServed(by provider: ServerConfiguration) -> [(fd: Int32, capability: Capability, holder: ServerProcess)] {
+        var tokens: [(fd: Int32, capability: Capability, holder: ServerProcess)] = []
         for holder in servers where holder.name != provider.name {
             let config = holder.effectiveConfiguration
             guard config.dependencies.contains(provider.name) else { continue }
             for capability in Self.blockCapabilities
             where config.capabilities.contains(capability) && provider.capabilities.contains(capability) {
-                guard let fd = blockTokens.token(holder: holder.name, capability: capability) else { continue }
-                if !sendBlockToken(fd, right: Self.blockRight(capability), holder: holder.name, channel: channel) {
-                    note(holder, .warning, "could not pass its \(capability) token to \(provider.name): the channel is full")
-                }
+                if let fd = blockTokens.token(holder: holder.name, capability: capability) { tokens.append((fd, capability, holder)) }
             }
+        }
+        return tokens
+    }
+
+    /// Queues `tokens` (`blockTokensServed`) on `channel`, a provider's supervisor channel:
+    /// before it is spawned, or right behind a standby's activation that announced their count.
+    /// Under the lock.
+    func queueBlockTokens(_ tokens: [(fd: Int32, capability: Capability, holder: ServerProcess)], to provider: ServerConfiguration,
+                          channel: Int32) {
+        for token in tokens
+        where !sendBlockToken(token.fd, right: Self.blockRight(token.capability), holder: token.holder.name, channel: channel) {
+            note(token.holder, .warning, "could not pass its \(token.capability) token to \(provider.name): the channel is full")
         }
     }
 

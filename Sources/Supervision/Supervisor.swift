@@ -327,6 +327,7 @@ public final class Supervisor: @unchecked Sendable {
                     server.deadline = nil
                 }
                 note(server, .info, "instance \(server.instance) registered (pid \(server.pid))")
+                deferStandbyStart(server)
                 var reply = Message(type: .supervisorRegister, flags: .reply, param1: UInt64(server.instance), sequence: message.sequence)
                 reply.status = .ok
                 let header = UnsafeMutableRawBufferPointer.allocate(byteCount: Message.headerSize, alignment: 8)

@@ -256,13 +256,16 @@ extension Supervisor {
             }
             variables += listenVariable
             let spawnStart = ContinuousClock.now
-            if let standby = server.standby, activate(standby, of: server, descriptors: passed, variables: variables) {
+            let tokens = blockTokensServed(by: config)
+            if let standby = server.standby,
+               activate(standby, of: server, descriptors: passed, variables: variables, blockTokensFollowing: tokens.count) {
                 server.instance = instance
                 adopt(standby, into: server)
                 recordListenerPID(server)
-                // Behind the activation on its channel: the tokens of the grants it serves, read
-                // before it listens (a standby drops anything that comes before its activation).
-                queueBlockTokens(for: config, channel: server.channel)
+                // Behind the activation on its channel: the tokens of the grants it serves (a
+                // standby drops anything that comes before its activation). The activation
+                // announced how many, and the server waits for them all before it listens.
+                queueBlockTokens(tokens, to: config, channel: server.channel)
                 began(server, capabilities: capabilities)
                 note(server, .info, "instance \(instance) activated standby pid \(standby.pid) (descriptors passed in "
                     + "\(Self.microseconds(spawnStart.duration(to: .now))) us)")
@@ -274,7 +277,7 @@ extension Supervisor {
             }
             defer { close(pair[1]) }
             // Waiting on its channel when it starts: the tokens of the grants it serves.
-            queueBlockTokens(for: config, channel: pair[0])
+            queueBlockTokens(tokens, to: config, channel: pair[0])
             let process: ProcessLauncher.Process
             do throws(LaunchError) {
                 process = try ProcessLauncher.launch(ProcessLauncher.Request(

@@ -56,6 +56,23 @@ extension Supervisor {
     static let standbyExitKind: UInt64 = 8
     static let standbyRetryPause: Duration = .seconds(1)
     static let standbyMaximumRetryPause: Duration = .seconds(30)
+    /// How long after an instance registers its next standby starts: a standby's start (the
+    /// spawn, the dynamic loader, its warm-up) takes the CPU for a while, and right after
+    /// registering the instance is serving its first requests, often the clients that waited
+    /// through the restart.
+    static let standbyStartDelay: Duration = .milliseconds(250)
+    /// The nice value a standby waits at until its activation (root supervisors only: only
+    /// they can give it back its priority at the activation). Set on its main thread, which is
+    /// the only one a server has before `ServerRuntime`.
+    static let standbyNice: Int32 = 19
+
+    /// Called when an instance registers: its next standby starts `standbyStartDelay` later
+    /// (or later still, after a failure's pause).
+    func deferStandbyStart(_ server: ServerProcess) {
+        guard server.configuration.standby, server.standby == nil else { return }
+        let start = ContinuousClock.now + Self.standbyStartDelay
+        server.standbyRetryAt = max(server.standbyRetryAt ?? start, start)
+    }
 
     func standbyToken(_ server: ServerProcess, _ standby: StandbyInstance, kind: UInt64) -> UInt64 {
         UInt64(UInt32(truncatingIfNeeded: standby.generation)) << 32 | UInt64(server.index) << 4 | kind
@@ -107,9 +124,11 @@ extension Supervisor {
             let started = ContinuousClock.now
             let process = try ProcessLauncher.launch(ProcessLauncher.Request(
                 path: config.path, arguments: config.arguments,
-                environment: baseEnvironment(config) + ["\(SupervisorChannel.standbyVariable)=1"],
+                environment: baseEnvironment(config) + standbyVariables(server),
                 inheritedDescriptors: [pair[1]], identity: identity))
             _ = CL_fcntl_int(pair[0], F_SETFL, O_NONBLOCK)
+            // Its warm-up waits behind whatever else runs; `activate` gives the priority back.
+            if geteuid() == 0 { _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(process.pid), Self.standbyNice) }
             server.standbyGeneration += 1
             let standby = StandbyInstance(pid: process.pid, generation: server.standbyGeneration, channel: pair[0],
                                           stdout: process.stdout, stderr: process.stderr)
@@ -124,6 +143,17 @@ extension Supervisor {
             if pair[0] >= 0 { close(pair[0]) }
             standbyFailed(server, "standby could not start: \(error)")
         }
+    }
+
+    /// What a standby is started with beyond the base environment: `LIMITLESS_STANDBY=1`; the
+    /// capability names an activation would pass now (names only: it builds its seccomp filter
+    /// from them while it waits); and LD_BIND_NOW=1, so the dynamic linker resolves every
+    /// library function at the standby's start rather than at each first call after its
+    /// activation (milliseconds under an emulated CPU, on the restart's clock).
+    func standbyVariables(_ server: ServerProcess) -> [String] {
+        let names = server.effectiveConfiguration.capabilities.sorted().map(\.description)
+        return ["\(SupervisorChannel.standbyVariable)=1",
+                "\(SupervisorChannel.standbyCapabilitiesVariable)=\(names.joined(separator: ","))", "LD_BIND_NOW=1"]
     }
 
     /// Messages from a standby: only READY means something.
@@ -188,8 +218,10 @@ extension Supervisor {
     }
 
     /// Passes `standby` what an instance is started with; false (and it is killed, unless it is
-    /// already dead) when it cannot take over: then the caller spawns.
-    func activate(_ standby: StandbyInstance, of server: ServerProcess, descriptors: [Int32], variables: [String]) -> Bool {
+    /// already dead) when it cannot take over: then the caller spawns. param1 announces the
+    /// `blockTokensFollowing` block tokens the caller queues right behind it.
+    func activate(_ standby: StandbyInstance, of server: ServerProcess, descriptors: [Int32], variables: [String],
+                  blockTokensFollowing: Int = 0) -> Bool {
         guard standby.killedBecause == nil else { return false }
         var status: Int32 = 0
         let result = waitpid(standby.pid, &status, WNOHANG)
@@ -202,8 +234,17 @@ extension Supervisor {
             killStandby(server, standby, because: "replaced by a fresh instance (it was not ready when needed)")
             return false
         }
+        if geteuid() == 0 {
+            // The supervisor's own nice value, which a spawned instance would inherit.
+            errno = 0
+            let nice = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0)
+            if errno == 0, setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(standby.pid), nice) != 0 {
+                note(server, .warning, "could not give standby pid \(standby.pid) its priority back (nice \(nice)): "
+                    + "\(String(cString: strerror(errno))); it runs at nice \(Self.standbyNice)")
+            }
+        }
         let payload = Array(variables.joined(separator: "\n").utf8)
-        var message = Message(type: .supervisorStandbyActivate)
+        var message = Message(type: .supervisorStandbyActivate, param1: UInt64(blockTokensFollowing))
         message.setInlineData(count: UInt32(payload.count))
         let header = UnsafeMutableRawBufferPointer.allocate(byteCount: Message.headerSize, alignment: 16)
         defer { header.deallocate() }

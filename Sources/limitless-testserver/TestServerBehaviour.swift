@@ -87,6 +87,10 @@ struct TestServerBehaviour {
             print("block token: \(notice.holder) rights \(notice.rights) inode \(Self.inode(notice.descriptor))")
             fflush(nil)
         }
+        // What a block provider does before serving: take the tokens queued for it (an activated
+        // standby: also those its activation announced, which may still be on their way).
+        try runtime.receiveQueuedBlockTokens()
+        say("block tokens taken")
         // Grants and revokes at run time: what the descriptor is, to show it is the real thing.
         runtime.onCapabilityChange { change in
             var line = "capability: \(change.name) " + (change.granted ? "granted" : "revoked")

@@ -75,6 +75,16 @@ struct StorageServerCommand: ParsableCommand {
         // activation puts the capabilities; StandbyActivation refuses that).
         let policy = allowUIDs.isEmpty ? BlockAccessPolicy.rootOnly
             : BlockAccessPolicy(readers: .uids(Set(allowUIDs)), writers: .uids(Set(allowUIDs)))
+        // A standby also builds its seccomp filter for the capabilities it expects, and backs the
+        // memory of its first two DMA slabs (queues and Identify page; the bounce buffer), so
+        // that after its activation the filter is only installed and the slabs only pinned.
+        if let expected = StandbyActivation.expectedCapabilities {
+            if !noSeccomp {
+                ServerRuntime.prepareSeccompFilter(capabilities: StorageSandbox.capabilities(granted: expected),
+                                                   extraSyscalls: StorageSandbox.extraSyscalls)
+            }
+            DMAMemoryReserve.prepare(slabs: 2)
+        }
         let runtime: ServerRuntime
         do {
             runtime = try ServerRuntime(standaloneName: name ?? "storage")
@@ -84,6 +94,7 @@ struct StorageServerCommand: ParsableCommand {
         }
         // A standby's steps count from its activation, where its restart work began.
         if let activated = StandbyActivation.activatedAt { phases = StartupPhases(origin: activated, named: "activation") }
+        for step in StartupSteps.all where step.at >= phases.start { phases.mark(step.name, at: step.at) }
         phases.mark("runtime")
         // The supervisor queued the CAP_BLOCK_* tokens of our clients before starting us: take
         // them all before listening, so no client presents a token we have not heard of yet.
@@ -96,7 +107,9 @@ struct StorageServerCommand: ParsableCommand {
                 runtime.log(.warning, "could not record \(notice.holder)'s block token (rights \(notice.rights))")
             }
         }
-        try? runtime.pollSupervisor()
+        // An activated standby also waits for the tokens its activation announced (queued right
+        // behind it).
+        do { try runtime.receiveQueuedBlockTokens() } catch { runtime.log(.warning, "block tokens: \(error)") }
         var capabilities: [String: Int32] = [:]
         for capability in runtime.capabilityNames {
             capabilities[capability] = (try? runtime.capability(capability)) ?? -1
@@ -163,6 +176,7 @@ struct StorageServerCommand: ParsableCommand {
         loop.everySecond = { [opened] in
             if let news = opened.recoverIfFailed(pausing: workers) { runtime.log(.error, news) }
         }
+        phases.mark("servers-built")
         for worker in workers { worker.start() }
         loop.start()
         phases.mark("listening")

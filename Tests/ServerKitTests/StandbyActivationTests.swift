@@ -47,6 +47,36 @@ final class StandbyActivationTests: XCTestCase {
         XCTAssertEqual(supervisor.waitForExit().flatMap(FakeSupervisor.exitCode), 0, supervisor.output)
     }
 
+    /// The supervisor queues a provider's block tokens right behind the activation, which
+    /// announces how many (param1): the server takes them all before it goes on to serve, even
+    /// when they come later than its first look at the channel.
+    func testTheBlockTokensAnActivationAnnouncesAreTakenBeforeServing() throws {
+        let supervisor = try FakeSupervisor()
+        try startStandby(supervisor)
+        var (message, payload) = activation("LIMITLESS_INSTANCE=3\nLIMITLESS_CAPABILITIES=")
+        message.param1 = 2
+        supervisor.send(message, payload: payload, descriptor: supervisor.store.fileDescriptor.rawValue)
+        supervisor.pump(milliseconds: 300)
+        XCTAssertFalse(supervisor.output.contains("block tokens taken"), "it went on before the announced tokens came: \(supervisor.output)")
+        for (holder, right) in [("reader", UInt64(1)), ("writer", UInt64(2))] {
+            var token = Message(type: .supervisorBlockToken, param1: right)
+            token.setInlineData(count: UInt32(holder.utf8.count))
+            let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            supervisor.send(token, payload: Array(holder.utf8), descriptor: fd)
+            close(fd)
+        }
+        XCTAssertTrue(supervisor.wait { $0.output.contains("registered: testsrv instance 3") },
+                      "stdout: \(supervisor.output) stderr: \(supervisor.errorOutput)")
+        let lines = supervisor.output.split(separator: "\n").map(String.init)
+        let taken = try XCTUnwrap(lines.firstIndex(of: "block tokens taken"), supervisor.output)
+        let tokens = lines.indices.filter { lines[$0].hasPrefix("block token: ") }
+        XCTAssertEqual(tokens.map { lines[$0].split(separator: " ").prefix(5).joined(separator: " ") },
+                       ["block token: reader rights 1", "block token: writer rights 2"])
+        XCTAssertTrue(tokens.allSatisfy { $0 < taken }, supervisor.output)
+        kill(supervisor.pid, SIGTERM)
+        XCTAssertEqual(supervisor.waitForExit().flatMap(FakeSupervisor.exitCode), 0, supervisor.output)
+    }
+
     func testAnActivationSettingOtherVariablesIsRefused() throws {
         let supervisor = try FakeSupervisor()
         try startStandby(supervisor)

@@ -88,6 +88,43 @@ extension SupervisorIntegrationTests {
         XCTAssertEqual(state("hot").restarts, 2)
     }
 
+    /// A standby is told the capability names it will get (not the descriptors) and started with
+    /// LD_BIND_NOW=1 and, under a root supervisor, at nice 19; its activation gives it the
+    /// supervisor's priority back. A block provider's standby takes the tokens its activation
+    /// announced before it serves.
+    func testAStandbyIsPreparedAtLowPriorityAndGetsItsPriorityAndTokensAtActivation() throws {
+        var store = standbyServer("store")
+        store.capabilities = [.blockRead]
+        var client = server("client", [], depends: ["store"])
+        client.capabilities = [.blockRead]
+        try run([store, client])
+        waitFor("the store with a ready standby, the client") {
+            isRunning("store", instance: 1) && readyStandby("store") != nil && isRunning("client")
+        }
+        let standbyPID = state("store").standbyPID
+        let environment = (try? String(contentsOfFile: "/proc/\(standbyPID)/environ", encoding: .utf8)) ?? ""
+        let variables = environment.split(separator: "\0").map(String.init)
+        XCTAssertTrue(variables.contains("LIMITLESS_STANDBY_CAPABILITIES=CAP_BLOCK_READ"), "\(variables)")
+        XCTAssertTrue(variables.contains("LD_BIND_NOW=1"), "\(variables)")
+        errno = 0
+        let ownNice = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0)
+        if geteuid() == 0 {
+            XCTAssertEqual(getpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(standbyPID)), 19)
+        }
+
+        XCTAssertEqual(kill(state("store").pid, SIGKILL), 0)
+        waitFor("store instance 2 registered") { isRunning("store", instance: 2) }
+        XCTAssertEqual(state("store").pid, standbyPID, logText("store"))
+        XCTAssertEqual(getpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(standbyPID)), ownNice)
+        waitFor("the activated instance's lines") { lines("store", .stdout).contains("registered: store instance 2") }
+        // The standby's lines: the client's token, then "block tokens taken" (before serving).
+        let out = lines("store", .stdout)
+        let taken = try XCTUnwrap(out.lastIndex(of: "block tokens taken"), logText("store"))
+        let token = try XCTUnwrap(out.lastIndex { $0.hasPrefix("block token: client rights 1 ") }, logText("store"))
+        XCTAssertLessThan(token, taken, logText("store"))
+        XCTAssertGreaterThan(token, try XCTUnwrap(out.firstIndex(of: "registered: store instance 1")), logText("store"))
+    }
+
     func testADeadStandbyMeansANormalSpawn() throws {
         try run([standbyServer("cold")])
         waitFor("instance 1 running and a ready standby") { isRunning("cold", instance: 1) && readyStandby("cold") != nil }
