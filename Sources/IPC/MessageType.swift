@@ -167,7 +167,15 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         }
     }
 
-    public var isKnown: Bool { name != nil }
+    /// Whether the number is in the registry. Asked for every message decoded, so it compares
+    /// numbers instead of building `name` (a String: a reference count touched per message).
+    /// `MessageTypeTests` checks it against `name` for every 16-bit number.
+    public var isKnown: Bool {
+        switch rawValue {
+        case 0x0001...0x0005, 0x0100...0x0116, 0x0200...0x0208, 0x0300...0x0305, 0x0400...0x0404, 0x0500...0x050C: true
+        default: false
+        }
+    }
     /// Types the server loop answers itself (0x00xx).
     public var isIPCControl: Bool { rawValue < 0x0100 }
 

@@ -12,7 +12,7 @@ import Glibc
 /// --path P`, or the C client alloc_client.c on the C library), each with its own counters file;
 /// the client reads both around a window of 200 and one of 2,000 operations after a warm-up.
 /// Asserted: 0 allocations in both windows on both sides; in an optimized build (not the debug one
-/// plain `swift test` makes) also 0 retains on both sides for every path but the block ring.
+/// plain `swift test` makes) also 0 retains and 0 releases on both sides for every path but the block ring.
 /// Other retains are printed (see README "Hot paths allocate nothing").
 /// LIMITLESS_ALLOC_TRACE=1 prints where a window allocates (backtraces on the processes' stderr,
 /// kept in the test's log files).
@@ -106,6 +106,10 @@ final class HotPathAllocationTests: XCTestCase {
                 XCTAssertEqual(fields["server_retains"], 0, "\(path): the server retained: \(text); rerun with LIMITLESS_RETAIN_TRACE=N",
                                file: file, line: line)
                 XCTAssertEqual(fields["client_retains"], 0, "\(path): the client retained: \(text); rerun with LIMITLESS_RETAIN_TRACE=N",
+                               file: file, line: line)
+                XCTAssertEqual(fields["server_releases"], 0, "\(path): the server released a reference per operation (a temporary String or class reference on the path): \(text)",
+                               file: file, line: line)
+                XCTAssertEqual(fields["client_releases"] ?? 0, 0, "\(path): the client released a reference per operation (a temporary String or class reference on the path): \(text)",
                                file: file, line: line)
             }
             #endif

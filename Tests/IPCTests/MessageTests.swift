@@ -59,6 +59,16 @@ final class MessageTests: XCTestCase {
         }
     }
 
+    func testIsKnownMatchesTheRegistryForEveryNumber() {
+        var known = 0
+        for raw in UInt32(0)...0xFFFF {
+            let type = MessageType(rawValue: raw)
+            XCTAssertEqual(type.isKnown, type.name != nil, "0x\(String(raw, radix: 16))")
+            if type.isKnown { known += 1 }
+        }
+        XCTAssertGreaterThan(known, 60)
+    }
+
     func testRegistryHasUniqueNamesInSubsystemRanges() {
         let types: [MessageType] = [
             .ipcShare, .ipcRelease, .ipcPing, .ipcError,
