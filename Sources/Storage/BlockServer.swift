@@ -48,7 +48,12 @@ public final class BlockServer: IPCRequestHandler, @unchecked Sendable {
     private let borrowedQueued: Unmanaged<BorrowedQueuedDevice>?
     /// Attached rings (`BlockRing`), served by `pollRings`. A device tag is ring index << 32 |
     /// the ring's slot; the array changes only when no ring command is in flight.
-    private var rings: [BlockRingServerState] = []
+    private var rings: [BlockRingServerState] = [] {
+        didSet { borrowedRings = rings.map { Unmanaged.passUnretained($0) } }
+    }
+    /// `rings` as plain words for the polling passes (which run even when idle): reading a class
+    /// reference out of `rings` retained it, twice per pass. `rings` keeps them alive.
+    private var borrowedRings: [Unmanaged<BlockRingServerState>] = []
     /// Requests served through rings, and ring commands reaped.
     public private(set) var ringRequests: UInt64 = 0
     public var ringCount: Int { rings.count }
@@ -469,17 +474,19 @@ public final class BlockServer: IPCRequestHandler, @unchecked Sendable {
         return reapDevice(queued)
     }
 
-    private func reapDevice(_ queued: some QueuedBlockDevice) -> Int {
+    func reapDevice(_ queued: some QueuedBlockDevice) -> Int {
         var ringCompletions = 0
         let count = queued.reapCompleted { tag, status in
             if tag & DeferredBlockRequests.tagBit != 0 { return finishDeferred(tag: tag, status: status) }
             let index = Int(tag >> 32)
-            guard index < rings.count else { return }
-            rings[index].complete(slot: Int(tag & 0xFFFF_FFFF), status: status)
+            guard index < borrowedRings.count else { return }
+            borrowedRings[index]._withUnsafeGuaranteedRef { $0.complete(slot: Int(tag & 0xFFFF_FFFF), status: status) }
             ringCompletions += 1
         }
         if ringCompletions > 0 {
-            for index in rings.indices { rings[index].publishCompletions() }  // no iterator: see pollRings
+            for index in borrowedRings.indices {  // no iterator: see pollRings
+                borrowedRings[index]._withUnsafeGuaranteedRef { $0.publishCompletions() }
+            }
             ringRequests &+= UInt64(ringCompletions)
         }
         return count
@@ -502,27 +509,34 @@ public final class BlockServer: IPCRequestHandler, @unchecked Sendable {
     /// while rings are attached).
     @discardableResult
     public func pollRings() -> Int {
-        guard let queued, !rings.isEmpty else { return 0 }
-        var work = reapDevice()
+        guard !borrowedRings.isEmpty, let borrowedQueued else { return 0 }
+        return borrowedQueued._withUnsafeGuaranteedRef { $0.pollRings(self) }
+    }
+
+    /// The same with the device opened to its type and the rings borrowed (`borrowedRings`):
+    /// an idle pass touches no reference count.
+    func pollRings(_ queued: some QueuedBlockDevice) -> Int {
+        var work = reapDevice(queued)
         queued.beginBatch()
-        for index in rings.indices {  // not enumerated(): unspecialized in a debug build, it allocated per pass
-            let ring = rings[index]
-            guard let available = ring.published(), available > 0 else { continue }
-            var room = ring.completionRoom()
-            var taken = 0, refused = 0
-            while taken < available, room > 0, queued.freeCommandSlots > 0 {
-                let request = ring.take()
-                taken += 1
-                room -= 1
-                let status = submitRingRequest(request, ring: ring, index: index, device: queued)
-                if !status.isOK {
-                    ring.post(tag: request.tag, status: status, bytes: 0)
-                    refused += 1
+        for index in borrowedRings.indices {  // not enumerated(): unspecialized in a debug build, it allocated per pass
+            work += borrowedRings[index]._withUnsafeGuaranteedRef { ring in
+                guard let available = ring.published(), available > 0 else { return 0 }
+                var room = ring.completionRoom()
+                var taken = 0, refused = 0
+                while taken < available, room > 0, queued.freeCommandSlots > 0 {
+                    let request = ring.take()
+                    taken += 1
+                    room -= 1
+                    let status = submitRingRequest(request, ring: ring, index: index, device: queued)
+                    if !status.isOK {
+                        ring.post(tag: request.tag, status: status, bytes: 0)
+                        refused += 1
+                    }
                 }
+                if taken > 0 { ring.publishHead() }
+                if refused > 0 { ring.publishCompletions() }
+                return taken
             }
-            if taken > 0 { ring.publishHead() }
-            if refused > 0 { ring.publishCompletions() }
-            work += taken
         }
         queued.endBatch()
         return work
@@ -532,7 +546,7 @@ public final class BlockServer: IPCRequestHandler, @unchecked Sendable {
     /// ok when submitted (its completion comes from the device), else the status to post.
     @inline(__always)
     private func submitRingRequest(_ request: (opcode: UInt8, nsid: UInt32, lba: UInt64, blocks: UInt32, dataOffset: UInt32, tag: UInt64),
-                                   ring: BlockRingServerState, index: Int, device: any QueuedBlockDevice) -> IPCStatus {
+                                   ring: BlockRingServerState, index: Int, device: some QueuedBlockDevice) -> IPCStatus {
         guard request.opcode == BlockRing.opcodeRead || request.opcode == BlockRing.opcodeWrite else { return .EINVAL }
         guard let geometry = device.geometry(request.nsid) else { return .ENOENT }
         guard request.blocks > 0 else { return .EINVAL }

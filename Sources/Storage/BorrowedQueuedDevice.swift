@@ -17,6 +17,11 @@ class BorrowedQueuedDevice {
         preconditionFailure("BorrowedQueuedDevice is abstract")
     }
 
+    /// `BlockServer.pollRings` with the device.
+    func pollRings(_ server: BlockServer) -> Int {
+        preconditionFailure("BorrowedQueuedDevice is abstract")
+    }
+
     /// Keeps `device` alive for as long as the result exists.
     static func opening(_ device: some QueuedBlockDevice) -> BorrowedQueuedDevice {
         TypedBorrowedQueuedDevice(device)
@@ -34,6 +39,10 @@ private final class TypedBorrowedQueuedDevice<Device: QueuedBlockDevice>: Borrow
 
     override func pollCompletions(_ server: BlockServer) {
         borrowed._withUnsafeGuaranteedRef { server.pollCompletions($0) }
+    }
+
+    override func pollRings(_ server: BlockServer) -> Int {
+        borrowed._withUnsafeGuaranteedRef { server.pollRings($0) }
     }
 
     override func submitDeferred(_ server: BlockServer, _ request: BlockRequest, _ message: Message, _ payload: IPCPayload,
