@@ -446,7 +446,7 @@ public final class BlockServer: IPCRequestHandler, @unchecked Sendable {
     }
 
     /// Clears the device's completion signal (a ring thread waiting on its queue's vector).
-    func consumeDeviceSignal() { queued?.consumeCompletionSignal() }
+    func consumeDeviceSignal() { borrowedQueued?._withUnsafeGuaranteedRef { $0.consumeCompletionSignal() } }
 
     /// Finishes ring commands in flight (`drainDevice`).
     public func drainRings() { drainDevice() }
@@ -497,8 +497,11 @@ public final class BlockServer: IPCRequestHandler, @unchecked Sendable {
     /// the next thing to happen is the device's (NVMe polled completion, as the in-process
     /// driver waits). Otherwise a client has work to do, or nothing is in flight: yield.
     public var ringsAwaitDevice: Bool {
-        guard let queued, queued.commandsInFlight > 0 else { return false }
-        for ring in rings where ring.hasUnreadCompletions { return false }
+        // Asked on every idle pass of a ring thread: borrowed, as in `pollRings`.
+        guard let borrowedQueued, borrowedQueued._withUnsafeGuaranteedRef({ $0.commandsInFlight }) > 0 else { return false }
+        for index in borrowedRings.indices where borrowedRings[index]._withUnsafeGuaranteedRef({ $0.hasUnreadCompletions }) {
+            return false
+        }
         return true
     }
 

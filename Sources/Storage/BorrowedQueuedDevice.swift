@@ -17,6 +17,14 @@ class BorrowedQueuedDevice {
         preconditionFailure("BorrowedQueuedDevice is abstract")
     }
 
+    /// The device's `commandsInFlight`.
+    var commandsInFlight: Int { preconditionFailure("BorrowedQueuedDevice is abstract") }
+
+    /// The device's `consumeCompletionSignal()`.
+    func consumeCompletionSignal() {
+        preconditionFailure("BorrowedQueuedDevice is abstract")
+    }
+
     /// `BlockServer.pollRings` with the device.
     func pollRings(_ server: BlockServer) -> Int {
         preconditionFailure("BorrowedQueuedDevice is abstract")
@@ -39,6 +47,12 @@ private final class TypedBorrowedQueuedDevice<Device: QueuedBlockDevice>: Borrow
 
     override func pollCompletions(_ server: BlockServer) {
         borrowed._withUnsafeGuaranteedRef { server.pollCompletions($0) }
+    }
+
+    override var commandsInFlight: Int { borrowed._withUnsafeGuaranteedRef { $0.commandsInFlight } }
+
+    override func consumeCompletionSignal() {
+        borrowed._withUnsafeGuaranteedRef { $0.consumeCompletionSignal() }
     }
 
     override func pollRings(_ server: BlockServer) -> Int {
