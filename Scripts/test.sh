@@ -20,7 +20,7 @@ suites, then prints
 "N passed, N failed". Installs the Debian packages the build needs when they are missing
 (as root; otherwise it says which to install).
 
-  --no-rig        skip the emulated machine (unit and script tests only)
+  --no-rig        skip the emulated machine (unit, script, fuzz and hotpath stages only)
   --only STAGE    run one stage: unit, scripts, fuzz, hotpath or rig
 USAGE
 }
