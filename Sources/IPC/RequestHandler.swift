@@ -10,8 +10,7 @@ public protocol IPCRequestHandler: AnyObject, Sendable {
     func handle(_ request: Message, _ payload: IPCPayload, _ connection: IPCConnection) -> IPCReply
 
     /// Called on the serving thread on every wakeup, after reading and before serving queued
-    /// messages (as `IPCServer.completionPoller`, without the closure's reference counting):
-    /// where a handler that defers answers collects its completions and calls
+    /// messages: where a handler that defers answers collects its completions and calls
     /// `IPCServer.complete`. Does nothing unless the handler implements it.
     func pollCompletions()
 }

@@ -21,7 +21,7 @@ import Glibc
 ///
 /// Deferred replies: a handler may return `IPCReply.deferred` (say, after submitting the request
 /// to a device queue) and answer later with `complete(_:_:payload:)`, on the serving thread
-/// (from `completionPoller`, which `serveOnce` calls on every wakeup, or from a later handler
+/// (from the handler's `IPCRequestHandler.pollCompletions`, which `serveOnce` calls on every wakeup, or from a later handler
 /// call). Replies then go out in completion order; clients match them by sequence. A client
 /// with `maxDeferredPerClient` answers outstanding is not served further (its queue fills, then
 /// EBUSY) until some complete, and its MSG_IPC_RELEASE waits until none are outstanding, so a
@@ -113,11 +113,6 @@ public final class IPCServer: @unchecked Sendable {
     public private(set) var deferredCount = 0
     /// Completions that found their client gone, and were discarded.
     public private(set) var discardedCompletions: UInt64 = 0
-    /// Called on the serving thread on every wakeup, after reading and before serving queued
-    /// messages: where a handler that defers answers collects its completions and calls
-    /// `complete`. Set before serving starts. A handler object implements
-    /// `IPCRequestHandler.pollCompletions` instead (called right after, with no reference counting).
-    public var completionPoller: (() -> Void)?
     /// Nothing wakes the server when deferred answers become ready (no wake descriptor): while
     /// any are outstanding `serveOnce` does not wait, so `run` polls. Set before serving starts.
     public var pollsCompletions = false
@@ -264,14 +259,13 @@ public final class IPCServer: @unchecked Sendable {
                 handleEvents(event.events, slot: slot)
             }
         }
-        completionPoller?()
         handler.call.pollCompletions()
         serveQueues()
         return !stopping
     }
 
     /// Makes `serveOnce` wake when `descriptor` becomes readable (level triggered: the
-    /// `completionPoller` must consume what made it readable), e.g. a device's completion
+    /// handler's `pollCompletions` must consume what made it readable), e.g. a device's completion
     /// interrupt eventfd. The caller keeps owning the descriptor.
     public func addWakeDescriptor(_ descriptor: Int32) throws(IPCError) {
         try Self.watch(epollFD, descriptor, token: Self.wakeToken, events: UInt32(EPOLLIN.rawValue))
@@ -558,7 +552,7 @@ public final class IPCServer: @unchecked Sendable {
 
     /// Answers a request its handler deferred, with `reply` and `payload` as inline data (at
     /// most `Message.maxInlinePayload` bytes). Call exactly once per deferred request, on the
-    /// serving thread (from `completionPoller` or a handler; a handler calling it must do so
+    /// serving thread (from the handler's `pollCompletions` or `handle`; a handler calling it must do so
     /// before writing its own reply payload, which shares the reply buffer). Returns false when
     /// the client has gone: the answer is discarded, and once its last one is, the regions the
     /// client left behind are unmapped. Never disconnects anyone itself (a client whose socket

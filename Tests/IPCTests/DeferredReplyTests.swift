@@ -33,7 +33,7 @@ final class DeferredReplyTests: RuntimeDirectoryTestCase {
             _ = write(wake, &one, 8)
         }
 
-        /// The completion poller: runs on the serving thread.
+        /// Sends the queued answers: runs on the serving thread (`pollCompletions`).
         func poll(_ server: IPCServer) {
             var count: UInt64 = 0
             _ = read(wake, &count, 8)
@@ -48,6 +48,26 @@ final class DeferredReplyTests: RuntimeDirectoryTestCase {
         }
     }
 
+    /// Defers every MSG_VFS_READ (keeping the token) and answers anything else at once; its
+    /// `pollCompletions` sends the desk's queued answers.
+    final class DeferringHandler: IPCRequestHandler, @unchecked Sendable {
+        let desk: Desk
+        weak var server: IPCServer?
+
+        init(desk: Desk) { self.desk = desk }
+
+        func handle(_ request: Message, _ payload: IPCPayload, _ connection: IPCConnection) -> IPCReply {
+            guard request.type == .vfsRead else { return IPCReply(param1: 7) }
+            XCTAssertTrue(payload.replyToken.canDefer)
+            desk.took(payload.replyToken)
+            return .deferred
+        }
+
+        func pollCompletions() {
+            if let server { desk.poll(server) }
+        }
+    }
+
     private var desk: Desk!
 
     /// A server whose handler defers every MSG_VFS_READ (keeping the token) and answers
@@ -57,13 +77,9 @@ final class DeferredReplyTests: RuntimeDirectoryTestCase {
         self.desk = desk
         var configuration = IPCServer.Configuration()
         configure(&configuration)
-        let server = try IPCServer(name: "deferred", directory: directory, configuration: configuration) { request, payload, _ in
-            guard request.type == .vfsRead else { return IPCReply(param1: 7) }
-            XCTAssertTrue(payload.replyToken.canDefer)
-            desk.took(payload.replyToken)
-            return .deferred
-        }
-        server.completionPoller = { [unowned server] in desk.poll(server) }
+        let handler = DeferringHandler(desk: desk)
+        let server = try IPCServer(name: "deferred", directory: directory, configuration: configuration, requestHandler: handler)
+        handler.server = server
         try server.addWakeDescriptor(desk.wake)
         if start { server.start() }
         return server
