@@ -152,36 +152,20 @@ public final class DMAAllocator {
 
     private func makeSlab(size: Int) throws -> Slab {
         if mapper.pinsMemory { try checkMemlock(adding: size) }
-        var base: UnsafeMutableRawPointer?
-        var huge = false
-        var backed = false
+        let memory: UnsafeMutableRawPointer, huge: Bool
         // Memory a standby backed before its activation (`DMAMemoryReserve`); its placement was
         // not chosen, so not for an allocator bound to a NUMA node.
         if numaNode == nil, let reserved = DMAMemoryReserve.take(size: size, allowHugePages: usesHugePages) {
-            base = reserved.base
+            memory = reserved.base
             huge = reserved.hugePages
-            backed = true
-        }
-        if base == nil && usesHugePages {
-            let pointer = mmap(nil, size, PROT_READ | PROT_WRITE,
-                               MAP_PRIVATE | MAP_ANONYMOUS | CL_MAP_HUGETLB | CL_MAP_HUGE_2MB, -1, 0)
-            if let pointer, CL_is_map_failed(pointer) == 0 {
-                base = pointer
-                huge = true
-            } else {
-                // No huge pages reserved (vm.nr_hugepages is 0): fall back for good, once.
-                usesHugePages = false
-            }
-        }
-        if base == nil {
-            let pointer = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-            guard let pointer, CL_is_map_failed(pointer) == 0 else {
+        } else {
+            guard let mapped = Self.mapAnonymous(size: size, hugePages: usesHugePages) else {
                 throw PlatformError.outOfDMAMemory(requested: size, reason: "mmap: \(String(cString: strerror(CL_errno())))")
             }
-            base = pointer
-        }
-        let memory = base!
-        if !backed {
+            // No huge pages reserved (vm.nr_hugepages is 0): fall back for good, once.
+            if usesHugePages && !mapped.hugePages { usesHugePages = false }
+            memory = mapped.base
+            huge = mapped.hugePages
             if let numaNode, numa_available() >= 0 { numa_tonode_memory(memory, size, Int32(numaNode)) }
             // Touch every page now so it is backed (on the chosen node) before it is pinned.
             memset(memory, 0, size)
@@ -194,6 +178,18 @@ public final class DMAAllocator {
             throw error
         }
         return Slab(base: memory, deviceAddress: deviceAddress, size: size, hugePages: huge, free: [(0, size)])
+    }
+
+    /// `size` bytes of fresh anonymous memory for a slab: 2 MiB huge pages when `hugePages` and
+    /// the system has them reserved, else 4 KiB pages; nil when neither maps (errno says why).
+    static func mapAnonymous(size: Int, hugePages: Bool) -> (base: UnsafeMutableRawPointer, hugePages: Bool)? {
+        if hugePages {
+            let pointer = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | CL_MAP_HUGETLB | CL_MAP_HUGE_2MB, -1, 0)
+            if let pointer, CL_is_map_failed(pointer) == 0 { return (pointer, true) }
+        }
+        let pointer = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        guard let pointer, CL_is_map_failed(pointer) == 0 else { return nil }
+        return (pointer, false)
     }
 
     private func checkMemlock(adding size: Int) throws {

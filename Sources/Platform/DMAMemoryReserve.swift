@@ -30,16 +30,10 @@ public enum DMAMemoryReserve {
         let size = DMAAllocator.slabSize
         var made: [Region] = []
         for _ in 0..<max(0, slabs) {
-            var huge = true
-            var pointer = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | CL_MAP_HUGETLB | CL_MAP_HUGE_2MB, -1, 0)
-            if pointer == nil || CL_is_map_failed(pointer) != 0 {
-                huge = false
-                pointer = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-            }
-            guard let base = pointer, CL_is_map_failed(base) == 0 else { break }
+            guard let mapped = DMAAllocator.mapAnonymous(size: size, hugePages: true) else { break }
             // Writing every page is what backs it; the pages stay zero.
-            memset(base, 0, size)
-            made.append(Region(base: base, size: size, hugePages: huge))
+            memset(mapped.base, 0, size)
+            made.append(Region(base: mapped.base, size: size, hugePages: mapped.hugePages))
         }
         return regions.withLock { held in
             held += made
