@@ -229,6 +229,13 @@ public enum StorageBringUp {
         }
     }
 
+    /// MSI-X vectors to enable: vector 0 for the admin queue, one more per I/O queue unless the
+    /// I/O queues are polled, never more than the device offers. With one vector (or none) the
+    /// I/O queues are created polled.
+    static func msixVectorsWanted(queues: Int, pollIOQueues: Bool, available: Int) -> Int {
+        min(pollIOQueues ? 1 : queues + 1, max(available, 0))
+    }
+
     /// `pollIOQueues` creates the I/O completion queues with interrupts off (CDW11.IEN = 0, NVMe
     /// 2.0 section 5.4 "Create I/O Completion Queue"), as Linux creates its poll queues: a queue
     /// that is polled anyway then costs no MSI-X message per completion. Under emulation each one
@@ -241,9 +248,8 @@ public enum StorageBringUp {
         try device.setBusMaster(true)
         let registers = try device.mapBAR(0)
         let available = (try? device.interruptVectors(.msix)) ?? 0
-        // Vector 0 for the admin queue, one more per I/O queue (as many as there are).
-        let wanted = pollIOQueues ? 1 : requested + 1
-        let lines = available >= 1 ? try device.enableInterrupts(.msix, count: min(wanted, available)) : []
+        let wanted = msixVectorsWanted(queues: requested, pollIOQueues: pollIOQueues, available: available)
+        let lines = wanted > 0 ? try device.enableInterrupts(.msix, count: wanted) : []
         let allocator = DMAAllocator(mapper: device.dmaMapper, numaNode: device.numaNode)
         var configuration = NVMeController<MMIORegion>.Configuration(completionMode: lines.isEmpty ? .polling : .interrupt,
                                                                      adminCommandTimeoutNanoseconds: timeoutNanoseconds)
