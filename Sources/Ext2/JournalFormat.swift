@@ -78,6 +78,21 @@ enum JournalFormat {
 struct JournalSuperblock {
     var raw: [UInt8]
 
+    /// A new, empty version-2 superblock (what mke2fs writes for an internal journal) for a log
+    /// of `maxLength` blocks, this one included, naming the file system's `uuid` (s_uuid, one
+    /// user). No features: commits here never write revoke blocks (see `Journal`).
+    static func empty(blockSize: Int, maxLength: UInt32, uuid: ArraySlice<UInt8>) -> JournalSuperblock {
+        var raw = [UInt8](repeating: 0, count: blockSize)
+        JournalFormat.Header(blockType: JournalFormat.superblockV2, sequence: 0).store(into: &raw)
+        raw.setBE32(12, UInt32(blockSize))
+        raw.setBE32(16, maxLength)
+        raw.setBE32(20, 1)  // s_first
+        raw.setBE32(24, 1)  // s_sequence
+        raw.replaceSubrange(48..<64, with: uuid)
+        raw.setBE32(64, 1)  // s_nr_users
+        return JournalSuperblock(raw: raw)
+    }
+
     var blockType: UInt32 { raw.be32(4) }
     var blockSize: UInt32 { raw.be32(12) }
     /// s_maxlen: blocks in the journal, the superblock included.

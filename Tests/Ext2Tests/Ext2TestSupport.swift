@@ -49,9 +49,9 @@ class Ext2TestCase: XCTestCase {
         return path
     }
 
-    func mount(_ path: String, readOnly: Bool = false) throws -> Ext2FileSystem {
+    func mount(_ path: String, readOnly: Bool = false, writeBackLog: BlockStore? = nil) throws -> Ext2FileSystem {
         let store = try ImageFileStore(path: FilePath(path), readOnly: readOnly)
-        let fs = try Ext2.mount(store: store, readOnly: readOnly) { [weak self] line in self?.logLines.append(line) }
+        let fs = try Ext2.mount(store: store, readOnly: readOnly, writeBackLog: writeBackLog) { [weak self] line in self?.logLines.append(line) }
         return try XCTUnwrap(fs as? Ext2FileSystem)
     }
 

@@ -1,0 +1,138 @@
+import PlatformTestSupport
+import Foundation
+import SystemPackage
+import VFSCore
+import XCTest
+@testable import Ext2
+
+/// The write-back log of a plain ext2 mount (WriteBackLog.swift) apart from crashes (those are
+/// in Ext2JournalTests): which logs are refused and what the mount does then, and that the image
+/// stays plain ext2.
+final class Ext2WriteBackLogTests: Ext2TestCase {
+    func newLog() -> MemoryBlockStore { MemoryBlockStore(bytes: [UInt8](repeating: 0, count: 256 << 10)) }
+
+    /// Mounts `image` read-write without a log and leaves it mounted (as a crash would): s_state
+    /// says not cleanly unmounted.
+    func leaveUnclean(_ image: String) throws {
+        let fs = try mount(image)
+        _ = try fs.create("x", in: fs.rootInode, type: .regular, permissions: 0o644, uid: 0, gid: 0)
+        try fs.sync()
+        let state = try fileSystemState(image)
+        XCTAssertTrue(state.contains("not clean"), state)
+    }
+
+    func fileSystemState(_ image: String) throws -> String {
+        try runTool("/usr/sbin/dumpe2fs", ["-h", image]).output.split(separator: "\n")
+            .first { $0.hasPrefix("Filesystem state:") }.map(String.init) ?? ""
+    }
+
+    /// A new log (all zero) gets a jbd2 superblock naming the file system's UUID; the mount says
+    /// which protection it has; the image keeps its features and is clean after unmount.
+    func testANewLogNamesTheFileSystemAndTheImageStaysPlainExt2() throws {
+        let image = try makeImage("plain.img", blockSize: 1024, kib: 4096)
+        let features = try runTool("/usr/sbin/dumpe2fs", ["-h", image]).output.split(separator: "\n").first { $0.hasPrefix("Filesystem features:") }
+        let log = newLog()
+        let fs = try mount(image, writeBackLog: log)
+        XCTAssertEqual(fs.typeName, "ext2")
+        XCTAssertTrue(logLines.contains { $0.contains("write-back log in supervisor-held memory (256 KiB)") }, "\(logLines)")
+        XCTAssertFalse(logLines.contains { $0.contains("no journal") }, "\(logLines)")
+        let file = try fs.create("f", in: fs.rootInode, type: .regular, permissions: 0o644, uid: 0, gid: 0)
+        _ = try fs.write(file, at: 0, pattern(5000, seed: 3))
+        try fs.sync()
+        try fs.unmount()
+        XCTAssertEqual(Array(log.bytes[0..<4]), [0xC0, 0x3B, 0x39, 0x98], "jbd2 magic")
+        XCTAssertEqual(JournalSuperblock(raw: Array(log.bytes[0..<1024])).uuid, fs.superblock.uuid)
+        XCTAssertEqual(JournalSuperblock(raw: Array(log.bytes[0..<1024])).start, 0, "the log is empty after unmount")
+        try assertClean(image)
+        let after = try runTool("/usr/sbin/dumpe2fs", ["-h", image]).output.split(separator: "\n").first { $0.hasPrefix("Filesystem features:") }
+        XCTAssertEqual(after, features)
+        XCTAssertEqual(try debugfsContents(image, "/f"), pattern(5000, seed: 3))
+    }
+
+    /// Without a log: the old warning.
+    func testWithoutALogTheMountWarnsAsBefore() throws {
+        let fs = try mount(try makeImage("nolog.img", blockSize: 1024, kib: 4096))
+        XCTAssertTrue(logLines.contains { $0.contains("ext2: no journal") }, "\(logLines)")
+        try fs.unmount()
+    }
+
+    /// Another file system's log (another UUID) is never replayed here. On a cleanly unmounted
+    /// image nothing in it can be needed: a new log starts. On one that was not cleanly
+    /// unmounted the log may have been its own last commit: the mount goes read-only, saying so.
+    func testAForeignLogIsRefused() throws {
+        let other = try makeImage("other.img", blockSize: 1024, kib: 4096)
+        let log = newLog()
+        let first = try mount(other, writeBackLog: log)
+        try first.unmount()
+        let otherUUID = JournalSuperblock(raw: Array(log.bytes[0..<1024])).uuid
+
+        let clean = try makeImage("clean.img", blockSize: 1024, kib: 4096)
+        logLines = []
+        let fs = try mount(clean, writeBackLog: log)
+        XCTAssertFalse(fs.isReadOnly)
+        XCTAssertTrue(logLines.contains { $0.contains("write-back log refused") && $0.contains("belongs to the file system with UUID")
+            && $0.contains("starting a new log") }, "\(logLines)")
+        try fs.unmount()
+        XCTAssertNotEqual(JournalSuperblock(raw: Array(log.bytes[0..<1024])).uuid, otherUUID)
+        XCTAssertEqual(JournalSuperblock(raw: Array(log.bytes[0..<1024])).uuid, fs.superblock.uuid)
+
+        // The log is now clean.img's; other.img, left not cleanly unmounted, refuses it.
+        try leaveUnclean(other)
+        logLines = []
+        let refused = try mount(other, writeBackLog: log)
+        XCTAssertTrue(refused.isReadOnly)
+        XCTAssertTrue(logLines.contains { $0.contains("write-back log refused") && $0.contains("mounting read-only")
+            && $0.contains("e2fsck -fy") }, "\(logLines)")
+        XCTAssertFSError(.readOnlyFileSystem, try refused.create("y", in: refused.rootInode, type: .regular, permissions: 0o644, uid: 0, gid: 0))
+        try refused.unmount()
+        XCTAssertEqual(JournalSuperblock(raw: Array(log.bytes[0..<1024])).uuid, fs.superblock.uuid, "the refused log is left as it was")
+    }
+
+    /// A damaged log (no jbd2 superblock, or one whose fields do not fit the region): refused the
+    /// same way, and never trusted for a replay.
+    func testADamagedLogIsRefused() throws {
+        let image = try makeImage("damaged.img", blockSize: 1024, kib: 4096)
+        let log = newLog()
+        for index in 0..<1024 { log.bytes[index] = UInt8(truncatingIfNeeded: index &* 7 &+ 1) }
+        let fs = try mount(image, writeBackLog: log)
+        XCTAssertFalse(fs.isReadOnly, "a clean image needs nothing from the log")
+        XCTAssertTrue(logLines.contains { $0.contains("write-back log refused: it is damaged") && $0.contains("starting a new log") }, "\(logLines)")
+        try fs.unmount()
+
+        // s_maxlen larger than the region, on an image not cleanly unmounted.
+        try leaveUnclean(image)
+        log.bytes.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(100_000).bigEndian, toByteOffset: 16, as: UInt32.self) }
+        logLines = []
+        let refused = try mount(image, writeBackLog: log)
+        XCTAssertTrue(refused.isReadOnly)
+        XCTAssertTrue(logLines.contains { $0.contains("write-back log refused: it is damaged") && $0.contains("mounting read-only") }, "\(logLines)")
+        try refused.unmount()
+    }
+
+    /// Too small a region: the mount is refused with a line saying how much it needs.
+    func testATooSmallLogIsRefused() throws {
+        let image = try makeImage("small.img", blockSize: 4096, kib: 8192)
+        XCTAssertFSError(.invalidArgument, try mount(image, writeBackLog: MemoryBlockStore(bytes: [UInt8](repeating: 0, count: 64 << 10))))
+        XCTAssertTrue(logLines.contains { $0.contains("fewer than 64 blocks") && $0.contains("page_cache_log") }, "\(logLines)")
+    }
+
+    /// A file unlinked while open goes on the orphan list in the same commit as the unlink, so
+    /// after a crash the restarted mount knows it (and e2fsck, which reads s_last_orphan on any
+    /// revision 1 file system, finds the image consistent).
+    func testUnlinkedOpenFileSurvivesACrashOnTheOrphanList() throws {
+        let image = try makeImage("orphan.img", blockSize: 1024, kib: 4096)
+        let log = newLog()
+        let fs = try mount(image, writeBackLog: log)
+        let file = try fs.create("open", in: fs.rootInode, type: .regular, permissions: 0o644, uid: 0, gid: 0)
+        _ = try fs.write(file, at: 0, pattern(3000, seed: 9))
+        _ = try fs.unlink("open", in: fs.rootInode)
+        try fs.sync()
+        // Crash: no unmount, no evict.
+        logLines = []
+        let again = try mount(image, writeBackLog: log)
+        XCTAssertTrue(logLines.contains { $0.contains("orphan inodes") && $0.contains("\(file)") }, "\(logLines)")
+        XCTAssertEqual(try again.readAll(file), pattern(3000, seed: 9))
+        try again.unmount()
+        try assertClean(image)
+    }
+}
