@@ -244,15 +244,19 @@ final class Journal {
         for transaction in committed {
             for block in transaction.revoked { revokedUpTo[block] = transaction.sequence }
         }
+        // Every target checked before anything is written: a damaged log is refused whole,
+        // never half replayed.
+        for transaction in committed {
+            if let copy = transaction.copies.first(where: { $0.block >= fileSystemBlocks }) {
+                throw FSError.corrupted("journal transaction \(transaction.sequence) names block \(copy.block), outside the file system (\(fileSystemBlocks) blocks); run e2fsck -fy")
+            }
+        }
         for transaction in committed {
             for copy in transaction.copies {
                 // Sequence numbers wrap: compare by their difference, as jbd2's tid_gt does.
                 if let upTo = revokedUpTo[copy.block], Int32(bitPattern: transaction.sequence &- upTo) <= 0 {
                     recovery.blocksRevoked += 1
                     continue
-                }
-                guard copy.block < fileSystemBlocks else {
-                    throw FSError.corrupted("journal transaction \(transaction.sequence) names block \(copy.block), outside the file system (\(fileSystemBlocks) blocks); run e2fsck -fy")
                 }
                 var bytes = try readLog(copy.position)
                 if copy.escaped { bytes.setBE32(0, JournalFormat.magic) }

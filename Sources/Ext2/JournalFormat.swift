@@ -109,6 +109,10 @@ struct JournalSuperblock {
     var featureIncompat: UInt32 { blockType == JournalFormat.superblockV2 ? raw.be32(40) : 0 }
     var featureROCompat: UInt32 { blockType == JournalFormat.superblockV2 ? raw.be32(44) : 0 }
     var uuid: ArraySlice<UInt8> { raw[48..<64] }
+    /// A write-back log's own field, in the first word of s_padding (0x5C; the log never goes
+    /// on disk, so nothing else reads it): the file system's s_mnt_count of the mount that last
+    /// took the log, one more than 0 so that an unset field matches no mount.
+    var takenAtMountCount: UInt32 { get { raw.be32(0x5C) } set { raw.setBE32(0x5C, newValue) } }
 
     /// Names of the features this implementation does not understand, empty when there are none.
     var unsupportedFeatures: [String] {

@@ -20,11 +20,12 @@ extension Ext2FileSystem {
 
     /// Opens (and replays when it holds a committed transaction) the write-back log in
     /// `logStore` for this read-write plain ext2 mount. A log that is not this file system's
-    /// (another UUID or layout) or is damaged is refused with a line saying why; then, when the
-    /// image was cleanly unmounted, nothing in the log can be needed and a new log starts;
-    /// otherwise the log may hold the image's last commit, so the mount goes on read-only (safe:
-    /// nothing is written over an image that may need that commit, and the log is kept for
-    /// inspection) until e2fsck -fy has repaired the image. Returns whether blocks were replayed.
+    /// (another UUID or layout), is stale (see below) or is damaged is refused with a line
+    /// saying why; then, when the image was cleanly unmounted, nothing in the log can be needed
+    /// and a new log starts; otherwise the log may hold the image's last commit, so the mount
+    /// goes on read-only (safe: nothing is written over an image that may need that commit, and
+    /// the log is kept for inspection) until e2fsck -fy has repaired the image. Returns whether
+    /// blocks were replayed.
     func openWriteBackLog(_ logStore: BlockStore) throws(FSError) -> Bool {
         let count = logStore.capacity / UInt64(blockSize)
         let kib = logStore.capacity / 1024
@@ -59,6 +60,21 @@ extension Ext2FileSystem {
             }
         }
 
+        // Our mount clears s_state's valid bit and counts itself in s_mnt_count on disk before
+        // its first commit. So a log holding a transaction is stale when the image has since
+        // been cleanly unmounted (e2fsck -fy, another system) or mounted by anyone else (another
+        // mount count): replaying it would write old blocks over newer ones.
+        let thisImagesLastMount = UInt32(superblock.mountCount) + 1
+        if let opened = journal, opened.holdsTransactions {
+            if superblock.state & Superblock.validFS != 0 {
+                refusal = "it is stale: it holds a transaction, but the image was cleanly unmounted since"
+                journal = nil
+            } else if opened.superblock.takenAtMountCount != thisImagesLastMount {
+                refusal = "it is stale: it holds a transaction of mount \(Int(opened.superblock.takenAtMountCount) - 1), but the image's last mount is \(superblock.mountCount)"
+                journal = nil
+            }
+        }
+
         var replayed = false
         if let opened = journal, opened.holdsTransactions {
             do throws(FSError) {
@@ -85,6 +101,9 @@ extension Ext2FileSystem {
             journal = try Journal(store: store, logStore: logStore, blockSize: blockSize, blocks: blocks,
                                   fileSystemBlocks: geometry.blocksCount, log: log)
         }
+        // This mount writes s_mnt_count one higher (Ext2FileSystem.init).
+        journal!.superblock.takenAtMountCount = UInt32(superblock.mountCount &+ 1) + 1
+        try journal!.markEmpty()
         log("ext2: write-back log in supervisor-held memory (\(kib) KiB): a crash of vfs_server keeps the image consistent")
         self.journal = journal
         try adoptOrphans()

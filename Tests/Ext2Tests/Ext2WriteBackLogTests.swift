@@ -109,6 +109,62 @@ final class Ext2WriteBackLogTests: Ext2TestCase {
         try refused.unmount()
     }
 
+    /// A crash of a workload on `image` at the first write after which the memory log holds a
+    /// committed transaction: the image and the log then.
+    func crashWithACommittedTransaction(_ image: String) throws -> (image: [UInt8], log: [UInt8]) {
+        let clean = try [UInt8](Data(contentsOf: URL(fileURLWithPath: image)))
+        for limit in 1...400 {
+            let store = CrashingStore(bytes: clean, crashAfter: limit)
+            let log = ProcessMemoryLog(bytes: 256 << 10, process: store)
+            do {
+                let fs = try Ext2.mount(store: store, readOnly: false, writeBackLog: log) { _ in }
+                for n in 0..<20 {
+                    let file = try fs.create(FileName("f\(n)"), in: fs.rootInode, type: .regular, permissions: 0o644, uid: 0, gid: 0)
+                    _ = try fs.write(file, at: 0, pattern(2000, seed: UInt8(n)))
+                    try fs.sync()
+                }
+            } catch {}
+            if JournalSuperblock(raw: Array(log.memory.bytes[0..<1024])).start != 0 { return (store.durable, log.memory.bytes) }
+        }
+        throw XCTSkip("no crash point left a committed transaction in the log")
+    }
+
+    /// A log holding a committed transaction is replayed only on the image it was written for,
+    /// as that mount left it: after e2fsck -fy (the image cleanly unmounted since) it is stale
+    /// and a new log starts; after another mount (another s_mnt_count) it is stale and the image,
+    /// not cleanly unmounted, mounts read-only. As it was left, it is replayed.
+    func testAStaleLogIsNeverReplayed() throws {
+        let path = try makeImage("stale.img", blockSize: 1024, kib: 4096)
+        let crashed = try crashWithACommittedTransaction(path)
+
+        try Data(crashed.image).write(to: URL(fileURLWithPath: path))
+        _ = try runTool("/usr/sbin/e2fsck", ["-fy", path])
+        let repaired = MemoryBlockStore(bytes: crashed.log)
+        let fs = try mount(path, writeBackLog: repaired)
+        XCTAssertFalse(fs.isReadOnly)
+        XCTAssertFalse(logLines.contains { $0.contains("replayed") }, "\(logLines)")
+        XCTAssertTrue(logLines.contains { $0.contains("it is stale") && $0.contains("cleanly unmounted since") && $0.contains("starting a new log") }, "\(logLines)")
+        try fs.unmount()
+        try assertClean(path)
+
+        try Data(crashed.image).write(to: URL(fileURLWithPath: path))
+        let elsewhere = try mount(path)  // another mount: s_mnt_count + 1, left mounted (not clean)
+        try elsewhere.sync()
+        logLines = []
+        let refused = try mount(path, writeBackLog: MemoryBlockStore(bytes: crashed.log))
+        XCTAssertTrue(refused.isReadOnly)
+        XCTAssertTrue(logLines.contains { $0.contains("it is stale") && $0.contains("mounting read-only") }, "\(logLines)")
+        XCTAssertFalse(logLines.contains { $0.contains("replayed") }, "\(logLines)")
+
+        try Data(crashed.image).write(to: URL(fileURLWithPath: path))
+        logLines = []
+        let replayed = try mount(path, writeBackLog: MemoryBlockStore(bytes: crashed.log))
+        XCTAssertFalse(replayed.isReadOnly)
+        XCTAssertTrue(logLines.contains { $0.contains("write-back log: replayed") }, "\(logLines)")
+        try replayed.unmount()
+        try assertClean(path)
+    }
+
     /// Too small a region: the mount is refused with a line saying how much it needs.
     func testATooSmallLogIsRefused() throws {
         let image = try makeImage("small.img", blockSize: 4096, kib: 8192)
