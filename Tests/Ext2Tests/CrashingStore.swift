@@ -71,12 +71,12 @@ final class CrashingStore: BlockStore {
 /// Memory that outlives the process (the supervisor's CAP_PAGE_CACHE memfd) as the process sees
 /// it: its writes count toward `process`'s crash point and stop there, but what was written
 /// stays (`memory`, for the next mount).
-final class ProcessMemoryLog: BlockStore {
-    let memory: MemoryBlockStore
+final class ProcessMemoryLog<Memory: BlockStore>: BlockStore {
+    let memory: Memory
     let process: CrashingStore
 
-    init(bytes: Int, process: CrashingStore) {
-        memory = MemoryBlockStore(bytes: [UInt8](repeating: 0, count: bytes))
+    init(memory: Memory, process: CrashingStore) {
+        self.memory = memory
         self.process = process
     }
 
@@ -93,4 +93,10 @@ final class ProcessMemoryLog: BlockStore {
     }
 
     func flush() throws(FSError) {}
+}
+
+extension ProcessMemoryLog where Memory == MemoryBlockStore {
+    convenience init(bytes: Int, process: CrashingStore) {
+        self.init(memory: MemoryBlockStore(bytes: [UInt8](repeating: 0, count: bytes)), process: process)
+    }
 }

@@ -124,7 +124,7 @@ final class Ext2JournalTests: Ext2TestCase {
                            reordered: Bool = false, writeBackLog: Bool = false) throws -> (points: Int, damaged: Int) {
         let kind = writeBackLog ? "ext2 with a write-back log" : journalled ? "ext3" : "ext2"
         let protected = journalled || writeBackLog
-        func newLog(_ process: CrashingStore) -> ProcessMemoryLog? { writeBackLog ? ProcessMemoryLog(bytes: 256 << 10, process: process) : nil }
+        func newLog(_ process: CrashingStore) -> ProcessMemoryLog<MemoryBlockStore>? { writeBackLog ? ProcessMemoryLog(bytes: 256 << 10, process: process) : nil }
         let clean = try [UInt8](Data(contentsOf: URL(fileURLWithPath: image)))
         // Uninterrupted run: how many writes the workload makes, and its final tree.
         let full = CrashingStore(bytes: clean, crashAfter: .max)

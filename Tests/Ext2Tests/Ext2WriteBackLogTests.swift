@@ -109,13 +109,25 @@ final class Ext2WriteBackLogTests: Ext2TestCase {
         try refused.unmount()
     }
 
-    /// A crash of a workload on `image` at the first write after which the memory log holds a
-    /// committed transaction: the image and the log then.
-    func crashWithACommittedTransaction(_ image: String) throws -> (image: [UInt8], log: [UInt8]) {
+    /// Whether the log's first transaction has its commit block (1 KiB blocks).
+    func holdsACommit(_ log: BlockStore) throws -> Bool {
+        let superblock = JournalSuperblock(raw: try Ext2FileSystem.readBytes(log, at: 0, count: 1024))
+        guard superblock.start != 0 else { return false }
+        for position in superblock.start..<superblock.maxLength {
+            guard let header = JournalFormat.Header(try Ext2FileSystem.readBytes(log, at: UInt64(position) * 1024, count: 1024)),
+                  header.sequence == superblock.sequence else { continue }
+            if header.blockType == JournalFormat.commitBlock { return true }
+        }
+        return false
+    }
+
+    /// A crash of a workload on `image` at the first write after which the memory log (made by
+    /// `memory` for each try) holds a committed transaction: the image then, and the log.
+    func crashWithACommittedTransaction<Memory: BlockStore>(_ image: String, memory: () throws -> Memory) throws -> (image: [UInt8], log: Memory) {
         let clean = try [UInt8](Data(contentsOf: URL(fileURLWithPath: image)))
         for limit in 1...400 {
             let store = CrashingStore(bytes: clean, crashAfter: limit)
-            let log = ProcessMemoryLog(bytes: 256 << 10, process: store)
+            let log = ProcessMemoryLog(memory: try memory(), process: store)
             do {
                 let fs = try Ext2.mount(store: store, readOnly: false, writeBackLog: log) { _ in }
                 for n in 0..<20 {
@@ -124,7 +136,7 @@ final class Ext2WriteBackLogTests: Ext2TestCase {
                     try fs.sync()
                 }
             } catch {}
-            if JournalSuperblock(raw: Array(log.memory.bytes[0..<1024])).start != 0 { return (store.durable, log.memory.bytes) }
+            if try holdsACommit(log.memory) { return (store.durable, log.memory) }
         }
         throw XCTSkip("no crash point left a committed transaction in the log")
     }
@@ -135,7 +147,8 @@ final class Ext2WriteBackLogTests: Ext2TestCase {
     /// not cleanly unmounted, mounts read-only. As it was left, it is replayed.
     func testAStaleLogIsNeverReplayed() throws {
         let path = try makeImage("stale.img", blockSize: 1024, kib: 4096)
-        let crashed = try crashWithACommittedTransaction(path)
+        let committed = try crashWithACommittedTransaction(path) { newLog() }
+        let crashed = (image: committed.image, log: committed.log.bytes)
 
         try Data(crashed.image).write(to: URL(fileURLWithPath: path))
         _ = try runTool("/usr/sbin/e2fsck", ["-fy", path])
@@ -160,9 +173,35 @@ final class Ext2WriteBackLogTests: Ext2TestCase {
         logLines = []
         let replayed = try mount(path, writeBackLog: MemoryBlockStore(bytes: crashed.log))
         XCTAssertFalse(replayed.isReadOnly)
-        XCTAssertTrue(logLines.contains { $0.contains("write-back log: replayed") }, "\(logLines)")
+        XCTAssertTrue(logLines.contains { $0.contains("write-back log: replayed") && !$0.contains("replayed 0 blocks") }, "\(logLines)")
         try replayed.unmount()
         try assertClean(path)
+    }
+
+    /// The log in shared memory (`SharedMemoryStore`, as vfs_server maps the CAP_PAGE_CACHE
+    /// memfd): a crash leaves a committed transaction there; a new mapping of the same file, as
+    /// the next instance makes, replays it, and the synced files read back.
+    func testALogInSharedMemoryIsReplayedThroughTheNextMapping() throws {
+        let path = try makeImage("shared.img", blockSize: 1024, kib: 4096)
+        let backing = directory + "/log.mem"
+        func mapping() throws -> SharedMemoryStore {
+            let fd = open(backing, O_RDWR | O_CREAT | O_TRUNC, 0o600)
+            defer { close(fd) }
+            XCTAssertEqual(ftruncate(fd, 256 << 10), 0)
+            return try SharedMemoryStore(mapping: fd, what: "the test's log")
+        }
+        let crashed = try crashWithACommittedTransaction(path, memory: mapping)
+        try Data(crashed.image).write(to: URL(fileURLWithPath: path))
+        let fd = open(backing, O_RDWR)
+        let again = try SharedMemoryStore(mapping: fd, what: "the test's log")
+        close(fd)
+        logLines = []
+        let fs = try mount(path, writeBackLog: again)
+        XCTAssertTrue(logLines.contains { $0.contains("write-back log: replayed") && !$0.contains("replayed 0 blocks") }, "\(logLines)")
+        XCTAssertEqual(try fs.readAll(try fs.resolve("/f0")), pattern(2000, seed: 0), "the first file was synced before the crash")
+        try fs.unmount()
+        try assertClean(path)
+        _ = crashed.log  // the crashed process's mapping lived until here
     }
 
     /// Too small a region: the mount is refused with a line saying how much it needs.
