@@ -204,6 +204,37 @@ final class Ext2WriteBackLogTests: Ext2TestCase {
         _ = crashed.log  // the crashed process's mapping lived until here
     }
 
+    /// A log left by a crash, damaged at random (bytes of its superblock, descriptors, copies and
+    /// commit block flipped): every mount replays and works, refuses the log (read-only, as the
+    /// image was not cleanly unmounted), or fails with an FSError saying why; never a trap.
+    func testDamagedLogsNeverTrap() throws {
+        let path = try makeImage("flips.img", blockSize: 1024, kib: 4096)
+        let crashed = try crashWithACommittedTransaction(path) { newLog() }
+        var random = SplitMix(seed: 7)
+        var replayed = 0, readOnly = 0, refused = 0
+        for _ in 0..<300 {
+            var log = crashed.log.bytes
+            for _ in 0..<(1 + Int(random.next() % 8)) {
+                let block = Int(random.next() % 16)
+                let offset = random.next() % 4 == 0 ? Int(random.next() % 1024) : Int(random.next() % 64)
+                log[block * 1024 + offset] ^= UInt8(truncatingIfNeeded: random.next() | 1)
+            }
+            do {
+                let fs = try Ext2.mount(store: MemoryBlockStore(bytes: crashed.image), readOnly: false,
+                                        writeBackLog: MemoryBlockStore(bytes: log)) { _ in }
+                if fs.isReadOnly { readOnly += 1 } else { replayed += 1 }
+                _ = try? fs.entries(fs.rootInode)
+                try? fs.unmount()
+            } catch {
+                XCTAssertFalse(error.detail.isEmpty, "a refusal says why")
+                refused += 1
+            }
+        }
+        print("damaged write-back logs: \(replayed) mounted read-write, \(readOnly) refused (mounted read-only), \(refused) mounts failed with an error")
+        XCTAssertGreaterThan(replayed, 0)
+        XCTAssertGreaterThan(readOnly, 0)
+    }
+
     /// Too small a region: the mount is refused with a line saying how much it needs.
     func testATooSmallLogIsRefused() throws {
         let image = try makeImage("small.img", blockSize: 4096, kib: 8192)
