@@ -55,6 +55,32 @@ class Ext2TestCase: XCTestCase {
         return try XCTUnwrap(fs as? Ext2FileSystem)
     }
 
+    /// Flips 1 to 8 random bytes of `bytes` in the 1 KiB blocks `blocks`, mostly in a block's
+    /// first 64 bytes (headers and tags, where a flip matters most).
+    func flipRandomBytes(_ bytes: inout [UInt8], blocks: [Int], _ random: inout SplitMix) {
+        for _ in 0..<(1 + Int(random.next() % 8)) {
+            let block = blocks[Int(random.next() % UInt64(blocks.count))]
+            let offset = random.next() % 4 == 0 ? Int(random.next() % 1024) : Int(random.next() % 64)
+            bytes[block * 1024 + offset] ^= UInt8(truncatingIfNeeded: random.next() | 1)
+        }
+    }
+
+    /// Mounts a damaged image read-write, lists the root and unmounts: whether it mounted
+    /// read-only, nil when the mount failed (with an FSError that must say why).
+    func mountDamaged(_ image: [UInt8], writeBackLog: BlockStore? = nil) -> Bool? {
+        do {
+            let fs = try Ext2.mount(store: MemoryBlockStore(bytes: image), readOnly: false, writeBackLog: writeBackLog) { _ in }
+            let readOnly = (fs as? Ext2FileSystem)?.isReadOnly ?? false
+            _ = try? fs.entries(fs.rootInode)
+            try? fs.unmount()
+            return readOnly
+        } catch {
+            // Ext2.mount throws FSError only (typed throws); a refusal must say why.
+            XCTAssertFalse(error.detail.isEmpty, "a refusal says why")
+            return nil
+        }
+    }
+
     /// e2fsck -fn must find nothing to fix (exit status 0).
     func assertClean(_ path: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let result = try runTool("/usr/sbin/e2fsck", ["-fn", path])
