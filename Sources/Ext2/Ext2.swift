@@ -9,7 +9,7 @@ import VFSCore
 /// the metadata cache, sync and unmount), the `FileSystem` operations in `Operations`,
 /// `FileData` and `Namespace`, and ext3's journal: `JournalFormat` (jbd2 on disk), `Journal`
 /// (commit, checkpoint, replay) and `Transaction` (the running transaction, commit policy, the
-/// orphan list).
+/// orphan list); `WriteBackLog` puts the same log in memory outside the image for plain ext2.
 ///
 /// Supported on disk: what `mke2fs -t ext2` and `mke2fs -t ext3` make (has_journal, ext_attr,
 /// resize_inode, dir_index, filetype, sparse_super, large_file) and images without those
@@ -28,7 +28,13 @@ public enum Ext2 {
     /// file system. Unsupported features are refused with a message naming them (or the mount
     /// is forced read-only where reading is safe). `log` receives notes worth a line in the
     /// server's log (forced read-only, errors found in the image).
-    public static func mount(store: BlockStore, readOnly: Bool, log: @escaping (String) -> Void) throws(FSError) -> FileSystem {
-        try Ext2FileSystem(store: store, readOnly: readOnly, log: log)
+    ///
+    /// `writeBackLog`: memory that outlives the process (the supervisor's CAP_PAGE_CACHE memfd)
+    /// for a plain ext2 read-write mount to log its commits in, so a crash of the process keeps
+    /// the image consistent (`WriteBackLog.swift`). Ignored for ext3 (its journal does that) and
+    /// read-only mounts.
+    public static func mount(store: BlockStore, readOnly: Bool, writeBackLog: BlockStore? = nil,
+                             log: @escaping (String) -> Void) throws(FSError) -> FileSystem {
+        try Ext2FileSystem(store: store, readOnly: readOnly, writeBackLog: writeBackLog, log: log)
     }
 }

@@ -6,9 +6,9 @@ import Glibc
 
 /// A mounted ext2 file system (revision 0 or 1) on a `BlockStore`. Metadata blocks (bitmaps,
 /// inode table, indirect and directory blocks) go through a small cache; file data goes straight
-/// to the store. Without a journal metadata is written through; with one (ext3's has_journal)
-/// it collects in the running transaction and reaches the disk through the journal on commit
-/// (Transaction.swift). Single-threaded, as the `FileSystem` contract promises.
+/// to the store. Without a journal metadata is written through; with one (ext3's has_journal,
+/// or a plain ext2 mount given a write-back log, WriteBackLog.swift) it collects in the running
+/// transaction and reaches the disk through the log on commit (Transaction.swift). Single-threaded, as the `FileSystem` contract promises.
 public final class Ext2FileSystem: FileSystem {
     /// "ext3" when the image has a journal (has_journal: it was opened, replayed if needed, and
     /// journals this mount's changes when read-write), "ext2" otherwise: what `df` and the mount
@@ -34,8 +34,9 @@ public final class Ext2FileSystem: FileSystem {
     /// (8 MiB of blocks).
     var cache: [UInt32: [UInt8]] = [:]
     let cacheLimit: Int
-    /// The ext3 journal when the image has one and the mount is read-write; nil for plain ext2
-    /// (write-through) and read-only mounts.
+    /// The ext3 journal when the image has one, or the write-back log of a plain ext2 mount,
+    /// when the mount is read-write; nil for plain ext2 without a log (write-through) and
+    /// read-only mounts.
     var journal: Journal? = nil
     /// Metadata changed since the last commit (journalled mounts only).
     var transaction = RunningTransaction()
@@ -44,7 +45,7 @@ public final class Ext2FileSystem: FileSystem {
     let blockSize: Int
     let directIO: Bool
 
-    init(store: BlockStore, readOnly: Bool, log: @escaping (String) -> Void) throws(FSError) {
+    init(store: BlockStore, readOnly: Bool, writeBackLog: BlockStore? = nil, log: @escaping (String) -> Void) throws(FSError) {
         self.store = store
         self.log = log
         let raw = try Self.readBytes(store, at: Superblock.offset, count: Superblock.size)
@@ -86,6 +87,9 @@ public final class Ext2FileSystem: FileSystem {
         if hasJournal {
             // May replay the journal, which rereads the superblock and the descriptors.
             recovered = try openJournal()
+        } else if !isReadOnly, let writeBackLog {
+            // May replay the log, which rereads the superblock and the descriptors.
+            recovered = try openWriteBackLog(writeBackLog)
         } else if !isReadOnly {
             log("ext2: no journal: a crash in the middle of a write-back may leave the image needing `e2fsck -fy`; `tune2fs -j` adds one (ext3)")
         }
@@ -114,7 +118,8 @@ public final class Ext2FileSystem: FileSystem {
             superblock.mountCount &+= 1
             superblock.mountTime = UInt32(truncatingIfNeeded: Self.now().seconds)
             // A journalled mount needs recovery until unmount (EXT3_FEATURE_INCOMPAT_RECOVER).
-            if journal != nil { superblock.featureIncompat |= Features.incompatRecover }
+            // Not with a write-back log: plain ext2 has no such flag, and its log is not on disk.
+            if hasJournal && journal != nil { superblock.featureIncompat |= Features.incompatRecover }
             superblockDirty = true
             try writeSuperblock(inPlace: true)
             try store.flush()
@@ -396,7 +401,7 @@ public final class Ext2FileSystem: FileSystem {
             if let journal {
                 try commitTransaction()
                 try journal.markEmpty()
-                log("ext2: journal: \(journal.commits) commits, \(journal.blocksJournalled) blocks journalled in this mount")
+                log("ext2: \(typeName == "ext3" ? "journal" : "write-back log"): \(journal.commits) commits, \(journal.blocksJournalled) blocks journalled in this mount")
                 // With the log empty and on disk, the superblock is written in place.
                 superblock.featureIncompat &= ~Features.incompatRecover
             }

@@ -1,7 +1,9 @@
 import VFSCore
 
-/// An ext3 journal (jbd2 format, `JournalFormat`) in the blocks of the journal inode: writes
-/// whole transactions and replays committed ones after a crash.
+/// A jbd2-format log (`JournalFormat`): writes whole transactions and replays committed ones
+/// after a crash. The log lives either in the blocks of ext3's journal inode (`logStore` is the
+/// file system's own store) or, for a plain ext2 mount, in a memory region the supervisor holds
+/// across vfs_server's restarts (`WriteBackLog.swift`); the commit and replay are the same.
 ///
 /// Every commit here is also checkpointed at once and the log marked empty, so the log never
 /// holds more than one transaction of ours. That keeps block reuse simple: a block freed in a
@@ -10,9 +12,13 @@ import VFSCore
 /// transactions and honours revoke blocks, as a journal left by the kernel or e2fsprogs may
 /// hold them.
 final class Journal {
+    /// The file system's store: where the blocks go in place.
     let store: BlockStore
+    /// Where the log's blocks are: `store` for ext3, the supervisor-held memory for a write-back log.
+    let logStore: BlockStore
     let blockSize: Int
-    /// Physical block of each journal block (the journal inode's map, resolved at mount).
+    /// Block of `logStore` holding each log block (the journal inode's map, resolved at mount;
+    /// 0, 1, 2... for a write-back log).
     let blocks: [UInt32]
     /// Blocks of the file system, to refuse a tag pointing outside it.
     let fileSystemBlocks: UInt32
@@ -24,17 +30,27 @@ final class Journal {
     private(set) var commits = 0
     private(set) var blocksJournalled = 0
 
-    init(store: BlockStore, blockSize: Int, blocks: [UInt32], fileSystemBlocks: UInt32,
+    /// The log whose superblock is block `blocks[0]` of `logStore` (the file system's store
+    /// unless given), checked against the space it has.
+    init(store: BlockStore, logStore: BlockStore? = nil, blockSize: Int, blocks: [UInt32], fileSystemBlocks: UInt32,
          log: @escaping (String) -> Void) throws(FSError) {
         self.store = store
+        self.logStore = logStore ?? store
         self.blockSize = blockSize
         self.blocks = blocks
         self.fileSystemBlocks = fileSystemBlocks
         self.log = log
-        let raw = try Ext2FileSystem.readBytes(store, at: UInt64(blocks[0]) * UInt64(blockSize), count: blockSize)
+        let raw = try Ext2FileSystem.readBytes(self.logStore, at: UInt64(blocks[0]) * UInt64(blockSize), count: blockSize)
         superblock = JournalSuperblock(raw: raw)
         try superblock.validate(blockSize: blockSize, inodeBlocks: UInt64(blocks.count))
     }
+
+    /// Whether the log is in the file system's own store (ext3) rather than apart from it.
+    private var logIsInFileSystem: Bool { logStore === store }
+
+    /// Puts on stable storage what was written to the log (a no-op for memory, which outlives
+    /// the process by itself).
+    private func flushLog() throws(FSError) { try logStore.flush() }
 
     /// Whether the log holds transactions (s_start set).
     var holdsTransactions: Bool { superblock.start != 0 }
@@ -61,11 +77,11 @@ final class Journal {
     }
 
     private func readLog(_ position: UInt32) throws(FSError) -> [UInt8] {
-        try Ext2FileSystem.readBytes(store, at: UInt64(blocks[Int(position)]) * UInt64(blockSize), count: blockSize)
+        try Ext2FileSystem.readBytes(logStore, at: UInt64(blocks[Int(position)]) * UInt64(blockSize), count: blockSize)
     }
 
     private func writeLog(_ position: UInt32, _ bytes: [UInt8]) throws(FSError) {
-        try Ext2FileSystem.writeBytes(store, at: UInt64(blocks[Int(position)]) * UInt64(blockSize), bytes)
+        try Ext2FileSystem.writeBytes(logStore, at: UInt64(blocks[Int(position)]) * UInt64(blockSize), bytes)
     }
 
     private func writeSuperblock() throws(FSError) { try writeLog(0, superblock.raw) }
@@ -75,7 +91,8 @@ final class Journal {
     /// Writes `changes` (file-system block and its new contents, sorted) as one transaction, then
     /// in place. The order is what makes it atomic (jbd2's commit, ordered mode):
     /// 1. descriptors and copies into the log, the superblock pointing at them; flush, which also
-    ///    puts on disk the file data written before (ordered: data before the metadata naming it);
+    ///    puts on disk the file data written before (ordered: data before the metadata naming it;
+    ///    with the log apart, the file system's store is flushed for the data);
     /// 2. the commit block; flush: from here a crash replays the transaction;
     /// 3. the blocks in place (checkpoint); flush;
     /// 4. the superblock marks the log empty with the next sequence number; flush. Without this
@@ -120,6 +137,7 @@ final class Journal {
         superblock.start = superblock.first
         try writeSuperblock()
         try store.flush()
+        if !logIsInFileSystem { try flushLog() }
 
         var commitBlock = [UInt8](repeating: 0, count: blockSize)
         JournalFormat.Header(blockType: JournalFormat.commitBlock, sequence: sequence).store(into: &commitBlock)
@@ -129,7 +147,7 @@ final class Journal {
         commitBlock.setBE32(52, UInt32(truncatingIfNeeded: now.seconds))
         commitBlock.setBE32(56, now.nanoseconds)
         try writeLog(position, commitBlock)
-        try store.flush()
+        try flushLog()
 
         for change in changes {
             try Ext2FileSystem.writeBytes(store, at: UInt64(change.block) * UInt64(blockSize), change.bytes)
@@ -139,7 +157,7 @@ final class Journal {
         superblock.start = 0
         superblock.sequence = sequence &+ 1
         try writeSuperblock()
-        try store.flush()
+        try flushLog()
         commits += 1
         blocksJournalled += changes.count
     }
@@ -148,7 +166,7 @@ final class Journal {
     func markEmpty() throws(FSError) {
         superblock.start = 0
         try writeSuperblock()
-        try store.flush()
+        try flushLog()
     }
 
     // MARK: Recovery
@@ -226,15 +244,19 @@ final class Journal {
         for transaction in committed {
             for block in transaction.revoked { revokedUpTo[block] = transaction.sequence }
         }
+        // Every target checked before anything is written: a damaged log is refused whole,
+        // never half replayed.
+        for transaction in committed {
+            if let copy = transaction.copies.first(where: { $0.block >= fileSystemBlocks }) {
+                throw FSError.corrupted("journal transaction \(transaction.sequence) names block \(copy.block), outside the file system (\(fileSystemBlocks) blocks); run e2fsck -fy")
+            }
+        }
         for transaction in committed {
             for copy in transaction.copies {
                 // Sequence numbers wrap: compare by their difference, as jbd2's tid_gt does.
                 if let upTo = revokedUpTo[copy.block], Int32(bitPattern: transaction.sequence &- upTo) <= 0 {
                     recovery.blocksRevoked += 1
                     continue
-                }
-                guard copy.block < fileSystemBlocks else {
-                    throw FSError.corrupted("journal transaction \(transaction.sequence) names block \(copy.block), outside the file system (\(fileSystemBlocks) blocks); run e2fsck -fy")
                 }
                 var bytes = try readLog(copy.position)
                 if copy.escaped { bytes.setBE32(0, JournalFormat.magic) }

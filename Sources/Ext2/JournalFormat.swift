@@ -78,6 +78,21 @@ enum JournalFormat {
 struct JournalSuperblock {
     var raw: [UInt8]
 
+    /// A new, empty version-2 superblock (what mke2fs writes for an internal journal) for a log
+    /// of `maxLength` blocks, this one included, naming the file system's `uuid` (s_uuid, one
+    /// user). No features: commits here never write revoke blocks (see `Journal`).
+    static func empty(blockSize: Int, maxLength: UInt32, uuid: ArraySlice<UInt8>) -> JournalSuperblock {
+        var raw = [UInt8](repeating: 0, count: blockSize)
+        JournalFormat.Header(blockType: JournalFormat.superblockV2, sequence: 0).store(into: &raw)
+        raw.setBE32(12, UInt32(blockSize))
+        raw.setBE32(16, maxLength)
+        raw.setBE32(20, 1)  // s_first
+        raw.setBE32(24, 1)  // s_sequence
+        raw.replaceSubrange(48..<64, with: uuid)
+        raw.setBE32(64, 1)  // s_nr_users
+        return JournalSuperblock(raw: raw)
+    }
+
     var blockType: UInt32 { raw.be32(4) }
     var blockSize: UInt32 { raw.be32(12) }
     /// s_maxlen: blocks in the journal, the superblock included.
@@ -94,6 +109,10 @@ struct JournalSuperblock {
     var featureIncompat: UInt32 { blockType == JournalFormat.superblockV2 ? raw.be32(40) : 0 }
     var featureROCompat: UInt32 { blockType == JournalFormat.superblockV2 ? raw.be32(44) : 0 }
     var uuid: ArraySlice<UInt8> { raw[48..<64] }
+    /// A write-back log's own field, in the first word of s_padding (0x5C; the log never goes
+    /// on disk, so nothing else reads it): the file system's s_mnt_count of the mount that last
+    /// took the log, one more than 0 so that an unset field matches no mount.
+    var takenAtMountCount: UInt32 { get { raw.be32(0x5C) } set { raw.setBE32(0x5C, newValue) } }
 
     /// Names of the features this implementation does not understand, empty when there are none.
     var unsupportedFeatures: [String] {

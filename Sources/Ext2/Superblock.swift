@@ -40,6 +40,8 @@ struct Superblock {
     var wantExtraInodeSize: UInt16 { raw.le16(0x15E) }
     /// s_journal_inum: the journal's inode (has_journal), 0 for an external journal.
     var journalInode: UInt32 { raw.le32(0xE0) }
+    /// s_uuid: the file system's identity (a write-back log names it, to refuse another's).
+    var uuid: ArraySlice<UInt8> { raw[0x68..<0x78] }
     /// s_last_orphan: head of the orphan list (ext3), inodes unlinked while still open, chained
     /// through their i_dtime.
     var lastOrphan: UInt32 { get { raw.le32(0xE8) } set { raw.setLE32(0xE8, newValue) } }

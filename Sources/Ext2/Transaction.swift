@@ -90,7 +90,7 @@ extension Ext2FileSystem {
     }
 
     /// After a replay the superblock and descriptors on disk are the ones to believe.
-    private func reloadAfterReplay() throws(FSError) {
+    func reloadAfterReplay() throws(FSError) {
         cache.removeAll()
         let sb = Superblock(raw: try Self.readBytes(store, at: Superblock.offset, count: Superblock.size))
         let replayed = try Geometry(sb, capacity: store.capacity)

@@ -154,6 +154,14 @@ public final class ServerRuntime: @unchecked Sendable {
         return fd
     }
 
+    /// CAP_PAGE_CACHE's descriptor: the memfd the supervisor creates once for this server and
+    /// hands to every instance (Supervision `PageCacheLog`), for state that must outlive a crash
+    /// of this process (vfs_server's write-back log). nil when not granted or standalone.
+    public var pageCacheLog: Int32? {
+        guard let fd = try? capability(Capability.pageCache.description), fd >= 0 else { return nil }
+        return fd
+    }
+
     public func has(_ name: String) -> Bool {
         capabilityTable.withLock { $0[name] != nil }
     }

@@ -31,17 +31,10 @@ public final class CheckpointStore {
     /// `capacity` bytes of state; untouched pages cost no memory.
     public init(name: String, capacity: Int = CheckpointStore.defaultCapacity) throws(CheckpointError) {
         precondition(capacity > 0, "a checkpoint store needs a positive capacity")
-        let fd = CL_memfd_create("limitless-checkpoint:" + name, CheckpointStore.memfdCloseOnExec | CheckpointStore.memfdAllowSealing)
-        guard fd >= 0 else { throw .systemCall("memfd_create", Errno(rawValue: CL_errno())) }
-        self.fileDescriptor = FileDescriptor(rawValue: fd)
+        let slotSize = CheckpointStore.slotSize(capacity: capacity)
+        self.fileDescriptor = try SealedMemory.create(name: "limitless-checkpoint:" + name, size: 2 * slotSize)
         self.capacity = capacity
-        self.slotSize = CheckpointStore.slotSize(capacity: capacity)
-        if ftruncate(fd, off_t(2 * slotSize)) != 0 {
-            let error = Errno(rawValue: CL_errno())
-            _ = try? fileDescriptor.close()
-            throw .systemCall("ftruncate of the checkpoint memfd to \(2 * slotSize) bytes", error)
-        }
-        _ = fcntl(fd, CheckpointStore.addSeals, CheckpointStore.sealShrink | CheckpointStore.sealGrow | CheckpointStore.sealSeal)
+        self.slotSize = slotSize
     }
 
     /// Takes over an existing checkpoint memfd (one a restarted supervisor got back, or a test's

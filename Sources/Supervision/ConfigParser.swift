@@ -12,6 +12,7 @@ import Glibc
 ///       checkpoint D / watchdog D
 ///       standby yes|no                       a pre-started instance for fast restarts
 ///       listen yes|no                        the supervisor holds RUNTIME_DIR/NAME.sock (default yes)
+///       page_cache_log SIZE                  the CAP_PAGE_CACHE memfd's size, e.g. 16M (the default)
 ///
 /// Indentation rather than `NAME.setting = value`: a server's whole description reads as one
 /// block, and the seed's `start_server` lines stay valid as they are.
@@ -26,7 +27,7 @@ public enum ConfigParser {
     public static let maximumNameLength = 64
 
     /// The setting keywords, for messages and suggestions.
-    public static let settingKeywords = ["device", "capabilities", "restart", "user", "group", "depends", "checkpoint", "watchdog", "standby", "listen"]
+    public static let settingKeywords = ["device", "capabilities", "restart", "user", "group", "depends", "checkpoint", "watchdog", "standby", "listen", "page_cache_log"]
 
     /// Reads and parses the file at `path`.
     public static func load(path: String) throws(ConfigurationErrors) -> SupervisorConfiguration {
@@ -206,7 +207,7 @@ private struct Parser {
 
     mutating func setting(_ keyword: ConfigTokenizer.Word, _ arguments: [ConfigTokenizer.Word], line: Int, server: Int) {
         let name = drafts[server].configuration.name
-        let singular = ["restart", "user", "group", "checkpoint", "watchdog", "standby", "listen"]
+        let singular = ["restart", "user", "group", "checkpoint", "watchdog", "standby", "listen", "page_cache_log"]
         if singular.contains(keyword.text) {
             if let earlier = drafts[server].settingLines[keyword.text] {
                 error(line, keyword.column, "`\(keyword.text)` is already set for \(name) at line \(earlier); keep one")
@@ -280,6 +281,21 @@ private struct Parser {
             guard let value = yesOrNo(keyword, arguments, line: line, example: "`listen no` "
                 + "(for a server that does not serve RUNTIME_DIR/NAME.sock; by default the supervisor holds it)") else { return }
             drafts[server].configuration.listens = value
+        case "page_cache_log":
+            guard arguments.count == 1 else {
+                error(line, keyword.column, "`page_cache_log` takes one size, e.g. `page_cache_log 16M` (K, M or G; the default is 16M)")
+                return
+            }
+            guard let size = Parser.byteSize(arguments[0].text) else {
+                error(line, arguments[0].column, "\"\(arguments[0].text)\" is not a size; write a number with K, M or G, e.g. 16M")
+                return
+            }
+            let range = PageCacheLog.sizeRange
+            guard range.contains(size), size % 4096 == 0 else {
+                error(line, arguments[0].column, "page_cache_log \(arguments[0].text) must be a multiple of 4K from \(range.lowerBound >> 10)K to \(range.upperBound >> 30)G")
+                return
+            }
+            drafts[server].configuration.pageCacheLogSize = size
         default:
             error(line, keyword.column, "unknown setting `\(keyword.text)`; settings are "
                 + ConfigParser.settingKeywords.joined(separator: ", ")
@@ -409,6 +425,19 @@ private struct Parser {
         }
     }
 
+    /// "16M", "512K", "1G" or plain bytes; nil if malformed or past Int.
+    static func byteSize(_ text: String) -> Int? {
+        let shifts: [Character: Int] = ["K": 10, "M": 20, "G": 30]
+        var digits = Substring(text), shift = 0
+        if let last = text.last, let unit = shifts[Character(last.uppercased())] {
+            digits = text.dropLast()
+            shift = unit
+        }
+        guard !digits.isEmpty, digits.allSatisfy(\.isASCII), let value = Int(digits), value >= 0,
+              value <= Int.max >> shift else { return nil }
+        return value << shift
+    }
+
     /// POSIX-portable user and group names, or numeric ids.
     static func isAccountName(_ text: String) -> Bool {
         let bytes = Array(text.utf8)
@@ -431,6 +460,11 @@ private struct Parser {
                         + Suggestion.clause(for: label, among: labels)
                 diagnostics.append(ConfigDiagnostic(use.location, "\(use.capability) names device \(label), but \(declared)"))
             }
+        }
+        for draft in drafts where !draft.configuration.capabilities.contains(.pageCache) {
+            guard let line = draft.settingLines["page_cache_log"] else { continue }
+            error(line, 0, "page_cache_log is set, but \(draft.configuration.name) is not granted CAP_PAGE_CACHE, whose memory "
+                + "it sizes; add CAP_PAGE_CACHE to its capabilities or remove this line")
         }
         if drafts.isEmpty, diagnostics.isEmpty {
             error(1, 0, sawAnyLine ? "no start_server lines; nothing to supervise" : "the file has only comments and blank lines; "

@@ -22,6 +22,11 @@ public struct ConfigurationSummary: Sendable {
             lines.append("  watchdog      " + (server.watchdogInterval.map { "every " + DurationText.format($0) } ?? "none"))
             if server.standby { lines.append("  standby       yes (a pre-started instance takes over at a restart)") }
             if !server.listens { lines.append("  listen        no (the server binds its own socket)") }
+            if server.capabilities.contains(.pageCache) {
+                let size = server.pageCacheLogSize
+                lines.append("  page_cache_log " + (size % (1 << 20) == 0 ? "\(size >> 20)M" : "\(size >> 10)K")
+                    + " (CAP_PAGE_CACHE memory, kept across restarts)")
+            }
         }
         text = lines.joined(separator: "\n") + "\n"
     }

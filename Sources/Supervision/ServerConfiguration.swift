@@ -28,6 +28,9 @@ public struct ServerConfiguration: Hashable, Sendable {
     /// instance (`SupervisorListeners`); servers.conf `listen no` for a server that serves no
     /// socket under its name.
     public var listens: Bool = true
+    /// Bytes of the memfd CAP_PAGE_CACHE stands for (`PageCacheLog`): servers.conf
+    /// `page_cache_log SIZE`.
+    public var pageCacheLogSize: Int = PageCacheLog.defaultSize
     /// Where it was declared, for messages about it later.
     public var location: SourceLocation
 

@@ -27,6 +27,8 @@ final class ServerProcess {
     var tracker: RestartTracker<ContinuousClock>
     /// Created at the first start and kept: every instance gets the same memfd.
     var checkpoint: CheckpointStore?
+    /// CAP_PAGE_CACHE's memfd, created at the first start with the grant and kept likewise.
+    var pageCacheLog: PageCacheLog?
 
     var state: ServerState = .inactive
     /// The operator's (or the configuration's) intent: keep it running.

@@ -53,6 +53,11 @@ extension Supervisor {
             let effective = server.effectiveConfiguration
             var provided = options.capabilityDescriptors(effective)
             provided.merge(blockTokenDescriptors(for: effective)) { _, token in token }
+            do throws(LaunchError) {
+                provided.merge(try pageCacheLogDescriptors(server, effective)) { _, log in log }
+            } catch {
+                note(server, .warning, "\(error); CAP_PAGE_CACHE granted without its descriptor")
+            }
             if let provider = options.capabilityProvider {
                 do {
                     provided.merge(try provider.descriptors(for: effective)) { _, device in device }

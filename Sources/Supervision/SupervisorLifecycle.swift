@@ -227,6 +227,7 @@ extension Supervisor {
                     throw .systemCall("creating the checkpoint memfd (\(error))", ENOMEM)
                 }
             }
+            provided.merge(try pageCacheLogDescriptors(server, config)) { _, log in log }
             // What the instance gets from 4 up: the checkpoint, then the capabilities in the
             // order of the sorted grant list (descriptor 3, the channel, is the launch's own).
             var passed: [Int32] = [server.checkpoint!.fileDescriptor.rawValue]

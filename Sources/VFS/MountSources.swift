@@ -14,7 +14,9 @@ public enum MountSources {
     }
 
     /// An ext2 image file behind a page cache. Errors name the image and what is wrong with it.
-    public static func image(_ path: String, readOnly: Bool, cachePages: Int, log: @escaping (String) -> Void) throws(FSError) -> Mounted {
+    /// `writeBackLog`: memory outliving this process for a plain ext2 mount's commits (Ext2.mount).
+    public static func image(_ path: String, readOnly: Bool, cachePages: Int, writeBackLog: BlockStore? = nil,
+                             log: @escaping (String) -> Void) throws(FSError) -> Mounted {
         let store: ImageFileStore
         do {
             store = try ImageFileStore(path: FilePath(path), readOnly: readOnly)
@@ -22,7 +24,7 @@ public enum MountSources {
             throw FSError(error.errno, "cannot open image \(path): \(error.errno)")
         }
         guard store.capacity > 0 else { throw FSError(.invalidArgument, "image \(path) is empty") }
-        return try ext2(on: store, readOnly: readOnly, cachePages: cachePages, what: "image \(path)", log: log)
+        return try ext2(on: store, readOnly: readOnly, cachePages: cachePages, writeBackLog: writeBackLog, what: "image \(path)", log: log)
     }
 
     /// Namespace `nsid` of the storage server at `directory/name.sock`, presenting `tokens()`
@@ -30,22 +32,22 @@ public enum MountSources {
     /// after `tokenRefresh.request()` (a run-time grant).
     public static func storage(name: String, directory: String, nsid: UInt32, tokens: @escaping () -> [Int32] = { [] },
                                tokenRefresh: TokenRefresh = TokenRefresh(), readOnly: Bool, cachePages: Int,
-                               log: @escaping (String) -> Void) throws(FSError) -> Mounted {
+                               writeBackLog: BlockStore? = nil, log: @escaping (String) -> Void) throws(FSError) -> Mounted {
         let store = try StorageBlockStore(name: name, directory: directory, nsid: nsid, tokens: tokens, tokenRefresh: tokenRefresh)
         let what = "storage \(name) nsid \(nsid) (\(store.capacity / UInt64(store.sectorSize)) blocks of \(store.sectorSize))"
         // The page cache takes its pool from the store (registered with the server: the device
         // DMAs straight into cached pages); say whether that worked.
-        let mounted = try ext2(on: store, readOnly: readOnly, cachePages: cachePages, what: what, log: log)
+        let mounted = try ext2(on: store, readOnly: readOnly, cachePages: cachePages, writeBackLog: writeBackLog, what: what, log: log)
         log("\(what): \(store.pagePoolDescription)")
         store.log = { log("\(what): \($0)") }
         return mounted
     }
 
-    public static func ext2(on store: BlockStore, readOnly: Bool, cachePages: Int, what: String,
+    public static func ext2(on store: BlockStore, readOnly: Bool, cachePages: Int, writeBackLog: BlockStore? = nil, what: String,
                             log: @escaping (String) -> Void) throws(FSError) -> Mounted {
         let cache = PageCache(backing: store, pageCount: cachePages)
         do {
-            let fs = try Ext2.mount(store: cache, readOnly: readOnly, log: { log("\(what): \($0)") })
+            let fs = try Ext2.mount(store: cache, readOnly: readOnly, writeBackLog: writeBackLog, log: { log("\(what): \($0)") })
             return Mounted(fileSystem: fs, cache: cache, description: "\(fs.typeName) on \(what)")
         } catch {
             throw FSError(error.errno, "cannot mount \(what) as ext2: \(error.detail.isEmpty ? "\(error.errno)" : error.detail)")

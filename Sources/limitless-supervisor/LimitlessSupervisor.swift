@@ -20,6 +20,7 @@ struct LimitlessSupervisor: ParsableCommand {
               user NAME    group NAME    depends NAME...
               checkpoint 5s    watchdog 1s
               standby yes                  a pre-started instance takes over at a restart
+              page_cache_log 16M           size of the CAP_PAGE_CACHE memory, kept across restarts
             Quote arguments with spaces ("..." or '...'); # starts a comment.
             The example servers.conf in the repository documents every setting.
 

@@ -76,9 +76,14 @@ struct VFSServerCommand: ParsableCommand {
         let service = VFSService(log: log)
         let pages = cachePages, readOnly = self.readOnly
         do throws(FSError) {
+            // CAP_PAGE_CACHE: the supervisor's memory for the root file system's write-back log
+            // (one log, one file system: --mount images are not covered).
+            let writeBackLog = try runtime.pageCacheLog.map { fd throws(FSError) in
+                try SharedMemoryStore(mapping: fd, what: "the CAP_PAGE_CACHE memory")
+            }
             let root: MountSources.Mounted
             if let image {
-                root = try MountSources.image(image, readOnly: readOnly, cachePages: pages, log: log)
+                root = try MountSources.image(image, readOnly: readOnly, cachePages: pages, writeBackLog: writeBackLog, log: log)
             } else if storage == nil {
                 root = MountSources.tmpfs()
             } else {
@@ -94,7 +99,7 @@ struct VFSServerCommand: ParsableCommand {
                     tokenRefresh.request()
                 }
                 root = try MountSources.storage(name: storage!, directory: directory, nsid: nsid, tokens: tokens, tokenRefresh: tokenRefresh,
-                                                readOnly: readOnly, cachePages: pages, log: log)
+                                                readOnly: readOnly, cachePages: pages, writeBackLog: writeBackLog, log: log)
             }
             try service.mount(root.fileSystem, at: "/", cache: root.cache, readOnly: readOnly, source: root.description)
             for mount in imageMounts {

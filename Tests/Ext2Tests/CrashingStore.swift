@@ -47,10 +47,16 @@ final class CrashingStore: BlockStore {
     }
 
     func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(FSError) {
-        guard writes < limit else { throw FSError(.ioError, "crashed (after write \(limit))") }
-        writes += 1
+        try countWrite()
         try backing.write(at: offset, from: buffer)
         if unflushedKept != nil { unflushed.append((Int(offset), Array(buffer))) }
+    }
+
+    /// Counts a write toward the crash point; throws from the crash on. The process dies at its
+    /// Nth write wherever it goes (`ProcessMemoryLog` counts its writes here too).
+    func countWrite() throws(FSError) {
+        guard writes < limit else { throw FSError(.ioError, "crashed (after write \(limit))") }
+        writes += 1
     }
 
     func flush() throws(FSError) {
@@ -59,5 +65,38 @@ final class CrashingStore: BlockStore {
             flushed.replaceSubrange(write.offset..<(write.offset + write.bytes.count), with: write.bytes)
         }
         unflushed.removeAll()
+    }
+}
+
+/// Memory that outlives the process (the supervisor's CAP_PAGE_CACHE memfd) as the process sees
+/// it: its writes count toward `process`'s crash point and stop there, but what was written
+/// stays (`memory`, for the next mount).
+final class ProcessMemoryLog<Memory: BlockStore>: BlockStore {
+    let memory: Memory
+    let process: CrashingStore
+
+    init(memory: Memory, process: CrashingStore) {
+        self.memory = memory
+        self.process = process
+    }
+
+    var sectorSize: Int { memory.sectorSize }
+    var capacity: UInt64 { memory.capacity }
+
+    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(FSError) {
+        try memory.read(at: offset, into: buffer)
+    }
+
+    func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(FSError) {
+        try process.countWrite()
+        try memory.write(at: offset, from: buffer)
+    }
+
+    func flush() throws(FSError) {}
+}
+
+extension ProcessMemoryLog where Memory == MemoryBlockStore {
+    convenience init(bytes: Int, process: CrashingStore) {
+        self.init(memory: MemoryBlockStore(bytes: [UInt8](repeating: 0, count: bytes)), process: process)
     }
 }

@@ -49,10 +49,36 @@ class Ext2TestCase: XCTestCase {
         return path
     }
 
-    func mount(_ path: String, readOnly: Bool = false) throws -> Ext2FileSystem {
+    func mount(_ path: String, readOnly: Bool = false, writeBackLog: BlockStore? = nil) throws -> Ext2FileSystem {
         let store = try ImageFileStore(path: FilePath(path), readOnly: readOnly)
-        let fs = try Ext2.mount(store: store, readOnly: readOnly) { [weak self] line in self?.logLines.append(line) }
+        let fs = try Ext2.mount(store: store, readOnly: readOnly, writeBackLog: writeBackLog) { [weak self] line in self?.logLines.append(line) }
         return try XCTUnwrap(fs as? Ext2FileSystem)
+    }
+
+    /// Flips 1 to 8 random bytes of `bytes` in the 1 KiB blocks `blocks`, mostly in a block's
+    /// first 64 bytes (headers and tags, where a flip matters most).
+    func flipRandomBytes(_ bytes: inout [UInt8], blocks: [Int], _ random: inout SplitMix) {
+        for _ in 0..<(1 + Int(random.next() % 8)) {
+            let block = blocks[Int(random.next() % UInt64(blocks.count))]
+            let offset = random.next() % 4 == 0 ? Int(random.next() % 1024) : Int(random.next() % 64)
+            bytes[block * 1024 + offset] ^= UInt8(truncatingIfNeeded: random.next() | 1)
+        }
+    }
+
+    /// Mounts a damaged image read-write, lists the root and unmounts: whether it mounted
+    /// read-only, nil when the mount failed (with an FSError that must say why).
+    func mountDamaged(_ image: [UInt8], writeBackLog: BlockStore? = nil) -> Bool? {
+        do {
+            let fs = try Ext2.mount(store: MemoryBlockStore(bytes: image), readOnly: false, writeBackLog: writeBackLog) { _ in }
+            let readOnly = (fs as? Ext2FileSystem)?.isReadOnly ?? false
+            _ = try? fs.entries(fs.rootInode)
+            try? fs.unmount()
+            return readOnly
+        } catch {
+            // Ext2.mount throws FSError only (typed throws); a refusal must say why.
+            XCTAssertFalse(error.detail.isEmpty, "a refusal says why")
+            return nil
+        }
     }
 
     /// e2fsck -fn must find nothing to fix (exit status 0).

@@ -114,6 +114,33 @@ final class ConfigParserTests: XCTestCase {
         assertError("start_server a /a\n    listen no\n    listen yes\n", line: 3, contains: "already set for a at line 2")
     }
 
+    func testPageCacheLogSetting() throws {
+        let configuration = try parse("""
+            start_server a /bin/a
+                capabilities CAP_PAGE_CACHE
+                page_cache_log 512K
+            start_server b /bin/b
+                capabilities CAP_PAGE_CACHE
+            """)
+        XCTAssertEqual(configuration["a"]?.pageCacheLogSize, 512 << 10)
+        XCTAssertEqual(configuration["b"]?.pageCacheLogSize, 16 << 20, "the default")
+        let summary = ConfigurationSummary(configuration).text
+        XCTAssertTrue(summary.contains("  page_cache_log 512K") && summary.contains("  page_cache_log 16M"), summary)
+        XCTAssertEqual(try parse("start_server a /a\n    capabilities CAP_PAGE_CACHE\n    page_cache_log 1g\n")["a"]?.pageCacheLogSize, 1 << 30)
+        let granted = "start_server a /a\n    capabilities CAP_PAGE_CACHE\n"
+        assertError(granted + "    page_cache_log\n", line: 3, contains: "`page_cache_log` takes one size")
+        assertError(granted + "    page_cache_log lots\n", line: 3, contains: "\"lots\" is not a size")
+        assertError(granted + "    page_cache_log 16X\n", line: 3, contains: "is not a size")
+        assertError(granted + "    page_cache_log 64K\n", line: 3, contains: "must be a multiple of 4K from 256K to 1G")
+        assertError(granted + "    page_cache_log 2G\n", line: 3, contains: "from 256K to 1G")
+        assertError(granted + "    page_cache_log 300001\n", line: 3, contains: "multiple of 4K")
+        assertError(granted + "    page_cache_log 1M\n    page_cache_log 2M\n", line: 4, contains: "already set for a at line 3")
+        assertError("start_server a /a\n    capabilities CAP_BLOCK_READ\n    page_cache_log 1M\n", line: 3,
+                    contains: "a is not granted CAP_PAGE_CACHE")
+        let diagnostics = errors("start_server a /a\n    page_cache_log 1M\n")
+        XCTAssertEqual(diagnostics.first?.location.description, "test.conf:2", diagnostics.description)
+    }
+
     func testDefaultsWhenOnlyTheSeedLineIsGiven() throws {
         let configuration = try parse("start_server a /bin/a\nstart_server b /bin/b x y\n")
         XCTAssertEqual(configuration.startOrder, ["a", "b"])

@@ -389,7 +389,7 @@ final class DeviceCapabilitySupervisorTests: XCTestCase {
         // Instance 1 prints what it holds and fails; instance 2 prints again and stays.
         let script = """
             echo "caps=$LIMITLESS_CAPABILITIES"
-            for fd in 5 6 7; do echo "fd $fd -> $(readlink /proc/$$/fd/$fd)"; done
+            for fd in 5 6 7 8; do echo "fd $fd -> $(readlink /proc/$$/fd/$fd)"; done
             echo "end of instance $LIMITLESS_INSTANCE"
             [ "$LIMITLESS_INSTANCE" = 1 ] && exit 3
             exec sleep 30
@@ -403,20 +403,21 @@ final class DeviceCapabilitySupervisorTests: XCTestCase {
         func text() -> String { supervisor.logs.records(server: "nvme").map(\.text).joined(separator: "\n") }
         waitFor("instance 2") { text().contains("end of instance 2") }
 
-        // Sorted grant list: CAP_DMA_ALLOC, CAP_IRQ_NVME0, CAP_MMIO_NVME0, CAP_PAGE_CACHE (no descriptor;
-        // CAP_BLOCK_* have token descriptors now, BlockTokenTests).
+        // Sorted grant list: CAP_DMA_ALLOC, CAP_IRQ_NVME0, CAP_MMIO_NVME0, CAP_PAGE_CACHE (the
+        // supervisor's memfd, PageCacheLog; CAP_BLOCK_* have token descriptors, BlockTokenTests).
         let line = try XCTUnwrap(supervisor.logs.records(server: "nvme").first { $0.text.hasPrefix("caps=") }?.text)
         let capabilities = try XCTUnwrap(SupervisorChannel.parseCapabilities(String(line.dropFirst("caps=".count))))
         XCTAssertEqual(capabilities.map(\.name), ["CAP_DMA_ALLOC", "CAP_IRQ_NVME0", "CAP_MMIO_NVME0", "CAP_PAGE_CACHE"])
-        XCTAssertEqual(capabilities.map(\.fd), [5, 6, 7, -1])
-        let expected = ["CAP_DMA_ALLOC": container.path, "CAP_IRQ_NVME0": device.path, "CAP_MMIO_NVME0": device.path]
+        XCTAssertEqual(capabilities.map(\.fd), [5, 6, 7, 8])
+        let expected = ["CAP_DMA_ALLOC": container.path, "CAP_IRQ_NVME0": device.path, "CAP_MMIO_NVME0": device.path,
+                        "CAP_PAGE_CACHE": "/memfd:limitless-page-cache:nvme"]
         for (name, fd) in capabilities where fd >= 0 {
             XCTAssertTrue(text().contains("fd \(fd) -> \(expected[name]!)"), "\(name)=\(fd) in\n\(text())")
         }
         // Open, then quiesce before the restart, then the same descriptors again.
         XCTAssertEqual(Array(provider.events.prefix(3)), ["open", "quiesce", "open"])
         XCTAssertEqual(try supervisor.status(of: "nvme").capabilities,
-                       ["CAP_DMA_ALLOC=5", "CAP_IRQ_NVME0=6", "CAP_MMIO_NVME0=7", "CAP_PAGE_CACHE=-1"])
+                       ["CAP_DMA_ALLOC=5", "CAP_IRQ_NVME0=6", "CAP_MMIO_NVME0=7", "CAP_PAGE_CACHE=8"])
 
         try supervisor.stop("nvme")
         waitFor("release after the stop") { provider.events.last == "release" }

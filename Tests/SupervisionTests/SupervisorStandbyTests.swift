@@ -88,6 +88,28 @@ extension SupervisorIntegrationTests {
         XCTAssertEqual(state("hot").restarts, 2)
     }
 
+    /// CAP_PAGE_CACHE at a standby's activation: the same memfd the killed instance held (same
+    /// inode), where a fresh instance would have it; the standby held none before.
+    func testAnActivatedStandbyGetsTheSamePageCacheMemfd() throws {
+        var configuration = standbyServer("hot", capabilities: [.pageCache])
+        configuration.pageCacheLogSize = 256 << 10
+        try run([configuration])
+        waitFor("instance 1 running and a ready standby") { isRunning("hot", instance: 1) && readyStandby("hot") != nil }
+        let first = state("hot")
+        func memfdInode(_ pid: Int32) -> UInt64? {
+            var status = stat()
+            return stat("/proc/\(pid)/fd/5", &status) == 0 ? UInt64(status.st_ino) : nil
+        }
+        XCTAssertTrue(descriptors(of: first.pid)[5]?.contains("limitless-page-cache:hot") ?? false, "\(descriptors(of: first.pid))")
+        XCTAssertFalse(descriptors(of: first.standbyPID).values.contains { $0.contains("limitless-page-cache") })
+        let inode = try XCTUnwrap(memfdInode(first.pid))
+        XCTAssertEqual(kill(first.pid, SIGKILL), 0)
+        waitFor("instance 2 registered") { isRunning("hot", instance: 2) }
+        XCTAssertEqual(state("hot").pid, first.standbyPID, "the standby is the new instance\n" + logText("hot"))
+        XCTAssertEqual(state("hot").capabilities, ["CAP_PAGE_CACHE=5"])
+        XCTAssertEqual(memfdInode(first.standbyPID), inode, "\(descriptors(of: first.standbyPID))")
+    }
+
     /// A standby is told the capability names it will get (not the descriptors) and started with
     /// LD_BIND_NOW=1 and, under a root supervisor, at nice 19; its activation gives it the
     /// supervisor's priority back. A block provider's standby takes the tokens its activation

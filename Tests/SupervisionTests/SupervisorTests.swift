@@ -28,6 +28,24 @@ final class SupervisorTests: XCTestCase {
                 print("saved", flush=True)
                 sys.exit(1)
             print("restored " + os.pread(4, 21, size - 64).decode(), flush=True)
+        if mode == "pagecache":
+            grants = dict(item.split("=") for item in os.environ.get("LIMITLESS_CAPABILITIES", "").split(",") if item)
+            memfds = [os.readlink("/proc/self/fd/" + fd) for fd in os.listdir("/proc/self/fd") if os.path.islink("/proc/self/fd/" + fd)]
+            count = len([target for target in memfds if "limitless-page-cache" in target])
+            fd = int(grants.get("CAP_PAGE_CACHE", "-1"))
+            if fd < 0:
+                print("no page cache; page-cache memfds %d" % count, flush=True)
+            else:
+                size = os.fstat(fd).st_size
+                try:
+                    os.ftruncate(fd, size * 2)
+                    grow = "grew"
+                except OSError:
+                    grow = "sealed"
+                print("page cache: size %d, %s, holds %r, page-cache memfds %d" % (size, grow, os.pread(fd, 19, 4096).rstrip(bytes(1)).decode(), count), flush=True)
+                if instance == 1:
+                    os.pwrite(fd, b"log-from-instance-1", 4096)
+                    sys.exit(1)
         send(0x0500, instance)
         print("hello from %s instance %d" % (name, instance), flush=True)
         print("a line on stderr", file=sys.stderr, flush=True)
@@ -201,6 +219,25 @@ final class SupervisorTests: XCTestCase {
         waitFor("the second instance registered") { state("keeper").instance == 2 && state("keeper").state == .running }
         XCTAssertTrue(logText("keeper").contains("restored state-from-instance-1"), logText("keeper"))
         XCTAssertEqual(state("keeper").checkpointSequence, 1)
+    }
+
+    /// CAP_PAGE_CACHE: one memfd per granted server, of the configured size, sealed against
+    /// growing, created once and handed to every instance (what the first wrote, the second
+    /// reads); a server without the grant holds none.
+    func testPageCacheMemfdIsCreatedOnceAndKeptAcrossRestarts() throws {
+        let policy = RestartPolicy(mode: .onFailure, initialBackoff: .milliseconds(10), maximumBackoff: .milliseconds(10),
+                                   intensity: .init(restarts: 5, period: .seconds(60)))
+        var granted = pythonServer("vfs", "pagecache", restart: policy)
+        granted.capabilities = [.pageCache]
+        granted.pageCacheLogSize = 256 << 10
+        let other = pythonServer("other", "pagecache")
+        try run([granted, other])
+        waitFor("the second instance registered") { state("vfs").instance == 2 && state("vfs").state == .running }
+        waitFor("the other server registered") { state("other").state == .running }
+        let lines = logText("vfs").split(separator: "\n").filter { $0.hasPrefix("page cache:") }
+        XCTAssertEqual(lines, ["page cache: size 262144, sealed, holds '', page-cache memfds 1",
+                               "page cache: size 262144, sealed, holds 'log-from-instance-1', page-cache memfds 1"], logText("vfs"))
+        XCTAssertTrue(logText("other").contains("no page cache; page-cache memfds 0"), logText("other"))
     }
 
     func testShutdownStopsEverythingAndContractEnvironment() throws {

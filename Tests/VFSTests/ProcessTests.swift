@@ -161,7 +161,8 @@ final class ProcessTests: XCTestCase {
         }
     }
 
-    private func superviseVFS(image: String) throws -> SupervisedVFS {
+    /// `pageCache`: grant CAP_PAGE_CACHE (1 MiB), the memory for a plain ext2 write-back log.
+    private func superviseVFS(image: String, pageCache: Bool = false) throws -> SupervisedVFS {
         try mountExt2OrSkip(try ImageFileStore(path: FilePath(image), readOnly: true), readOnly: true).unmount()
         let supervisor = try executable("limitless-supervisor")
         let server = try executable("vfs_server")
@@ -170,7 +171,7 @@ final class ProcessTests: XCTestCase {
             start_server vfs \(server) --image \(image) --runtime-dir \(directory) --writeback-interval 200ms
                 restart always backoff=50ms max-backoff=1s limit=10/60s
                 checkpoint 1s
-
+            \(pageCache ? "    capabilities CAP_PAGE_CACHE\n    page_cache_log 1M\n" : "")
             """.utf8))
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -225,56 +226,85 @@ final class ProcessTests: XCTestCase {
     /// the image clean.
     func testSIGKILLUnderAWriteLoadKeepsEveryAcknowledgedFsync() throws {
         let image = try makeExt2Image(self, blocks: 8192, type: "ext3")
-        var supervised = try superviseVFS(image: image)
+        try killUnderAWriteLoad(image: image, pageCache: false, kills: 1, typeName: "ext3", replayedLine: "journal: replayed",
+                                figuresPattern: "journal: [0-9]+ commits, [0-9]+ blocks journalled")
+    }
+
+    /// The same on a plain ext2 image (no journal), several kills: the supervisor grants
+    /// CAP_PAGE_CACHE, whose memfd outlives each instance and holds the mount's write-back log;
+    /// each restarted instance replays the last commit, and e2fsck -fn finds the image clean.
+    func testSIGKILLUnderAWriteLoadOnPlainExt2WithTheSupervisorsWriteBackLog() throws {
+        let image = try makeExt2Image(self, blocks: 8192)
+        try killUnderAWriteLoad(image: image, pageCache: true, kills: 3, typeName: "ext2", replayedLine: "write-back log: replayed",
+                                figuresPattern: "write-back log: [0-9]+ commits, [0-9]+ blocks journalled")
+        guard let dumpe2fs = ChildProcess.systemTool("dumpe2fs") else { return }
+        let features = ChildProcess.run(dumpe2fs, ["-h", image]).1.split(separator: "\n").first { $0.hasPrefix("Filesystem features:") }
+        XCTAssertFalse(features.map { $0.contains("has_journal") || $0.contains("needs_recovery") } ?? true, "\(features as Any)")
+    }
+
+    private func killUnderAWriteLoad(image: String, pageCache: Bool, kills: Int, typeName: String, replayedLine: String,
+                                     figuresPattern: String) throws {
+        var supervised = try superviseVFS(image: image, pageCache: pageCache)
         let directory = supervised.directory
         defer { _ = stop(supervised.supervisorPID) }
-        let first = try XCTUnwrap(supervised.waitForServer(otherThan: nil),
-                                  "vfs_server did not start under the supervisor: \(readText(directory + "/supervisor.log"))")
-        let client = try VFSClient.connect(name: "vfs", directory: directory)
+        var server = try XCTUnwrap(supervised.waitForServer(otherThan: nil),
+                                   "vfs_server did not start under the supervisor: \(readText(directory + "/supervisor.log"))")
+        var client = try VFSClient.connect(name: "vfs", directory: directory)
         try client.mkdir("/load")
         func contents(_ index: Int) -> [UInt8] {
             Array(repeating: UInt8(truncatingIfNeeded: index &* 37 &+ 1), count: 1500 + (index % 7) * 1000)
         }
-        // The killer fires once a few files are acknowledged, while writes keep going.
-        let killed = DispatchSemaphore(value: 0)
-        let target = first
-        let killer = DispatchQueue.global()
         var acknowledged: [Int] = []
-        var failure: VFSError?
-        for index in 0..<100_000 {
-            if acknowledged.count == 40 {
-                killer.async { kill(target, SIGKILL); killed.signal() }
+        var index = 0
+        for round in 1...kills {
+            // The killer fires once a few more files are acknowledged, while writes keep going.
+            let killed = DispatchSemaphore(value: 0)
+            let target = server
+            let killAt = acknowledged.count + 40
+            var failure: VFSError?
+            while index < 1_000_000 {
+                if acknowledged.count == killAt {
+                    DispatchQueue.global().async { kill(target, SIGKILL); killed.signal() }
+                }
+                defer { index += 1 }
+                do {
+                    try client.writeFile("/load/f\(index)", contents(index))
+                    acknowledged.append(index)
+                } catch {
+                    failure = error
+                    break
+                }
             }
-            do {
-                try client.writeFile("/load/f\(index)", contents(index))
-                acknowledged.append(index)
-            } catch {
-                failure = error
-                break
+            XCTAssertNotNil(failure, "kill \(round) interrupted the stream")
+            XCTAssertEqual(killed.wait(timeout: .now() + 30), .success)
+            XCTAssertGreaterThanOrEqual(acknowledged.count, killAt)
+            guard let next = supervised.waitForServer(otherThan: server) else {
+                return XCTFail("vfs_server was not restarted after kill \(round): \(readText(directory + "/supervisor.log"))")
+            }
+            server = next
+            client = try VFSClient.connect(name: "vfs", directory: directory)
+            XCTAssertEqual(try client.statfs("/").typeName, typeName)
+            for file in acknowledged {
+                XCTAssertEqual(try client.readFile("/load/f\(file)"), contents(file), "acknowledged fsync of f\(file), after kill \(round)")
             }
         }
-        XCTAssertNotNil(failure, "the kill interrupted the stream")
-        XCTAssertEqual(killed.wait(timeout: .now() + 30), .success)
-        XCTAssertGreaterThanOrEqual(acknowledged.count, 40)
-        guard supervised.waitForServer(otherThan: first) != nil else {
-            return XCTFail("vfs_server was not restarted: \(readText(directory + "/supervisor.log"))")
-        }
-        let again = try VFSClient.connect(name: "vfs", directory: directory)
-        XCTAssertEqual(try again.statfs("/").typeName, "ext3", "df names a journalled image ext3")
-        for index in acknowledged {
-            XCTAssertEqual(try again.readFile("/load/f\(index)"), contents(index), "acknowledged fsync of f\(index)")
-        }
-        try again.writeFile("/after", Array("still serving".utf8))
-        XCTAssertEqual(try again.readFile("/after"), Array("still serving".utf8))
+        try client.writeFile("/after", Array("still serving".utf8))
+        XCTAssertEqual(try client.readFile("/after"), Array("still serving".utf8))
         XCTAssertEqual(stop(supervised.supervisorPID), 0)
         supervised.supervisorPID = 0
-        let replayed = ChildProcess.run("/bin/grep", ["-rh", "journal: replayed", directory + "/logs", directory + "/supervisor.log"])
-        print("after the restart: \(replayed.0 == 0 ? replayed.1 : "no committed transaction was left to replay")")
-        let figures = ChildProcess.run("/bin/grep", ["-rhoE", "journal: [0-9]+ commits, [0-9]+ blocks journalled", directory + "/logs", directory + "/supervisor.log"])
-        print("the restarted server's journal until its clean stop: \(figures.1)")
+        let logs = [directory + "/logs", directory + "/supervisor.log"]
+        let replayed = ChildProcess.run("/bin/grep", ["-rh", replayedLine] + logs)
+        print("after the restarts (\(kills) kills, \(acknowledged.count) files acknowledged): \(replayed.0 == 0 ? replayed.1 : "no committed transaction was left to replay")")
+        let figures = ChildProcess.run("/bin/grep", ["-rhoE", figuresPattern] + logs)
+        print("the last instance's log until its clean stop: \(figures.1)")
+        if pageCache {
+            let protection = ChildProcess.run("/bin/grep", ["-rhc", "write-back log in supervisor-held memory (1024 KiB)"] + logs)
+            XCTAssertEqual(protection.1.split(separator: "\n").compactMap { Int($0) }.reduce(0, +), kills + 1,
+                           "every instance says which protection its mount has")
+        }
         guard let e2fsck = ChildProcess.systemTool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
         let (status, output) = ChildProcess.run(e2fsck, ["-fn", image])
-        XCTAssertEqual(status, 0, "e2fsck -fn after a SIGKILL under load and a clean stop:\n\(output)")
+        XCTAssertEqual(status, 0, "e2fsck -fn after \(kills) SIGKILLs under load and a clean stop:\n\(output)")
     }
 
     /// vfs_server on an mke2fs image, the tool through it, a clean stop, then e2fsck.
