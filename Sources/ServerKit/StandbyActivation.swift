@@ -90,6 +90,7 @@ public enum StandbyActivation {
                 try place(passed)
                 StartupSteps.mark("placed")
                 try apply(variables: text)
+                StartupSteps.mark("variables-set")
             } catch {
                 for fd in passed { _ = close(fd) }
                 throw error

@@ -16,7 +16,7 @@ import Glibc
 /// one boot.)
 ///
 /// Nothing here keeps a descriptor open: a standby holds only its channel until activated.
-enum StandbyWarmUp {
+public enum StandbyWarmUp {
     static func run() {
         instantiateRuntimeTypes()
         exerciseStartPath()
@@ -32,10 +32,15 @@ enum StandbyWarmUp {
                       DependencyWatch.self, CapabilityHandlers.self, BlockTokenHandler.self, SupervisorLink.Received.self])
     }
 
-    /// Asks for each type's metadata (instantiating it if it is not yet).
+    /// Asks for each type's metadata (instantiating it if it is not yet) and runs each of
+    /// `checks` on it (a server's `{ $0 is any SomeProtocol.Type }`: the runtime's conformance
+    /// lookup, cached per type from then on). Out of line, so the compiler cannot answer them.
     @inline(never)
-    static func instantiate(_ types: [Any.Type]) {
-        for type in types { instantiated &+= ObjectIdentifier(type).hashValue }
+    public static func instantiate(_ types: [Any.Type], conformanceChecks checks: [(Any.Type) -> Bool] = []) {
+        for type in types {
+            instantiated &+= ObjectIdentifier(type).hashValue
+            for check in checks where check(type) { instantiated &+= 1 }
+        }
     }
 
     /// Keeps the metadata requests above from being optimised away.

@@ -1,6 +1,7 @@
 import IPC
 import NVMe
 import Platform
+import ServerKit
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -54,18 +55,10 @@ public enum BlockServingWarmUp {
     /// `QueuedBlockDevice`: a scan of the binary's conformance records per new type) the first
     /// time they are needed; the bring-up after an activation would do it with the clock running.
     static func instantiateDeviceTypes() {
-        let device = NVMeBlockDevice<MMIORegion>.self
-        let types: [Any.Type] = [NVMeController<MMIORegion>.self, NVMeIOQueue<MMIORegion>.self, device,
-                                 StorageBringUp.Result.self,
-                                 VFIODevice.self, VFIOContainer.self, DMAAllocator.self, BlockServer.self, BlockServingLoop.self]
-        var found = 0
-        if device as? any DirectBlockDevice.Type != nil { found += 1 }
-        if device as? any QueuedBlockDevice.Type != nil { found += 1 }
-        if (device as Any.Type) as? any BlockDevice.Type != nil { found += 1 }
-        for type in types { found &+= ObjectIdentifier(type).hashValue }
-        instantiated = found
+        StandbyWarmUp.instantiate([NVMeController<MMIORegion>.self, NVMeIOQueue<MMIORegion>.self, NVMeBlockDevice<MMIORegion>.self,
+                                   StorageBringUp.Result.self, VFIODevice.self, VFIOContainer.self, DMAAllocator.self,
+                                   BlockServer.self, BlockServingLoop.self],
+                                  conformanceChecks: [{ $0 is any BlockDevice.Type }, { $0 is any DirectBlockDevice.Type },
+                                                      { $0 is any QueuedBlockDevice.Type }])
     }
-
-    /// Keeps the requests above from being optimised away.
-    nonisolated(unsafe) static var instantiated = 0
 }
