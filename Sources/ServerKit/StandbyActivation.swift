@@ -90,6 +90,7 @@ public enum StandbyActivation {
                 try place(passed)
                 StartupSteps.mark("placed")
                 try apply(variables: text)
+                StartupSteps.mark("variables-set")
             } catch {
                 for fd in passed { _ = close(fd) }
                 throw error
@@ -127,15 +128,23 @@ public enum StandbyActivation {
 
     /// Sets the `NAME=value` lines of `text`: only the variables a standby lacks.
     static func apply(variables text: String) throws(ServerKitError) {
+        for (name, value) in try assignments(text) { setenv(name, value, 1) }
+        unsetenv(SupervisorChannel.standbyVariable)
+        unsetenv(SupervisorChannel.standbyCapabilitiesVariable)
+    }
+
+    /// The `NAME=value` lines of `text` as pairs; throws for a line that is not one of the
+    /// variables an activation may set. Apart from `apply` so the warm-up can run it.
+    static func assignments(_ text: String) throws(ServerKitError) -> [(name: String, value: String)] {
+        var pairs: [(name: String, value: String)] = []
         for line in text.split(separator: "\n") {
             let parts = line.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             guard parts.count == 2, activationVariables.contains(String(parts[0])) else {
                 throw .standbyActivation("unexpected line \"\(line)\" (only \(activationVariables.sorted().joined(separator: ", ")) are set)")
             }
-            setenv(String(parts[0]), String(parts[1]), 1)
+            pairs.append((String(parts[0]), String(parts[1])))
         }
-        unsetenv(SupervisorChannel.standbyVariable)
-        unsetenv(SupervisorChannel.standbyCapabilitiesVariable)
+        return pairs
     }
 
     static func send(_ message: Message, on channel: Int32) throws(ServerKitError) {

@@ -16,12 +16,35 @@ import Glibc
 /// one boot.)
 ///
 /// Nothing here keeps a descriptor open: a standby holds only its channel until activated.
-enum StandbyWarmUp {
+public enum StandbyWarmUp {
     static func run() {
+        instantiateRuntimeTypes()
         exerciseStartPath()
         exerciseIPCServer()
         exerciseThreadStart()
     }
+
+    /// Swift instantiates a type's metadata the first time it is used (for a class whose
+    /// layout depends on a type from another module, such as `Mutex`, also its fields'), which
+    /// the activation would otherwise do for `ServerRuntime` and its parts with the clock running.
+    static func instantiateRuntimeTypes() {
+        instantiate([ServerRuntime.self, SupervisorLink.self, Heartbeat.self, CheckpointStore.self, ServerEnvironment.self,
+                      DependencyWatch.self, CapabilityHandlers.self, BlockTokenHandler.self, SupervisorLink.Received.self])
+    }
+
+    /// Asks for each type's metadata (instantiating it if it is not yet) and runs each of
+    /// `checks` on it (a server's `{ $0 is any SomeProtocol.Type }`: the runtime's conformance
+    /// lookup, cached per type from then on). Out of line, so the compiler cannot answer them.
+    @inline(never)
+    public static func instantiate(_ types: [Any.Type], conformanceChecks checks: [(Any.Type) -> Bool] = []) {
+        for type in types {
+            instantiated &+= ObjectIdentifier(type).hashValue
+            for check in checks where check(type) { instantiated &+= 1 }
+        }
+    }
+
+    /// Keeps the metadata requests above from being optimised away.
+    nonisolated(unsafe) static var instantiated = 0
 
     /// Runs, on made-up values, the steps every activation runs: reading the environment, a
     /// checkpoint store's load, the channel's message encoding, the seccomp program's builder.
@@ -31,6 +54,9 @@ enum StandbyWarmUp {
             SupervisorChannel.capabilitiesVariable: "CAP_DMA_ALLOC=5,CAP_MMIO_WARM=6,CAP_PCI_CONFIG=-1",
             SupervisorChannel.instanceVariable: "2", SupervisorChannel.watchdogVariable: "2000", SupervisorChannel.listenVariable: "7",
         ]
+        // The activation message's variables, as `StandbyActivation.apply` reads them.
+        _ = try? StandbyActivation.assignments(variables.filter { StandbyActivation.activationVariables.contains($0.key) }
+            .map { "\($0.key)=\($0.value)" }.joined(separator: "\n"))
         if let environment = try? ServerEnvironment.parse(variables, standaloneName: "standby", isOpen: { _ in true }) {
             var table: [String: Int32] = [:]
             for capability in environment.capabilities { table[capability.name] = capability.fd }

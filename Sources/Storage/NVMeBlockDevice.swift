@@ -180,11 +180,21 @@ public enum StorageBringUp {
     public struct Result {
         public var device: any PCIDeviceAccess
         public var blockDevice: NVMeBlockDevice<MMIORegion>
-        public var summary: String
         /// Block devices on I/O queues 2...N (`queues`), one per ring thread; empty with one queue.
         public var ringDevices: [NVMeBlockDevice<MMIORegion>] = []
         /// How many queue pairs were asked for and created, and what capped them.
         public var grant: NVMeQueueGrant
+
+        /// The device, controller, queues and namespaces in one line for the log. Built when
+        /// asked (once serving), not during the bring-up: a restart's clock runs until then.
+        public var summary: String {
+            let identity = blockDevice.controller.identity
+            let queueText = ioQueues.map { "\($0.id)" + ($0.interruptVector.map { " on MSI-X vector \($0)" } ?? " polling") }
+            let namespaces = blockDevice.namespaces.values.sorted { $0.id < $1.id }
+            return "\(device.address) through \(device.backendName): \(identity?.modelNumber ?? "?") (serial \(identity?.serialNumber ?? "?")), "
+                + "\(grant), depth \(blockDevice.queue.depth): " + queueText.joined(separator: ", ") + "; "
+                + namespaces.map(\.description).joined(separator: "; ")
+        }
 
         /// Every I/O queue (1...N), for a controller reset.
         public var ioQueues: [NVMeIOQueue<MMIORegion>] { [blockDevice.queue] + ringDevices.map(\.queue) }
@@ -243,13 +253,17 @@ public enum StorageBringUp {
     /// for in latency. Only the admin queue keeps a vector.
     public static func bringUp(_ device: any PCIDeviceAccess, queues requested: Int = 1, queueDepth: Int = 64, bounceBytes: Int = 2 << 20,
                                pollIOQueues: Bool = false,
-                               timeoutNanoseconds: UInt64 = 10_000_000_000, log: @escaping (String) -> Void) throws -> Result {
+                               timeoutNanoseconds: UInt64 = 10_000_000_000, log: @escaping (String) -> Void,
+                               step: (String) -> Void = { _ in }) throws -> Result {
         if let node = device.numaNode { _ = NUMA.runCurrentThread(onNode: node) }
         try device.setBusMaster(true)
+        step("bus-master")
         let registers = try device.mapBAR(0)
+        step("bar-mapped")
         let available = (try? device.interruptVectors(.msix)) ?? 0
         let wanted = msixVectorsWanted(queues: requested, pollIOQueues: pollIOQueues, available: available)
         let lines = wanted > 0 ? try device.enableInterrupts(.msix, count: wanted) : []
+        step("msix-enabled")
         let allocator = DMAAllocator(mapper: device.dmaMapper, numaNode: device.numaNode)
         var configuration = NVMeController<MMIORegion>.Configuration(completionMode: lines.isEmpty ? .polling : .interrupt,
                                                                      adminCommandTimeoutNanoseconds: timeoutNanoseconds)
@@ -258,19 +272,22 @@ public enum StorageBringUp {
         configuration.adminSpinNanoseconds = 1_000_000
         let controller = NVMeController(registers: registers, allocator: allocator, adminInterrupt: lines.first,
                                         configuration: configuration)
-        let identity = try controller.bringUp()
+        try controller.bringUp()
         let namespaces = try controller.activeNamespaceIDs().compactMap { id -> NVMeNamespace? in
             do { return try controller.namespace(id) } catch {
                 log("nsid \(id) not served: \(error)")
                 return nil
             }
         }
+        step("namespaces")
         let depth = min(queueDepth, controller.capabilities!.maximumQueueEntries)
         // With MSI-X, queue k completes on vector k; a single vector (or none) means polling.
         let ioLines = lines.count > 1 ? Array(lines.dropFirst()) : []
         let (queues, grant) = try controller.createIOQueues(requested: requested, depth: depth, interrupts: ioLines,
                                                             timeoutNanoseconds: timeoutNanoseconds)
+        step("io-queues")
         let bounce = try allocator.allocate(size: bounceBytes, alignment: 4096)
+        step("bounce")
         let block = NVMeBlockDevice(controller: controller, queue: queues[0], namespaces: namespaces, bounce: bounce, log: log)
         // Zero copy maps client pages into the IOMMU: only a VFIO container can translate an
         // arbitrary (non-contiguous) range; UIO's physical addresses cannot.
@@ -283,10 +300,6 @@ public enum StorageBringUp {
             ringDevice.clientMapper = mapper
             return ringDevice
         }
-        let queueText = queues.map { "\($0.id)" + ($0.interruptVector.map { " on MSI-X vector \($0)" } ?? " polling") }
-        let summary = "\(device.address) through \(device.backendName): \(identity.modelNumber) (serial \(identity.serialNumber)), "
-            + "\(grant), depth \(queues[0].depth): " + queueText.joined(separator: ", ") + "; "
-            + namespaces.map(\.description).joined(separator: "; ")
-        return Result(device: device, blockDevice: block, summary: summary, ringDevices: ringDevices, grant: grant)
+        return Result(device: device, blockDevice: block, ringDevices: ringDevices, grant: grant)
     }
 }

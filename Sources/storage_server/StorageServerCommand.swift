@@ -84,6 +84,7 @@ struct StorageServerCommand: ParsableCommand {
                                                    extraSyscalls: StorageSandbox.extraSyscalls)
             }
             DMAMemoryReserve.prepare(slabs: 2)
+            BlockServingWarmUp.run()
         }
         let runtime: ServerRuntime
         do {
@@ -126,7 +127,8 @@ struct StorageServerCommand: ParsableCommand {
         do {
             let pci = try StorageBringUp.open(source)
             phases.mark("adopted")
-            opened = try StorageBringUp.bringUp(pci, queues: queues, pollIOQueues: poll) { runtime.log(.warning, $0) }
+            opened = try StorageBringUp.bringUp(pci, queues: queues, pollIOQueues: poll, log: { runtime.log(.warning, $0) },
+                                                step: { phases.mark($0) })
             phases.controllerSteps(opened.blockDevice.controller.transitions)
             phases.mark("io-ready")
         } catch {
@@ -134,16 +136,13 @@ struct StorageServerCommand: ParsableCommand {
             throw ExitCode(1)
         }
         if poll { for queue in opened.ioQueues { queue.polling = true } }
-        runtime.log(.info, "serving \(opened.summary)" + (poll ? " (completions polled)" : ""))
-        if opened.grant.created < queues {
-            runtime.log(.warning, "--queues \(queues): serving with \(opened.grant)")
-        }
 
         let server = BlockServer(device: opened.blockDevice, policy: policy, tokens: tokens) { runtime.log(.error, $0) }
         server.info = { runtime.log(.info, $0) }
         server.defersAnswers = !oneAtATime
         let directory = runtimeDir ?? runtime.environment.runtimeDirectory
         let socketName = name ?? runtime.name
+        phases.mark("block-server")
         let endpoint = try server.makeIPCServer(name: socketName, directory: directory)
         // Adopting the supervisor's socket instead of binding one shows here (issue 4's phases).
         phases.mark(endpoint.adoptedListener ? "socket-adopted" : "socket-bound")
@@ -180,8 +179,6 @@ struct StorageServerCommand: ParsableCommand {
         for worker in workers { worker.start() }
         loop.start()
         phases.mark("listening")
-        runtime.log(.info, "listening on \(endpoint.endpoint.socketPath)"
-            + " (\(tokens.count) capability tokens; without a token: uids \((allowUIDs.isEmpty ? [0] : allowUIDs).map(String.init).joined(separator: ",")))")
 
         do {
             try runtime.register()
@@ -191,6 +188,14 @@ struct StorageServerCommand: ParsableCommand {
             throw ExitCode(1)
         }
         phases.mark("registered")
+        // Logged once registered: building and sending the lines (each wakes the supervisor)
+        // would otherwise take the CPU from the serving thread's first answers.
+        runtime.log(.info, "serving \(opened.summary)" + (poll ? " (completions polled)" : ""))
+        if opened.grant.created < queues {
+            runtime.log(.warning, "--queues \(queues): serving with \(opened.grant)")
+        }
+        runtime.log(.info, "listening on \(endpoint.endpoint.socketPath)"
+            + " (\(tokens.count) capability tokens; without a token: uids \((allowUIDs.isEmpty ? [0] : allowUIDs).map(String.init).joined(separator: ",")))")
         runtime.log(.info, phases.description)
         let reason = try runtime.runUntilStopped()
         loop.stop()

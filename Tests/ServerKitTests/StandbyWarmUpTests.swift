@@ -1,4 +1,5 @@
 import CLimitless
+import IPC
 import XCTest
 #if canImport(Glibc)
 import Glibc
@@ -18,6 +19,20 @@ final class StandbyWarmUpTests: XCTestCase {
         let before = openDescriptors()
         StandbyWarmUp.run()
         XCTAssertEqual(openDescriptors(), before, "the warm-up leaves every descriptor as it found it")
+    }
+
+    /// The activation's variable lines, read apart from setting them (the warm-up runs this
+    /// part): a value keeps every `=` after the first; any variable but the activation's is refused.
+    func testActivationVariablesAreReadAsPairsAndOthersRefused() throws {
+        let pairs = try StandbyActivation.assignments("\(SupervisorChannel.capabilitiesVariable)=CAP_DMA_ALLOC=5,CAP_PCI_CONFIG=-1\n"
+            + "\(SupervisorChannel.instanceVariable)=3")
+        XCTAssertEqual(pairs.map(\.name), [SupervisorChannel.capabilitiesVariable, SupervisorChannel.instanceVariable])
+        XCTAssertEqual(pairs.map(\.value), ["CAP_DMA_ALLOC=5,CAP_PCI_CONFIG=-1", "3"])
+        XCTAssertThrowsError(try StandbyActivation.assignments("\(SupervisorChannel.instanceVariable)=3\nLD_PRELOAD=/tmp/x.so")) { error in
+            XCTAssertTrue("\(error)".contains("unexpected line \"LD_PRELOAD=/tmp/x.so\""), "\(error)")
+        }
+        XCTAssertThrowsError(try StandbyActivation.assignments("\(SupervisorChannel.standbyVariable)=1"))
+        XCTAssertThrowsError(try StandbyActivation.assignments("no equals sign"))
     }
 
     func testAPreparedFilterIsUsedForExactlyItsCapabilities() throws {
