@@ -16,8 +16,8 @@ public struct IPCBenchmark {
         /// Slots per ring for the one-way (batched) test: room for many batches in flight.
         public var capacity = 1024
         /// Slots per ring for synchronous round trips: one request in flight at a time, so a few
-        /// slots suffice, and a small ring stays in L1 (1024 64-byte slots are 64 KiB per ring).
-        public var roundTripCapacity = 16
+        /// slots suffice, and a small ring stays hot on both cores (as `attachRing`'s default).
+        public var roundTripCapacity = 4
         /// Spin before sleeping, both ring endpoints.
         public var spinNanoseconds: UInt64 = 20_000
         /// Upper bound on the whole run's timed loops, in seconds; each of the seven loops gets a seventh.

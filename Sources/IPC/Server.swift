@@ -609,7 +609,7 @@ public final class IPCServer: @unchecked Sendable {
         }
     }
 
-    /// MSG_IPC_RING_ATTACH: param1 slot size, param2 capacity (0: 256 and 16, as `attachRing`).
+    /// MSG_IPC_RING_ATTACH: param1 slot size, param2 capacity (0: 256 and 4, as `attachRing`).
     /// Creates the ring memfd, starts its thread, and replies with the memfd (SCM_RIGHTS) and the
     /// layout.
     private func attachRing(_ slot: Int, _ message: Message) {
@@ -619,7 +619,7 @@ public final class IPCServer: @unchecked Sendable {
             return sendReply(slot, type: .ipcRingAttach, sequence: sequence, reply: .error(.EBUSY))
         }
         let slotSize = message.param1 == 0 ? 256 : message.param1
-        let capacity = message.param2 == 0 ? 16 : message.param2
+        let capacity = message.param2 == 0 ? 4 : message.param2
         guard slotSize <= UInt64(configuration.maxRingSlotSize), capacity <= UInt64(configuration.maxRingCapacity),
               slotSize >= UInt64(Message.headerSize + RingLayout.stampSize),
               let layout = try? RingLayout(slotSize: Int(slotSize), capacity: Int(capacity)) else {

@@ -34,7 +34,7 @@ struct IPC: ParsableCommand {
     var capacity = 1024
 
     @Option(help: "Slots per ring for synchronous round trips, a power of two.")
-    var roundTripCapacity = 16
+    var roundTripCapacity = 4
 
     @Option(name: .customLong("spin-us"), help: "Microseconds a ring endpoint spins before it sleeps on the futex.")
     var spinMicroseconds: UInt64 = 20

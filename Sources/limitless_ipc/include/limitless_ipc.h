@@ -220,7 +220,7 @@ int ipc_close(pid_t server_pid);
  * ipc_ring_attach: asks `server_pid` for a ring pair over the library's connection to it.
  * slot_size (bytes per slot, a power of two; 8 are the slot's stamp, 64 the message header, the
  * rest inline data) and capacity (slots per ring, a power of two) may be 0 for the server's
- * defaults (256 and 16: a synchronous pair never has more than one request in flight, and a ring
+ * defaults (256 and 4: a synchronous pair never has more than one request in flight, and a ring
  * that cycles through few slots keeps them in L1). Returns 0 and *ring, or -errno: -ENOTSUP the server offers no rings,
  * -EBUSY it has none left or this connection has one already (one ring per connection, until
  * ipc_close), -EINVAL a layout it does not accept (slot_size < 72, above its maximum), -EPROTO a
