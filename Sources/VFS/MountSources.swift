@@ -11,6 +11,14 @@ public enum MountSources {
         public var fileSystem: FileSystem
         public var cache: PageCache?
         public var description: String
+
+        /// Unmounts a file system that never made it into the mount table (its mount point was
+        /// refused, say), so its image is left cleanly unmounted rather than marked in use.
+        public func release() {
+            try? fileSystem.unmount()
+            // unmount writes the clean-state superblock into the cache: flush it out.
+            try? cache?.flush()
+        }
     }
 
     /// An ext2 image file behind a page cache. Errors name the image and what is wrong with it.

@@ -124,7 +124,7 @@ public final class VFSService {
         do {
             try mount(fs, at: String(decoding: path, as: UTF8.self), cache: cache, readOnly: readOnly, source: description)
         } catch {
-            try? fs.unmount()
+            MountSources.Mounted(fileSystem: fs, cache: cache, description: description).release()
             throw error
         }
     }

@@ -13,16 +13,39 @@ public final class SharedMemoryStore: BlockStore {
     private let region: UnsafeMutableRawBufferPointer
 
     /// Maps all of `descriptor` (which stays the caller's; the mapping outlives its closing).
-    public init(mapping descriptor: Int32, what: String) throws(FSError) {
-        var status = stat()
-        guard fstat(descriptor, &status) == 0 else { throw FSError(Errno(rawValue: errno), "cannot stat \(what)") }
-        let size = Int(max(0, status.st_size)) / 512 * 512
+    public convenience init(mapping descriptor: Int32, what: String) throws(FSError) {
+        let size = try Self.size(of: descriptor, what: what) / 512 * 512
         guard size > 0 else { throw FSError(.invalidArgument, "\(what) is empty") }
-        guard let base = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0), base != MAP_FAILED else {
-            throw FSError(Errno(rawValue: errno), "cannot map \(what) (\(size) bytes)")
+        try self.init(mapping: descriptor, offset: 0, size: size, what: what)
+    }
+
+    private init(mapping descriptor: Int32, offset: Int, size: Int, what: String) throws(FSError) {
+        guard let base = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, off_t(offset)), base != MAP_FAILED else {
+            throw FSError(Errno(rawValue: errno), "cannot map \(what) (\(size) bytes at \(offset))")
         }
         region = UnsafeMutableRawBufferPointer(start: base, count: size)
         capacity = UInt64(size)
+    }
+
+    /// `count` stores over equal, page-aligned, disjoint parts of `descriptor`, in order: one
+    /// per file system when one memory region holds several write-back logs. The same count
+    /// over the same memory gives the same parts, so each restarted mount finds its own log.
+    public static func slices(of descriptor: Int32, count: Int, what: String) throws(FSError) -> [SharedMemoryStore] {
+        precondition(count >= 1, "at least one slice")
+        let page = 4096
+        let each = try size(of: descriptor, what: what) / count / page * page
+        guard each > 0 else { throw FSError(.invalidArgument, "\(what) is too small for \(count) parts of a page or more") }
+        var stores: [SharedMemoryStore] = []
+        for index in 0..<count {
+            stores.append(try SharedMemoryStore(mapping: descriptor, offset: index * each, size: each, what: "\(what), part \(index + 1) of \(count)"))
+        }
+        return stores
+    }
+
+    private static func size(of descriptor: Int32, what: String) throws(FSError) -> Int {
+        var status = stat()
+        guard fstat(descriptor, &status) == 0 else { throw FSError(Errno(rawValue: errno), "cannot stat \(what)") }
+        return Int(max(0, status.st_size))
     }
 
     deinit { munmap(region.baseAddress, region.count) }

@@ -76,11 +76,12 @@ struct VFSServerCommand: ParsableCommand {
         let service = VFSService(log: log)
         let pages = cachePages, readOnly = self.readOnly
         do throws(FSError) {
-            // CAP_PAGE_CACHE: the supervisor's memory for the root file system's write-back log
-            // (one log, one file system: --mount images are not covered).
-            let writeBackLog = try runtime.pageCacheLog.map { fd throws(FSError) in
-                try SharedMemoryStore(mapping: fd, what: "the CAP_PAGE_CACHE memory")
+            // CAP_PAGE_CACHE: the supervisor's memory for the write-back logs of the root file
+            // system (part 1) and of each --mount image (parts 2...), in command-line order.
+            let logs = try runtime.pageCacheLog.map { fd throws(FSError) in
+                try SharedMemoryStore.slices(of: fd, count: 1 + imageMounts.count, what: "the CAP_PAGE_CACHE memory")
             }
+            let writeBackLog = logs?[0]
             let root: MountSources.Mounted
             if let image {
                 root = try MountSources.image(image, readOnly: readOnly, cachePages: pages, writeBackLog: writeBackLog, log: log)
@@ -102,10 +103,15 @@ struct VFSServerCommand: ParsableCommand {
                                                 readOnly: readOnly, cachePages: pages, writeBackLog: writeBackLog, log: log)
             }
             try service.mount(root.fileSystem, at: "/", cache: root.cache, readOnly: readOnly, source: root.description)
-            for mount in imageMounts {
+            for (index, mount) in imageMounts.enumerated() {
                 let (mountPoint, path) = MountSources.parseMountOption(mount)!
-                let mounted = try MountSources.image(path, readOnly: readOnly, cachePages: pages, log: log)
-                try service.mount(mounted.fileSystem, at: mountPoint, cache: mounted.cache, readOnly: readOnly, source: mounted.description)
+                let mounted = try MountSources.image(path, readOnly: readOnly, cachePages: pages, writeBackLog: logs?[index + 1], log: log)
+                do {
+                    try service.mount(mounted.fileSystem, at: mountPoint, cache: mounted.cache, readOnly: readOnly, source: mounted.description)
+                } catch {
+                    mounted.release()
+                    throw error
+                }
             }
             for mountPoint in tmpfsMounts where mountPoint != "/" {
                 let mounted = MountSources.tmpfs()

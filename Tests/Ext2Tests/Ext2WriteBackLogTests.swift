@@ -204,6 +204,45 @@ final class Ext2WriteBackLogTests: Ext2TestCase {
         _ = crashed.log  // the crashed process's mapping lived until here
     }
 
+    /// vfs_server with several ext2 mounts splits the CAP_PAGE_CACHE memory into equal parts, one
+    /// log each, in command-line order: the parts are disjoint, a crash's committed transaction in
+    /// one part is replayed by the next mapping's same part, and the other image's log beside it
+    /// is its own (no refusal, nothing replayed).
+    func testSeveralMountsKeepTheirLogsInTheirOwnPartsOfOneMemory() throws {
+        let first = try makeImage("first.img", blockSize: 1024, kib: 4096)
+        let second = try makeImage("second.img", blockSize: 1024, kib: 4096)
+        let backing = directory + "/logs.mem"
+        func parts(truncate: Bool) throws -> [SharedMemoryStore] {
+            let fd = open(backing, O_RDWR | O_CREAT | (truncate ? O_TRUNC : 0), 0o600)
+            defer { close(fd) }
+            if truncate { XCTAssertEqual(ftruncate(fd, (512 << 10) + 100), 0) }
+            return try SharedMemoryStore.slices(of: fd, count: 2, what: "the test's logs")
+        }
+        let layout = try parts(truncate: true)
+        XCTAssertEqual(layout.map(\.capacity), [256 << 10, 256 << 10], "equal parts, whole pages")
+        try [UInt8](repeating: 0xA5, count: 4096).withUnsafeBytes { try layout[1].write(at: 0, from: $0) }
+        var firstPage = [UInt8](repeating: 1, count: 4096)
+        try firstPage.withUnsafeMutableBytes { try layout[0].read(at: 0, into: $0) }
+        XCTAssertTrue(firstPage.allSatisfy { $0 == 0 }, "a write to part 2 does not show in part 1")
+
+        let crashed = try crashWithACommittedTransaction(first) { try parts(truncate: true)[0] }
+        try Data(crashed.image).write(to: URL(fileURLWithPath: first))
+        let again = try parts(truncate: false)
+        logLines = []
+        let other = try mount(second, writeBackLog: again[1])
+        XCTAssertFalse(logLines.contains { $0.contains("refused") || $0.contains("replayed") }, "\(logLines)")
+        _ = try other.create(FileName("beside"), in: other.rootInode, type: .regular, permissions: 0o644, uid: 0, gid: 0)
+        try other.unmount()
+        logLines = []
+        let replayed = try mount(first, writeBackLog: again[0])
+        XCTAssertTrue(logLines.contains { $0.contains("write-back log: replayed") && !$0.contains("replayed 0 blocks") }, "\(logLines)")
+        XCTAssertEqual(try replayed.readAll(try replayed.resolve("/f0")), pattern(2000, seed: 0), "the first file was synced before the crash")
+        try replayed.unmount()
+        try assertClean(first)
+        try assertClean(second)
+        _ = crashed.log
+    }
+
     /// A log left by a crash, damaged at random (bytes of its superblock, descriptors, copies and
     /// commit block flipped): every mount replays and works, refuses the log (read-only, as the
     /// image was not cleanly unmounted), or fails with an FSError saying why; never a trap.

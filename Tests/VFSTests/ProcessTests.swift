@@ -135,6 +135,26 @@ final class ProcessTests: XCTestCase {
         XCTAssertTrue(usage.contains("give one root file system"), usage)
     }
 
+    /// A --mount whose mount point does not exist stops the server with a message, and the
+    /// image it had already mounted is left cleanly unmounted (not marked in use). With a
+    /// write-back log (CAP_PAGE_CACHE, passed by hand as a standalone server takes it) the mount
+    /// marks the image in use on disk at once, so only an unmount puts it back.
+    func testARefusedMountPointLeavesTheImageClean() throws {
+        let directory = makeTemporaryDirectory(self)
+        let root = try makeExt2Image(self, blocks: 4096), second = try makeExt2Image(self, blocks: 4096)
+        writeText(directory + "/log.mem", [UInt8](repeating: 0, count: 1 << 20))
+        let command = "exec 7<>'\(directory)/log.mem'; LIMITLESS_CAPABILITIES=CAP_PAGE_CACHE=7 exec '\(try executable("vfs_server"))' "
+            + "--image '\(root)' --mount '/nothere=\(second)' --runtime-dir '\(directory)'"
+        let (status, output) = ChildProcess.run("/bin/bash", ["-c", command])
+        XCTAssertEqual(status, 1)
+        XCTAssertTrue(output.contains("mount point /nothere"), output)
+        guard let dumpe2fs = ChildProcess.systemTool("dumpe2fs") else { throw XCTSkip("dumpe2fs not installed") }
+        for image in [root, second] {
+            let state = ChildProcess.run(dumpe2fs, ["-h", image]).1.split(separator: "\n").first { $0.hasPrefix("Filesystem state:") }
+            XCTAssertEqual(state.map { $0.hasSuffix(" clean") && !$0.contains("not clean") }, true, "\(image): \(state as Any)")
+        }
+    }
+
     /// vfs_server on `image` under a real limitless-supervisor (restart always, checkpoints):
     /// the supervisor's pid, the runtime directory, and the server's pid once it listens.
     private struct SupervisedVFS {
@@ -162,13 +182,14 @@ final class ProcessTests: XCTestCase {
     }
 
     /// `pageCache`: grant CAP_PAGE_CACHE (1 MiB), the memory for a plain ext2 write-back log.
-    private func superviseVFS(image: String, pageCache: Bool = false) throws -> SupervisedVFS {
+    /// `mounted`: an ext2 image mounted on /second too (`--mount`).
+    private func superviseVFS(image: String, pageCache: Bool = false, mounted: String? = nil) throws -> SupervisedVFS {
         try mountExt2OrSkip(try ImageFileStore(path: FilePath(image), readOnly: true), readOnly: true).unmount()
         let supervisor = try executable("limitless-supervisor")
         let server = try executable("vfs_server")
         let directory = makeTemporaryDirectory(self)
         writeText(directory + "/servers.conf", Array("""
-            start_server vfs \(server) --image \(image) --runtime-dir \(directory) --writeback-interval 200ms
+            start_server vfs \(server) --image \(image) \(mounted.map { "--mount /second=" + $0 } ?? "") --runtime-dir \(directory) --writeback-interval 200ms
                 restart always backoff=50ms max-backoff=1s limit=10/60s
                 checkpoint 1s
             \(pageCache ? "    capabilities CAP_PAGE_CACHE\n    page_cache_log 1M\n" : "")
@@ -242,15 +263,27 @@ final class ProcessTests: XCTestCase {
         XCTAssertFalse(features.map { $0.contains("has_journal") || $0.contains("needs_recovery") } ?? true, "\(features as Any)")
     }
 
+    /// The same with a second plain ext2 image on /second (`--mount`), the write load on it: the
+    /// CAP_PAGE_CACHE memory is split between the two mounts' logs, one half each.
+    func testSIGKILLUnderAWriteLoadOnAMountedPlainExt2Image() throws {
+        let image = try makeExt2Image(self, blocks: 8192)
+        let second = try makeExt2Image(self, blocks: 8192)
+        guard let debugfs = ChildProcess.systemTool("debugfs") else { throw XCTSkip("debugfs not installed") }
+        XCTAssertEqual(ChildProcess.run(debugfs, ["-w", "-R", "mkdir second", image]).0, 0, "the mount point on the root image")
+        try killUnderAWriteLoad(image: image, pageCache: true, kills: 1, typeName: "ext2", replayedLine: "write-back log: replayed",
+                                figuresPattern: "write-back log: [0-9]+ commits, [0-9]+ blocks journalled", mounted: second)
+    }
+
     private func killUnderAWriteLoad(image: String, pageCache: Bool, kills: Int, typeName: String, replayedLine: String,
-                                     figuresPattern: String) throws {
-        var supervised = try superviseVFS(image: image, pageCache: pageCache)
+                                     figuresPattern: String, mounted: String? = nil) throws {
+        var supervised = try superviseVFS(image: image, pageCache: pageCache, mounted: mounted)
         let directory = supervised.directory
         defer { _ = stop(supervised.supervisorPID) }
         var server = try XCTUnwrap(supervised.waitForServer(otherThan: nil),
                                    "vfs_server did not start under the supervisor: \(readText(directory + "/supervisor.log"))")
         var client = try VFSClient.connect(name: "vfs", directory: directory)
-        try client.mkdir("/load")
+        let load = mounted == nil ? "/load" : "/second/load"
+        try client.mkdir(load)
         func contents(_ index: Int) -> [UInt8] {
             Array(repeating: UInt8(truncatingIfNeeded: index &* 37 &+ 1), count: 1500 + (index % 7) * 1000)
         }
@@ -268,7 +301,7 @@ final class ProcessTests: XCTestCase {
                 }
                 defer { index += 1 }
                 do {
-                    try client.writeFile("/load/f\(index)", contents(index))
+                    try client.writeFile("\(load)/f\(index)", contents(index))
                     acknowledged.append(index)
                 } catch {
                     failure = error
@@ -283,9 +316,9 @@ final class ProcessTests: XCTestCase {
             }
             server = next
             client = try VFSClient.connect(name: "vfs", directory: directory)
-            XCTAssertEqual(try client.statfs("/").typeName, typeName)
+            XCTAssertEqual(try client.statfs(load).typeName, typeName)
             for file in acknowledged {
-                XCTAssertEqual(try client.readFile("/load/f\(file)"), contents(file), "acknowledged fsync of f\(file), after kill \(round)")
+                XCTAssertEqual(try client.readFile("\(load)/f\(file)"), contents(file), "acknowledged fsync of f\(file), after kill \(round)")
             }
         }
         try client.writeFile("/after", Array("still serving".utf8))
@@ -298,13 +331,17 @@ final class ProcessTests: XCTestCase {
         let figures = ChildProcess.run("/bin/grep", ["-rhoE", figuresPattern] + logs)
         print("the last instance's log until its clean stop: \(figures.1)")
         if pageCache {
-            let protection = ChildProcess.run("/bin/grep", ["-rhc", "write-back log in supervisor-held memory (1024 KiB)"] + logs)
-            XCTAssertEqual(protection.1.split(separator: "\n").compactMap { Int($0) }.reduce(0, +), kills + 1,
-                           "every instance says which protection its mount has")
+            // One log per ext2 mount, each in its part of the 1 MiB.
+            let mounts = mounted == nil ? 1 : 2
+            let protection = ChildProcess.run("/bin/grep", ["-rhc", "write-back log in supervisor-held memory (\(1024 / mounts) KiB)"] + logs)
+            XCTAssertEqual(protection.1.split(separator: "\n").compactMap { Int($0) }.reduce(0, +), (kills + 1) * mounts,
+                           "every instance says which protection each of its mounts has")
         }
         guard let e2fsck = ChildProcess.systemTool("e2fsck") else { throw XCTSkip("e2fsck not installed") }
-        let (status, output) = ChildProcess.run(e2fsck, ["-fn", image])
-        XCTAssertEqual(status, 0, "e2fsck -fn after \(kills) SIGKILLs under load and a clean stop:\n\(output)")
+        for checked in [image] + (mounted.map { [$0] } ?? []) {
+            let (status, output) = ChildProcess.run(e2fsck, ["-fn", checked])
+            XCTAssertEqual(status, 0, "e2fsck -fn on \(checked) after \(kills) SIGKILLs under load and a clean stop:\n\(output)")
+        }
     }
 
     /// vfs_server on an mke2fs image, the tool through it, a clean stop, then e2fsck.
