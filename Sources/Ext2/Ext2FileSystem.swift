@@ -90,6 +90,9 @@ public final class Ext2FileSystem: FileSystem {
         } else if !isReadOnly, let writeBackLog {
             // May replay the log, which rereads the superblock and the descriptors.
             recovered = try openWriteBackLog(writeBackLog)
+        } else if let writeBackLog {
+            // Read-only: nothing is replayed (that writes), but say so when a commit waits.
+            noteUnreplayedWriteBackLog(writeBackLog)
         } else if !isReadOnly {
             log("ext2: no journal: a crash in the middle of a write-back may leave the image needing `e2fsck -fy`; `tune2fs -j` adds one (ext3)")
         }

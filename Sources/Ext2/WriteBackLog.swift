@@ -110,6 +110,17 @@ extension Ext2FileSystem {
         return replayed
     }
 
+    /// A read-only mount does not replay (replaying writes the image): when the log holds a
+    /// transaction for this file system, the mount says that what it serves may be missing the
+    /// last commit and how to apply it.
+    func noteUnreplayedWriteBackLog(_ logStore: BlockStore) {
+        guard logStore.capacity >= UInt64(blockSize),
+              let first = try? Self.readBytes(logStore, at: 0, count: blockSize), !first.allSatisfy({ $0 == 0 }) else { return }
+        let found = JournalSuperblock(raw: first)
+        guard found.uuid == superblock.uuid, found.start != 0 else { return }
+        log("ext2: the write-back log holds a transaction not yet replayed: this read-only mount serves the image without it (and may see it inconsistent); mount it read-write once to replay it")
+    }
+
     static func uuidText(_ bytes: ArraySlice<UInt8>) -> String {
         bytes.enumerated().map { index, byte in
             ([4, 6, 8, 10].contains(index) ? "-" : "") + (byte < 16 ? "0" : "") + String(byte, radix: 16)

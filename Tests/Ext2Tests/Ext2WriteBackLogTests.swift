@@ -204,6 +204,24 @@ final class Ext2WriteBackLogTests: Ext2TestCase {
         _ = crashed.log  // the crashed process's mapping lived until here
     }
 
+    /// A read-only mount never replays (that writes the image) but says when the log holds a
+    /// transaction for it; the next read-write mount replays it.
+    func testAReadOnlyMountSaysWhenTheLogHoldsATransaction() throws {
+        let path = try makeImage("readonly.img", blockSize: 1024, kib: 4096)
+        let crashed = try crashWithACommittedTransaction(path) { newLog() }
+        try Data(crashed.image).write(to: URL(fileURLWithPath: path))
+        logLines = []
+        let readOnly = try mount(path, readOnly: true, writeBackLog: crashed.log)
+        XCTAssertTrue(logLines.contains { $0.contains("holds a transaction not yet replayed") }, "\(logLines)")
+        try readOnly.unmount()
+        logLines = []
+        let writable = try mount(path, writeBackLog: crashed.log)
+        XCTAssertTrue(logLines.contains { $0.contains("write-back log: replayed") && !$0.contains("replayed 0 blocks") }, "\(logLines)")
+        XCTAssertFalse(logLines.contains { $0.contains("not yet replayed") }, "\(logLines)")
+        try writable.unmount()
+        try assertClean(path)
+    }
+
     /// vfs_server with several ext2 mounts splits the CAP_PAGE_CACHE memory into equal parts, one
     /// log each, in command-line order: the parts are disjoint, a crash's committed transaction in
     /// one part is replayed by the next mapping's same part, and the other image's log beside it
