@@ -34,7 +34,7 @@ extension Ext2FileSystem {
             throw FSError(.invalidArgument, "write-back log of \(kib) KiB is too small")
         }
         let maxLength = UInt32(min(count, UInt64(UInt32.max)))
-        let blocks = (0..<maxLength).map { $0 }
+        let blocks = Array(0..<maxLength)
         let first = try Self.readBytes(logStore, at: 0, count: blockSize)
 
         var journal: Journal? = nil

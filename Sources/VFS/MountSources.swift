@@ -12,6 +12,12 @@ public enum MountSources {
         public var cache: PageCache?
         public var description: String
 
+        public init(fileSystem: FileSystem, cache: PageCache?, description: String) {
+            self.fileSystem = fileSystem
+            self.cache = cache
+            self.description = description
+        }
+
         /// Unmounts a file system that never made it into the mount table (its mount point was
         /// refused, say), so its image is left cleanly unmounted rather than marked in use.
         public func release() {

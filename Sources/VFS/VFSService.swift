@@ -26,9 +26,9 @@ public final class VFSService {
     public var descriptorsChanged = false
     /// Mounts written to since the last periodic write-back.
     private var dirtyMounts: Set<Int> = []
-    /// Makes a file system for MSG_VFS_MOUNT: (source, read-only) -> file system, its cache and
-    /// a description. Set by the server; nil refuses mounts over IPC (ENOTSUP).
-    public var mountProvider: ((String, Bool) throws(FSError) -> (FileSystem, PageCache?, String))?
+    /// Makes a file system for MSG_VFS_MOUNT: (source, read-only) -> the mounted file system,
+    /// its cache and a description. Set by the server; nil refuses mounts over IPC (ENOTSUP).
+    public var mountProvider: ((String, Bool) throws(FSError) -> MountSources.Mounted)?
     let log: (String) -> Void
 
     public init(log: @escaping (String) -> Void = { _ in }) { self.log = log }
@@ -92,6 +92,17 @@ public final class VFSService {
 
     // MARK: Mounts
 
+    /// Mounts what `MountSources` opened at `path`. A refused mount point releases it (unmounted,
+    /// cache flushed), so its image is not left marked in use.
+    public func mount(_ mounted: MountSources.Mounted, at path: String, readOnly: Bool = false) throws(FSError) {
+        do {
+            try mount(mounted.fileSystem, at: path, cache: mounted.cache, readOnly: readOnly, source: mounted.description)
+        } catch {
+            mounted.release()
+            throw error
+        }
+    }
+
     /// Mounts `fileSystem` at `path` ("/" first, then directories of mounted file systems).
     @discardableResult
     public func mount(_ fileSystem: FileSystem, at path: String, cache: PageCache? = nil, readOnly: Bool = false,
@@ -120,13 +131,7 @@ public final class VFSService {
     public func mount(source: String, at path: [UInt8], readOnly: Bool, _ credentials: Credentials) throws(FSError) {
         guard credentials.isRoot else { throw FSError(.notPermitted, "mount by \(credentials)") }
         guard let provider = mountProvider else { throw FSError(.notSupported, "this server mounts nothing at run time") }
-        let (fs, cache, description) = try provider(source, readOnly)
-        do {
-            try mount(fs, at: String(decoding: path, as: UTF8.self), cache: cache, readOnly: readOnly, source: description)
-        } catch {
-            MountSources.Mounted(fileSystem: fs, cache: cache, description: description).release()
-            throw error
-        }
+        try mount(try provider(source, readOnly), at: String(decoding: path, as: UTF8.self), readOnly: readOnly)
     }
 
     /// Unmounts the file system whose root `path` names: EBUSY while a descriptor is open on it

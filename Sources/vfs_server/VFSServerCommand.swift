@@ -102,20 +102,14 @@ struct VFSServerCommand: ParsableCommand {
                 root = try MountSources.storage(name: storage!, directory: directory, nsid: nsid, tokens: tokens, tokenRefresh: tokenRefresh,
                                                 readOnly: readOnly, cachePages: pages, writeBackLog: writeBackLog, log: log)
             }
-            try service.mount(root.fileSystem, at: "/", cache: root.cache, readOnly: readOnly, source: root.description)
+            try service.mount(root, at: "/", readOnly: readOnly)
             for (index, mount) in imageMounts.enumerated() {
                 let (mountPoint, path) = MountSources.parseMountOption(mount)!
                 let mounted = try MountSources.image(path, readOnly: readOnly, cachePages: pages, writeBackLog: logs?[index + 1], log: log)
-                do {
-                    try service.mount(mounted.fileSystem, at: mountPoint, cache: mounted.cache, readOnly: readOnly, source: mounted.description)
-                } catch {
-                    mounted.release()
-                    throw error
-                }
+                try service.mount(mounted, at: mountPoint, readOnly: readOnly)
             }
             for mountPoint in tmpfsMounts where mountPoint != "/" {
-                let mounted = MountSources.tmpfs()
-                try service.mount(mounted.fileSystem, at: mountPoint, source: mounted.description)
+                try service.mount(MountSources.tmpfs(), at: mountPoint)
             }
         } catch {
             runtime.log(.critical, error.detail.isEmpty ? "\(error)" : error.detail)
@@ -123,9 +117,8 @@ struct VFSServerCommand: ParsableCommand {
             throw ExitCode(1)
         }
         service.mountProvider = { (source, readOnly) throws(FSError) in
-            let mounted = source == "tmpfs" ? MountSources.tmpfs(readOnly: readOnly)
+            source == "tmpfs" ? MountSources.tmpfs(readOnly: readOnly)
                 : try MountSources.image(source, readOnly: readOnly, cachePages: pages, log: log)
-            return (mounted.fileSystem, mounted.cache, mounted.description)
         }
 
         if let bytes = runtime.restoreCheckpoint() {

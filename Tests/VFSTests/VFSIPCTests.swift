@@ -20,7 +20,7 @@ final class VFSIPCTests: XCTestCase {
         try service.mkdir("/tmp".bytes, mode: 0o1777, root)
         service.mountProvider = { (source, readOnly) throws(FSError) in
             guard source == "tmpfs" else { throw FSError(.noSuchFileOrDirectory, "only tmpfs here") }
-            return (MemoryFileSystem(readOnly: readOnly), nil, "tmpfs")
+            return MountSources.Mounted(fileSystem: MemoryFileSystem(readOnly: readOnly), cache: nil, description: "tmpfs")
         }
         let server = VFSServer(service: service)
         let endpoint = try server.makeIPCServer(name: "vfs", directory: directory)
