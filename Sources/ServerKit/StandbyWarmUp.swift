@@ -81,9 +81,7 @@ public enum StandbyWarmUp {
     /// first answer the same accept and request path (the clients that waited through the
     /// restart are answered first), and the allocator has grown to those sizes.
     static func exerciseIPCServer() {
-        var template = Array("/tmp/limitless-standby-XXXXXX".utf8CString)
-        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else { return }
-        let directory = String(cString: made)
+        guard let directory = privateDirectory("limitless-standby") else { return }
         defer { _ = rmdir(directory) }
         guard let server = try? IPCServer(name: "warm-up", directory: directory, handler: { _, _, _ in .error(.ENOSYS) }) else { return }
         server.start()
@@ -91,6 +89,13 @@ public enum StandbyWarmUp {
             _ = try? client.sendReceive(Message(type: warmUpRequest), timeout: .seconds(2))
         }
         server.stop()
+    }
+
+    /// A new directory of the warm-up's own under /tmp (mkdtemp: mode 0700, a name nobody else
+    /// holds), for its sockets; the caller removes it. nil if it cannot be made.
+    public static func privateDirectory(_ prefix: String) -> String? {
+        var template = Array("/tmp/\(prefix)-XXXXXX".utf8CString)
+        return template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!).map { String(cString: $0) } }
     }
 
     /// A request type no server serves (answered ENOSYS by the warm-up's own server).

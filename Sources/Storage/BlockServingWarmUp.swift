@@ -25,9 +25,7 @@ public enum BlockServingWarmUp {
     @discardableResult
     public static func run() -> Bool {
         instantiateDeviceTypes()
-        var template = Array("/tmp/limitless-standby-block-XXXXXX".utf8CString)
-        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else { return false }
-        let directory = String(cString: made)
+        guard let directory = StandbyWarmUp.privateDirectory("limitless-standby-block") else { return false }
         defer { _ = rmdir(directory) }
         let device = MemoryBlockDevice(namespaces: [1: BlockGeometry(blockSize: 512, blockCount: 64)])
         let server = BlockServer(device: device) { _ in }
