@@ -163,6 +163,7 @@ fi
 : "${RIG_IOMMU:=intel-iommu,intremap=on,caching-mode=on,aw-bits=48}"
 : "${RIG_HUGEPAGES:=0}" "${RIG_BIND_IDS:=}" "${RIG_EXTRA_MODULES:=}" "${RIG_IMAGES:=}"
 : "${RIG_HOST_PACKAGES:=}"
+: "${RIG_RAM_BINARIES:=}"
 : "${RIG_KEEP_IMAGES:=0}" "${RIG_SUITE_TIMEOUT:=0}" "${RIG_KERNEL_APPEND:=}" "${RIG_SUITES:=}"
 : "${RIG_MAIN_JOB:=ls -l /dev/vfio; lspci -nnk}" "${RIG_KERNEL_BOOT:=pvh}" "${RIG_9P_CACHE:=loose}"
 case $RIG_ACCEL in

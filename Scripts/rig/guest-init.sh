@@ -91,6 +91,7 @@ if [ -n "$RIG_EXTRA_MODULES" ]; then
 fi
 
 rig_chroot /bin/bash "$RIG_REPO/Scripts/rig/guest-bind.sh" || say "error: device binding failed"
+rig_chroot /bin/bash "$RIG_REPO/Scripts/rig/guest-ram.sh" || say "error: serving binaries from memory failed"
 
 if [ "$RIG_MODE" = shell ]; then
 	setsid cttyhack chroot /host /usr/bin/env -i HOME=/tmp PATH="$RIG_PATH" \
