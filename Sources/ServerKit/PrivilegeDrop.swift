@@ -144,24 +144,44 @@ public struct SeccompPolicy: Equatable, Sendable {
     }
 }
 
+/// What `ServerRuntime.dropPrivileges` installed, as the line it logs; built only when read.
+public struct DroppedPrivileges: CustomStringConvertible, Sendable {
+    let policy: SeccompPolicy?
+    let instructions: Int
+    let capabilities: [String]
+
+    public var description: String {
+        guard let policy else { return "privileges dropped: no_new_privs" }
+        let ioctls = policy.allowedSyscalls.contains("ioctl") ? policy.allowedIoctls.map { "\($0.count) ioctl requests" } ?? "any ioctl" : "no ioctl"
+        return "privileges dropped: no_new_privs, seccomp filter of \(instructions) instructions, \(ioctls) "
+            + "(capabilities: \(capabilities.isEmpty ? "none" : capabilities.joined(separator: " ")))"
+    }
+}
+
 extension ServerRuntime {
     /// Drops privileges before serving: sets no_new_privs (execve can never again raise
     /// privileges) and, with `seccomp`, installs a filter allowing the base system calls plus
     /// what the granted capabilities need (`SeccompPolicy`) plus `extraSyscalls`; anything else
     /// then fails with EPERM. Call after opening files and setting up endpoints. `capabilities`
     /// replaces the granted names (a standalone server that opened its device itself names the
-    /// capabilities it acts with).
-    public func dropPrivileges(seccomp: Bool = true, capabilities: [String]? = nil, extraSyscalls: [String] = []) throws(ServerKitError) {
+    /// capabilities it acts with). Logs what it installed, unless `logNow` is false: then the
+    /// caller logs the result later (storage_server does once it has registered, so that a
+    /// restart's clock does not run while the line is built and sent).
+    @discardableResult
+    public func dropPrivileges(seccomp: Bool = true, capabilities: [String]? = nil, extraSyscalls: [String] = [],
+                               logNow: Bool = true) throws(ServerKitError) -> DroppedPrivileges {
         let capabilityNames = capabilities ?? self.capabilityNames
         guard CL_sk_set_no_new_privs() == 0 else { throw .privilegeDrop("prctl(PR_SET_NO_NEW_PRIVS)", Errno(rawValue: CL_errno())) }
-        guard seccomp else {
-            log(.info, "privileges dropped: no_new_privs")
-            return
+        var dropped = DroppedPrivileges(policy: nil, instructions: 0, capabilities: capabilityNames)
+        if seccomp {
+            // A standby prepared its program from these very names before its activation.
+            let prepared = PreparedSeccompProgram.prepared(capabilities: capabilityNames, extra: extraSyscalls)
+            let base = prepared?.base ?? SeccompPolicy(capabilities: capabilityNames, extra: extraSyscalls)
+            let (policy, program) = try installSeccompFilter(base, prepared: prepared)
+            dropped = DroppedPrivileges(policy: policy, instructions: program.count, capabilities: capabilityNames)
         }
-        let (policy, program) = try installSeccompFilter(SeccompPolicy(capabilities: capabilityNames, extra: extraSyscalls))
-        let ioctls = policy.allowedSyscalls.contains("ioctl") ? policy.allowedIoctls.map { "\($0.count) ioctl requests" } ?? "any ioctl" : "no ioctl"
-        log(.info, "privileges dropped: no_new_privs, seccomp filter of \(program.count) instructions, \(ioctls) "
-            + "(capabilities: \(capabilityNames.isEmpty ? "none" : capabilityNames.joined(separator: " ")))")
+        if logNow { log(.info, dropped.description) }
+        return dropped
     }
 
     /// Whether no_new_privs is set on this process.

@@ -23,9 +23,14 @@ extension ServerRuntime {
     /// Installs the filter for `base` (see the type's comment); returns the policy and program
     /// installed. Falls back to refusing (the plain filter) where the kernel has no listener
     /// (before Linux 5.7) or standalone.
-    func installSeccompFilter(_ base: SeccompPolicy) throws(ServerKitError) -> (SeccompPolicy, [sock_filter]) {
-        if let link = supervisorLink, let policy = Self.notifyingPolicy(base) {
-            let program = try PreparedSeccompProgram.program(for: policy)
+    /// `prepared`: what was built ahead from the names `base` was made of
+    /// (`PreparedSeccompProgram.prepared`), used as it is.
+    func installSeccompFilter(_ base: SeccompPolicy, prepared: PreparedSeccompProgram.Match? = nil)
+        throws(ServerKitError) -> (SeccompPolicy, [sock_filter]) {
+        let notifying = prepared.map(\.notifying) ?? Self.notifyingPolicy(base)
+        if let link = supervisorLink, let policy = notifying {
+            let program: [sock_filter]
+            if let prepared { program = prepared.program } else { program = try PreparedSeccompProgram.program(for: policy) }
             let listener = program.withUnsafeBufferPointer { CL_sk_seccomp_install_listener($0.baseAddress, UInt16($0.count)) }
             if listener >= 0 {
                 defer { _ = Glibc.close(listener) }
@@ -38,7 +43,8 @@ extension ServerRuntime {
             log(.notice, "this kernel has no seccomp listener (\(Errno(rawValue: CL_errno()))): capabilities granted at "
                 + "run time get their ioctls at the next start")
         }
-        let program = try PreparedSeccompProgram.program(for: base)
+        let program: [sock_filter]
+        if let prepared, prepared.notifying == nil { program = prepared.program } else { program = try PreparedSeccompProgram.program(for: base) }
         if let errno = SeccompPolicy.install(program) { throw .privilegeDrop("seccomp(SECCOMP_SET_MODE_FILTER)", errno) }
         return (base, program)
     }
@@ -62,7 +68,7 @@ extension ServerRuntime {
     /// the ones granted in the end is not used: the right one is built then.
     public static func prepareSeccompFilter(capabilities: [String], extraSyscalls: [String] = []) {
         let base = SeccompPolicy(capabilities: capabilities, extra: extraSyscalls)
-        PreparedSeccompProgram.prepare(notifyingPolicy(base) ?? base)
+        PreparedSeccompProgram.prepare(notifying: notifyingPolicy(base), base: base, capabilities: capabilities, extra: extraSyscalls)
     }
 
     private func sendListener(_ listener: Int32, on link: SupervisorLink) -> Bool {

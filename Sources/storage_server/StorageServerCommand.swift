@@ -146,10 +146,11 @@ struct StorageServerCommand: ParsableCommand {
         let endpoint = try server.makeIPCServer(name: socketName, directory: directory)
         // Adopting the supervisor's socket instead of binding one shows here (issue 4's phases).
         phases.mark(endpoint.adoptedListener ? "socket-adopted" : "socket-bound")
+        var dropped: DroppedPrivileges?
         if !noSeccomp {
             do {
-                try runtime.dropPrivileges(capabilities: StorageSandbox.capabilities(granted: runtime.capabilityNames),
-                                           extraSyscalls: StorageSandbox.extraSyscalls)
+                dropped = try runtime.dropPrivileges(capabilities: StorageSandbox.capabilities(granted: runtime.capabilityNames),
+                                                     extraSyscalls: StorageSandbox.extraSyscalls, logNow: false)
             } catch {
                 runtime.log(.critical, "\(error)")
                 endpoint.stop()
@@ -190,6 +191,7 @@ struct StorageServerCommand: ParsableCommand {
         phases.mark("registered")
         // Logged once registered: building and sending the lines (each wakes the supervisor)
         // would otherwise take the CPU from the serving thread's first answers.
+        if let dropped { runtime.log(.info, dropped.description) }
         runtime.log(.info, "serving \(opened.summary)" + (poll ? " (completions polled)" : ""))
         if opened.grant.created < queues {
             runtime.log(.warning, "--queues \(queues): serving with \(opened.grant)")

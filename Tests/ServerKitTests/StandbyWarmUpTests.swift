@@ -52,4 +52,35 @@ final class StandbyWarmUpTests: XCTestCase {
         let other = try XCTUnwrap(ServerRuntime.notifyingPolicy(SeccompPolicy(capabilities: ["CAP_DMA_ALLOC"], extra: ["kill"])))
         XCTAssertNotEqual(try PreparedSeccompProgram.program(for: other).map(\.k), program.map(\.k))
     }
+
+    /// After an activation the filter is found by the names it was prepared from, without
+    /// building the policy again: the same policies and program as building them would give, and
+    /// nothing for other names.
+    func testAPreparedFilterIsFoundByItsNames() throws {
+        let capabilities = ["CAP_DMA_ALLOC", "CAP_IRQ_NVME0", "CAP_MMIO_NVME0", "CAP_PCI_CONFIG"]
+        ServerRuntime.prepareSeccompFilter(capabilities: capabilities, extraSyscalls: ["kill"])
+        let match = try XCTUnwrap(PreparedSeccompProgram.prepared(capabilities: capabilities, extra: ["kill"]))
+        let base = SeccompPolicy(capabilities: capabilities, extra: ["kill"])
+        XCTAssertEqual(match.base, base)
+        let notifying = try XCTUnwrap(ServerRuntime.notifyingPolicy(base))
+        XCTAssertEqual(match.notifying, notifying)
+        XCTAssertEqual(match.program.map(\.k), try notifying.program().map(\.k))
+        XCTAssertEqual(match.program.map(\.code), try notifying.program().map(\.code))
+        XCTAssertNil(PreparedSeccompProgram.prepared(capabilities: capabilities, extra: []))
+        XCTAssertNil(PreparedSeccompProgram.prepared(capabilities: ["CAP_DMA_ALLOC"], extra: ["kill"]))
+        XCTAssertNil(PreparedSeccompProgram.prepared(capabilities: Array(capabilities.reversed()), extra: ["kill"]))
+        // Any ioctl allowed: nothing to put to the supervisor, so the program is the base one.
+        ServerRuntime.prepareSeccompFilter(capabilities: capabilities, extraSyscalls: ["ioctl"])
+        let plain = try XCTUnwrap(PreparedSeccompProgram.prepared(capabilities: capabilities, extra: ["ioctl"]))
+        XCTAssertNil(plain.notifying)
+        XCTAssertEqual(plain.program.map(\.k), try SeccompPolicy(capabilities: capabilities, extra: ["ioctl"]).program().map(\.k))
+    }
+
+    func testTheDroppedPrivilegesLineNamesTheFilter() {
+        let policy = SeccompPolicy(capabilities: ["CAP_DMA_ALLOC"])
+        let line = DroppedPrivileges(policy: policy, instructions: 42, capabilities: ["CAP_DMA_ALLOC"]).description
+        XCTAssertTrue(line.hasPrefix("privileges dropped: no_new_privs, seccomp filter of 42 instructions, "), line)
+        XCTAssertTrue(line.hasSuffix("(capabilities: CAP_DMA_ALLOC)"), line)
+        XCTAssertEqual(DroppedPrivileges(policy: nil, instructions: 0, capabilities: []).description, "privileges dropped: no_new_privs")
+    }
 }
