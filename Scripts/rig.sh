@@ -34,6 +34,8 @@ Options:
 
 Environment: any exported RIG_* variable overrides the profile's (RIG_ACCEL, RIG_TIMEOUT,
 RIG_SUITES, RIG_SUITE_<name>, RIG_EXTRA_MODULES, ...); RIG_PROFILE picks the profile.
+RIG_TRACE="sched:sched_switch sched:sched_wakeup ..." records those kernel trace events in the
+guest during each suite (test mode) into .build-rig/trace-SUITE.txt.
 Files: .build-rig/console.log (guest console of the last run), .build-rig/dmesg.log,
 .build-rig/devices, .build-rig/qmp.sock, .build-rig/build.log (up and test build the release
 binaries first; RIG_BUILD=0 skips that). Exit codes: the job's (up, run), 1 a suite failed
@@ -163,7 +165,7 @@ fi
 : "${RIG_IOMMU:=intel-iommu,intremap=on,caching-mode=on,aw-bits=48}"
 : "${RIG_HUGEPAGES:=0}" "${RIG_BIND_IDS:=}" "${RIG_EXTRA_MODULES:=}" "${RIG_IMAGES:=}"
 : "${RIG_HOST_PACKAGES:=}"
-: "${RIG_RAM_BINARIES:=}"
+: "${RIG_RAM_BINARIES:=}" "${RIG_TRACE:=}"
 : "${RIG_KEEP_IMAGES:=0}" "${RIG_SUITE_TIMEOUT:=0}" "${RIG_KERNEL_APPEND:=}" "${RIG_SUITES:=}"
 : "${RIG_MAIN_JOB:=ls -l /dev/vfio; lspci -nnk}" "${RIG_KERNEL_BOOT:=pvh}" "${RIG_9P_CACHE:=loose}"
 case $RIG_ACCEL in
@@ -553,6 +555,7 @@ EOF
 rig_suite() { # NAME TIMEOUT COMMAND
 	local name=$1 limit=$2 cmd=$3 start=$SECONDS
 	echo "rig: ---- suite $name: $cmd"
+	[[ -z ${RIG_TRACE:-} ]] || bash "$RIG_REPO/Scripts/rig/guest-trace.sh" start
 	{
 		# stdbuf: line-buffered stdio, so the output up to a crash reaches the console and file
 		if ((limit > 0)); then
@@ -563,6 +566,7 @@ rig_suite() { # NAME TIMEOUT COMMAND
 		echo $? >"$RIG_RUN_DIR/suite-$name.rc"
 	} </dev/null 2>&1 | tee "$RIG_RUN_DIR/suite-$name.out"
 	echo $((SECONDS - start)) >"$RIG_RUN_DIR/suite-$name.secs"
+	[[ -z ${RIG_TRACE:-} ]] || bash "$RIG_REPO/Scripts/rig/guest-trace.sh" stop "$name"
 	cd "$RIG_REPO" || exit 125
 	bash "$RIG_REPO/Scripts/rig/guest-bind.sh" --quiet
 }
@@ -791,6 +795,8 @@ if [[ $mode == test ]]; then
 		rc=$(cat "$run_dir/suite-$s.rc" 2>/dev/null)
 		secs=$(cat "$run_dir/suite-$s.secs" 2>/dev/null)
 		[[ -f $out ]] && cp "$out" "$state/suite-$s.out"
+		[[ -f $run_dir/trace-$s.txt ]] && cp "$run_dir/trace-$s.txt" "$state/trace-$s.txt" &&
+			say "trace of suite $s: ${state#"$repo"/}/trace-$s.txt"
 		if [[ -z $rc ]]; then
 			if [[ -f $out ]]; then
 				echo "rig: suite $s: FAILED: did not finish (${failure_reason:-guest stopped})"

@@ -531,6 +531,46 @@ case_no_process_substitution() {
 }
 
 # fake_case NAME: case_NAME in test mode on a fresh tree $TMP/NAME.
+# Scripts/rig/guest-trace.sh (RIG_TRACE) against a plain directory standing for tracefs.
+case_rig_trace_records_the_named_events() {
+  local fs=$ROOT/tracefs runs=$ROOT/rig-run trace=$REPO/Scripts/rig/guest-trace.sh
+  mkdir -p "$fs/per_cpu/cpu0" "$fs/per_cpu/cpu1" "$runs"
+  printf 'sched:sched_switch\nsched:sched_wakeup\n' >"$fs/available_events"
+  printf 'overrun: 0\n' >"$fs/per_cpu/cpu0/stats"
+  printf 'overrun: 0\n' >"$fs/per_cpu/cpu1/stats"
+  echo 1 >"$fs/tracing_on"
+  echo 'old events' >"$fs/trace"
+  export RIG_TRACEFS=$fs RIG_RUN_DIR=$runs RIG_TRACE_BUFFER_KB=64
+  RIG_TRACE='sched:sched_switch sched:no_such_event' run "$trace" start
+  expect_rc 0
+  expect_out "no event 'sched:no_such_event' in this kernel"
+  expect_content "$fs/set_event" "sched:sched_switch"
+  expect_content "$fs/buffer_size_kb" 64
+  expect_content "$fs/trace" ""
+  expect_content "$fs/tracing_on" 1
+  printf '# tracer: nop\n a-1 [000] d..2. 1.0: sched_switch: x\n b-2 [001] d..2. 1.1: sched_switch: y\n' >"$fs/trace"
+  printf 'overrun: 3\n' >"$fs/per_cpu/cpu1/stats"
+  RIG_TRACE='sched:sched_switch' run "$trace" stop standby
+  expect_rc 0
+  expect_content "$fs/tracing_on" 0
+  expect_content "$fs/set_event" ""
+  expect_out "2 events of suite standby saved (3 lost: raise RIG_TRACE_BUFFER_KB)"
+  [[ $(grep -c sched_switch "$runs/trace-standby.txt") == 2 ]] || fail "trace-standby.txt lacks the events"
+  # Only unknown events: nothing recorded, said so, exit 1 (the suite still runs).
+  RIG_TRACE='sched:no_such_event' run "$trace" start
+  expect_rc 1
+  expect_out "no event to record; not tracing"
+  expect_content "$fs/tracing_on" 0
+  # RIG_TRACE empty: nothing touched.
+  echo 7 >"$fs/buffer_size_kb"
+  RIG_TRACE='' run "$trace" start
+  expect_rc 0
+  expect_content "$fs/buffer_size_kb" 7
+  RIG_TRACE='sched:sched_switch' run "$trace" bogus
+  expect_rc 2
+  expect_out "usage: guest-trace.sh start | stop SUITE"
+}
+
 fake_case() {
   ROOT=$TMP/$1
   TRANSCRIPT=$ROOT/transcript
