@@ -147,6 +147,19 @@ extension SupervisorIntegrationTests {
         XCTAssertGreaterThan(token, try XCTUnwrap(out.firstIndex(of: "registered: store instance 1")), logText("store"))
     }
 
+    /// A supervisor with a ready standby waits in epoll: the time the standby was due to start
+    /// is not the loop's next deadline once it has started (it was, and the loop spun with a
+    /// zero timeout for as long as the standby lived, taking a CPU from the servers).
+    func testTheLoopSleepsWhileAStandbyWaits() throws {
+        let supervisor = try run([standbyServer("idle")])
+        waitFor("instance 1 running and a ready standby") { isRunning("idle", instance: 1) && readyStandby("idle") != nil }
+        let timeouts = (0..<5).map { _ -> Int32 in
+            usleep(20_000)
+            return supervisor.lock.locked { supervisor.nextTimeout() }
+        }
+        XCTAssertTrue(timeouts.allSatisfy { $0 > 0 }, "epoll timeouts \(timeouts) ms\n" + logText("idle"))
+    }
+
     func testADeadStandbyMeansANormalSpawn() throws {
         try run([standbyServer("cold")])
         waitFor("instance 1 running and a ready standby") { isRunning("cold", instance: 1) && readyStandby("cold") != nil }
