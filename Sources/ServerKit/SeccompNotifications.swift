@@ -25,9 +25,9 @@ extension ServerRuntime {
     /// (before Linux 5.7) or standalone.
     /// `prepared`: what was built ahead from the names `base` was made of
     /// (`PreparedSeccompProgram.prepared`), used as it is.
-    func installSeccompFilter(_ base: SeccompPolicy, prepared: PreparedSeccompProgram.Match? = nil)
+    func installSeccompFilter(_ base: SeccompPolicy, prepared: PreparedSeccompProgram.Prepared? = nil)
         throws(ServerKitError) -> (SeccompPolicy, [sock_filter]) {
-        let notifying = prepared.map(\.notifying) ?? Self.notifyingPolicy(base)
+        let notifying = prepared == nil ? Self.notifyingPolicy(base) : prepared!.notifying
         if let link = supervisorLink, let policy = notifying {
             let program: [sock_filter]
             if let prepared { program = prepared.program } else { program = try PreparedSeccompProgram.program(for: policy) }
@@ -68,7 +68,7 @@ extension ServerRuntime {
     /// the ones granted in the end is not used: the right one is built then.
     public static func prepareSeccompFilter(capabilities: [String], extraSyscalls: [String] = []) {
         let base = SeccompPolicy(capabilities: capabilities, extra: extraSyscalls)
-        PreparedSeccompProgram.prepare(notifying: notifyingPolicy(base), base: base, capabilities: capabilities, extra: extraSyscalls)
+        PreparedSeccompProgram.prepare(capabilities: capabilities, extra: extraSyscalls, base: base, notifying: notifyingPolicy(base))
     }
 
     private func sendListener(_ listener: Int32, on link: SupervisorLink) -> Bool {

@@ -178,8 +178,7 @@ public final class Supervisor: @unchecked Sendable {
             if let deadline = server.deadline { deadlines.append(deadline) }
             deadlines += server.pendingRevokes.values
             if let standby = server.standby, !standby.ready { deadlines.append(standby.startedMonotonic + options.startTimeout) }
-            // Only while no standby runs: the time its next one may start.
-            if server.standby == nil, let retry = server.standbyRetryAt { deadlines.append(retry) }
+            if let retry = server.standbyRetryAt { deadlines.append(retry) }
             if server.state == .running, server.registered, let interval = server.configuration.watchdogInterval,
                let last = server.lastHeartbeat {
                 deadlines.append(last + interval)

@@ -129,8 +129,8 @@ extension Supervisor {
             _ = CL_fcntl_int(pair[0], F_SETFL, O_NONBLOCK)
             // Its warm-up waits behind whatever else runs; `activate` gives the priority back.
             if geteuid() == 0 { _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(process.pid), Self.standbyNice) }
-            // Its start time is used: left in the past, it would be the loop's nearest deadline
-            // for as long as this standby lives, and the loop would never sleep.
+            // Its start time is used: set only while no standby runs (`nextTimeout` takes it as
+            // a deadline; left in the past it would keep the loop from ever sleeping).
             server.standbyRetryAt = nil
             server.standbyGeneration += 1
             let standby = StandbyInstance(pid: process.pid, generation: server.standbyGeneration, channel: pair[0],
